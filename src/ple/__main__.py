@@ -1,0 +1,3 @@
+from ple.cli import main
+
+raise SystemExit(main())

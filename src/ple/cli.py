@@ -1,0 +1,143 @@
+"""`ple train | generate`."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ple.config import config_reference, load_config, parse_overrides
+from ple.errors import PLEError
+
+
+def _config_args(parser: argparse.ArgumentParser, required: bool) -> None:
+    parser.add_argument("--config", required=required, help="YAML file whose keys are config fields (listed below)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one config field; repeatable",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ple", description="Progressively Label Enhancement for LLM alignment.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    epilog = "config fields:\n" + config_reference()
+
+    train = sub.add_parser(
+        "train",
+        help="run PLE (or one of its ablations) from a config",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_args(train, required=True)
+    train.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
+
+    gen = sub.add_parser(
+        "generate",
+        help="sample from a model, a checkpoint or a run's final model",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_args(gen, required=False)
+    gen.add_argument("--model", help="model path or id, checkpoint or adapter dir (default: the config's model)")
+    gen.add_argument("--prompt", action="append", default=[], help="a prompt; repeatable")
+    gen.add_argument("--prompts-file", help="a .jsonl/.csv/.parquet file with a prompt column")
+    gen.add_argument("--guided", action="store_true", help="insert the config's principle into each prompt")
+    gen.add_argument("--output", help="write {prompt, completion} rows to this JSONL file")
+    return parser
+
+
+def cmd_train(args) -> int:
+    from ple.trainer import PLETrainer
+
+    config = load_config(args.config, parse_overrides(args.overrides))
+    final = PLETrainer(config).train(resume=args.resume)
+    print(f"final model: {final}")
+    print(f"metrics: {Path(config.output_dir) / 'metrics.jsonl'}")
+    return 0
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from ple.data import load_rows, query_rows
+    from ple.generation import encode_prompts, generate
+    from ple.io import atomic_write_jsonl
+    from ple.model import load_causal_lm, load_tokenizer, resolve_device
+    from ple.principles import PromptBuilder, load_principle
+
+    config = load_config(args.config, parse_overrides(args.overrides), validate=False)
+    name = args.model or config.model
+    if name is None:
+        raise PLEError("give --model, or a config with a model")
+    prompts = list(args.prompt)
+    if args.prompts_file:
+        prompts += [
+            r["prompt"] for r in query_rows(load_rows(args.prompts_file), args.prompts_file, config.prompt_column)
+        ]
+    if not prompts:
+        raise PLEError("give at least one --prompt or a --prompts-file")
+    if any(isinstance(p, str) and not p.strip() for p in prompts):
+        raise PLEError("empty prompt")
+    if args.guided and config.principle is None:
+        raise PLEError("--guided needs a principle (in the config, or --set principle=...)")
+    principle = load_principle(config.principle, config.principle_name) if config.principle else ""
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    tokenizer = load_tokenizer(name)
+    model = load_causal_lm(name, config.dtype).to(device)
+    builder = PromptBuilder(
+        tokenizer, principle, config.prompt_format, config.chat_principle_template, config.text_principle_template
+    )
+    ids = encode_prompts(
+        tokenizer, [builder.render(p, args.guided) for p in prompts], not builder.chat, config.max_prompt_tokens
+    )
+    samples = generate(
+        model,
+        tokenizer,
+        ids,
+        config.max_new_tokens,
+        config.temperature,
+        config.top_p,
+        config.top_k,
+        config.generation_batch_size,
+    )
+    rows = [{"prompt": p, "completion": s.text, "guided": args.guided} for p, s in zip(prompts, samples)]
+    for row in rows:
+        print(json.dumps(row, ensure_ascii=False))
+    if args.output:
+        atomic_write_jsonl(Path(args.output), rows)
+    return 0
+
+
+def _quiet_libraries() -> None:
+    """Our own progress bar is the one to watch; the libraries' load/save bars and notices are noise."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _quiet_libraries()
+    commands = {"train": cmd_train, "generate": cmd_generate}
+    try:
+        return commands[args.command](args)
+    except PLEError as e:
+        print(f"ple: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ple: interrupted; `ple train --config ... --resume` continues from the last checkpoint", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

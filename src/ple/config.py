@@ -1,0 +1,366 @@
+"""One flat config for a run: YAML keys and `--set key=value` overrides are its fields.
+
+Every field carries its help text, so `ple train --help` and the README's config
+reference come from the same place as the code.
+"""
+
+import dataclasses
+import difflib
+import math
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ple.errors import PLEError
+
+
+def _f(default: Any, help: str, choices: tuple | None = None, section: str = "") -> Any:
+    meta = {"help": help, "choices": choices, "section": section}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# Method presets: each named ablation of the spec is a fixed set of config values.
+METHOD_PRESETS: dict[str, dict[str, Any]] = {
+    "ple": {},
+    "ple-rank-only": {"sft_coef": 0.0},
+    "ple-wsft-only": {"rank_coef": 0.0},
+    "ple-no-decay": {"schedule": "constant"},
+    # RLCD: always rank the guided answer over the plain one, whatever the reward says.
+    "rlcd": {"schedule": "constant", "tau0": -math.inf},
+    # Context distillation: SFT on (plain query -> guided answer), no reward at all.
+    "distill": {"reward": None, "sft_weights": "guided", "rank_coef": 0.0},
+}
+
+
+@dataclass
+class Config:
+    # --- model ---
+    model: str | None = _f(None, "Causal LM to align: a local path or a Hugging Face hub id.", section="model")
+    dtype: str = _f("float32", "Weights and compute dtype.", ("float32", "bfloat16"), "model")
+    device: str = _f(
+        "auto", "Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...", section="model"
+    )
+    use_lora: bool = _f(True, "Train a LoRA adapter (the paper's setting) instead of all weights.", section="model")
+    lora_r: int = _f(8, "LoRA rank.", section="model")
+    lora_alpha: int = _f(16, "LoRA scaling numerator (alpha / r scales the update).", section="model")
+    lora_dropout: float = _f(0.0, "LoRA dropout.", section="model")
+    lora_target_modules: str | list = _f(
+        "all-linear", "Modules that get LoRA: 'all-linear' or a list of module names.", section="model"
+    )
+    merge_lora: bool = _f(False, "Save the final model with the adapter merged into the weights.", section="model")
+
+    # --- data ---
+    dataset: str | None = _f(
+        None, "Query set: a .jsonl/.json/.csv/.parquet file, or a Hugging Face dataset name.", section="data"
+    )
+    dataset_config: str | None = _f(None, "HF dataset config name, for hub datasets.", section="data")
+    dataset_split: str = _f("train", "Split of the query set, for hub datasets.", section="data")
+    prompt_column: str = _f("prompt", "Column holding the query: text, or a list of chat messages.", section="data")
+    shuffle: bool = _f(True, "Reshuffle the query set each pass (seeded); false keeps file order.", section="data")
+    sft_dataset: str | None = _f(
+        None, "SFT set for the warm-up: rows with `prompt` + `response`, or `messages`.", section="data"
+    )
+    sft_split: str = _f("train", "Split of the SFT set, for hub datasets.", section="data")
+    max_prompt_tokens: int = _f(512, "Longer prompts keep their last this-many tokens.", section="data")
+
+    # --- principle ---
+    principle: str | None = _f(
+        None, "The principle: inline text, or a .yaml/.json file of named principles.", section="principle"
+    )
+    principle_name: str | None = _f(
+        None, "Which principle to use when the principle file holds several.", section="principle"
+    )
+    prompt_format: str = _f(
+        "auto",
+        "How prompts are built: chat (the tokenizer's chat template; the principle is a system message), "
+        "text (plain LM; the principle is a text prefix), or auto (chat when the tokenizer has a template).",
+        ("auto", "chat", "text"),
+        "principle",
+    )
+    chat_principle_template: str = _f(
+        "{principle}", "System message holding the principle, for chat models. Uses {principle}.", section="principle"
+    )
+    text_principle_template: str = _f(
+        "{principle}\n\n{query}",
+        "Guided prompt for plain LMs. Uses {principle} and {query}.",
+        section="principle",
+    )
+
+    # --- reward ---
+    reward: str | list | None = _f(
+        None,
+        "Reward: 'vader', 'module:function' or 'file.py:function' (TRL's contract "
+        "f(prompts, completions, **columns) -> list[float | None]), or a sequence-classification "
+        "model path/id. A list of such names, or of {name, weight, label, output} maps, is a weighted sum.",
+        section="reward",
+    )
+    reward_label: str | None = _f(
+        None, "For a classifier reward: the label whose probability (or logit) is the reward.", section="reward"
+    )
+    reward_output: str = _f(
+        "prob", "For a classifier reward with reward_label: use the label's prob or logit.", ("prob", "logit"), "reward"
+    )
+    reward_input: str = _f(
+        "pair",
+        "What a classifier reward reads: pair (prompt and completion; the chat template for chat prompts) "
+        "or completion (the completion alone).",
+        ("pair", "completion"),
+        "reward",
+    )
+    reward_batch_size: int = _f(32, "Texts per forward pass of a reward model.", section="reward")
+    reward_scaling: str = _f(
+        "raw",
+        "raw: tau is in reward units. standardized: rewards are divided by their running std, so tau is in std units.",
+        ("raw", "standardized"),
+        "reward",
+    )
+
+    # --- algorithm ---
+    method: str = _f("ple", "PLE or one of its named ablations.", tuple(METHOD_PRESETS), "algorithm")
+    iterations: int = _f(3, "Number of PLE iterations I.", section="algorithm")
+    queries_per_iteration: int = _f(16, "Queries drawn per iteration.", section="algorithm")
+    schedule: str = _f(
+        "exponential",
+        "Threshold schedule: tau0*alpha**t, tau0 always, or the tau_quantile of this iteration's |gaps|.",
+        ("exponential", "constant", "quantile"),
+        "algorithm",
+    )
+    tau0: float = _f(0.2, "Initial threshold tau0 (-inf ranks every pair, as RLCD does).", section="algorithm")
+    alpha: float = _f(0.9, "Decay factor of the exponential schedule.", section="algorithm")
+    tau_quantile: float = _f(0.5, "Quantile q of the quantile schedule.", section="algorithm")
+    negative_gap: str = _f(
+        "rank",
+        "When the plain answer wins by more than tau: rank it over the guided one, treat the pair as a tie, or skip.",
+        ("rank", "wsft", "skip"),
+        "algorithm",
+    )
+    rank_loss: str = _f(
+        "hinge",
+        "Ranking loss on mean token log-probs: hinge max(0, margin - d) or logistic -log sigmoid(beta d).",
+        ("hinge", "logistic"),
+        "algorithm",
+    )
+    margin: float = _f(0.0, "Hinge margin (0 is the RRHF form).", section="algorithm")
+    beta: float = _f(2.0, "Logistic ranking loss scale.", section="algorithm")
+    rank_coef: float = _f(1.0, "Weight of the ranking term (0 = weighted-SFT only).", section="algorithm")
+    sft_coef: float = _f(1.0, "Weight of the weighted-SFT term (0 = rank only).", section="algorithm")
+    rank_sft_coef: float = _f(0.0, "Extra NLL on the winner of a ranked pair.", section="algorithm")
+    wsft_temperature: float = _f(
+        1.0, "Temperature of the softmax over [s_p, s] that weights the SFT term.", section="algorithm"
+    )
+    sft_weights: str = _f(
+        "reward",
+        "Weights of the SFT branch: reward (softmax of the rewards) or guided (all weight on y_p, "
+        "i.e. context distillation).",
+        ("reward", "guided"),
+        "algorithm",
+    )
+
+    # --- generation ---
+    max_new_tokens: int = _f(48, "Tokens generated per response.", section="generation")
+    temperature: float = _f(1.0, "Sampling temperature (0 = greedy).", section="generation")
+    top_p: float = _f(1.0, "Nucleus sampling mass.", section="generation")
+    top_k: int = _f(0, "Top-k sampling (0 = off).", section="generation")
+    generation_batch_size: int = _f(
+        0,
+        "Prompts per generate call (0 = plain and guided prompts of the iteration in one call).",
+        section="generation",
+    )
+
+    # --- training ---
+    learning_rate: float = _f(1e-4, "AdamW learning rate.", section="training")
+    weight_decay: float = _f(0.0, "AdamW weight decay.", section="training")
+    max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).", section="training")
+    batch_size: int = _f(8, "Queries per micro-batch (each brings its y and y_p).", section="training")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.", section="training")
+    epochs_per_iteration: int = _f(1, "Passes over each iteration's examples.", section="training")
+    sft_epochs: int = _f(0, "Epochs of SFT warm-up on sft_dataset before the first iteration.", section="training")
+    seed: int = _f(0, "Seed for data order, sampling and initialisation.", section="training")
+
+    # --- output ---
+    output_dir: str = _f("runs/ple", "Run directory.", section="output")
+    keep_checkpoints: int = _f(2, "Checkpoints kept (one is written per iteration; 0 keeps all).", section="output")
+
+    # ------------------------------------------------------------------
+    def validate(self) -> "Config":
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise PLEError(message)
+
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            need(
+                choices is None or value in choices,
+                f"{f.name}={value!r} is not one of {', '.join(map(str, choices or ()))}",
+            )
+        need(self.model is not None, "model is required: a local path or a hub id of a causal LM")
+        need(self.dataset is not None, "dataset is required: the query set (a file or a hub dataset name)")
+        need(self.principle is not None, "principle is required: inline text or a principles file")
+        for name in (
+            "iterations",
+            "queries_per_iteration",
+            "batch_size",
+            "gradient_accumulation_steps",
+            "epochs_per_iteration",
+            "max_new_tokens",
+            "reward_batch_size",
+            "max_prompt_tokens",
+        ):
+            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in (
+            "sft_epochs",
+            "generation_batch_size",
+            "keep_checkpoints",
+            "top_k",
+            "temperature",
+            "rank_coef",
+            "sft_coef",
+            "rank_sft_coef",
+            "margin",
+            "learning_rate",
+            "weight_decay",
+            "max_grad_norm",
+            "lora_dropout",
+        ):
+            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        need(not math.isnan(self.tau0), "tau0 must be a number (-inf is allowed), got nan")
+        need(0 < self.alpha <= 1, f"alpha must be in (0, 1], got {self.alpha}")
+        need(0 <= self.tau_quantile <= 1, f"tau_quantile must be in [0, 1], got {self.tau_quantile}")
+        need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
+        need(self.wsft_temperature > 0, f"wsft_temperature must be > 0, got {self.wsft_temperature}")
+        need(self.beta > 0, f"beta must be > 0, got {self.beta}")
+        need(self.rank_coef > 0 or self.sft_coef > 0, "rank_coef and sft_coef are both 0: nothing would be trained")
+        need(
+            self.sft_epochs == 0 or self.sft_dataset is not None,
+            f"sft_epochs={self.sft_epochs} needs an sft_dataset for the warm-up",
+        )
+        need(
+            self.reward is not None or (self.rank_coef == 0 and self.sft_weights == "guided"),
+            "reward is required (only context distillation, method=distill, runs without one)",
+        )
+        need(not self.use_lora or self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
+        need(not self.merge_lora or self.use_lora, "merge_lora needs use_lora: true")
+        need("{principle}" in self.chat_principle_template, "chat_principle_template must contain {principle}")
+        need(
+            "{principle}" in self.text_principle_template and "{query}" in self.text_principle_template,
+            "text_principle_template must contain {principle} and {query}",
+        )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_TYPES = typing.get_type_hints(Config)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Check `value` against the field's type; strings from the CLI are converted."""
+    kind = _TYPES[name]
+    allowed = typing.get_args(kind) or (kind,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise PLEError(f"{name} cannot be null")
+    if isinstance(value, str) and str not in allowed:
+        parsed = yaml.safe_load(value) if value.strip() else value
+        if isinstance(parsed, str) and float in allowed:
+            try:
+                parsed = float(parsed)  # YAML reads 1e-4 and -inf as text
+            except ValueError:
+                pass
+        value = parsed
+    if bool in allowed and isinstance(value, bool):
+        return value
+    if float in allowed and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if int in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    for t in (str, list, dict):
+        if t in allowed and isinstance(value, t):
+            return value
+    expected = " or ".join(t.__name__ for t in allowed if t is not type(None))
+    raise PLEError(f"{name}={value!r} should be a {expected}")
+
+
+def _unknown_key(key: str) -> PLEError:
+    close = difflib.get_close_matches(key, FIELDS, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    return PLEError(f"unknown config key '{key}'{hint}; `ple train --help` lists them all")
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise PLEError(f"--set expects key=value, got '{pair}'")
+        out[key.strip()] = value
+    return out
+
+
+def load_config(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, validate: bool = True
+) -> Config:
+    """Read a YAML config, apply overrides, expand the method preset and validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise PLEError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise PLEError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise PLEError(f"config file {path} must be a mapping of key: value")
+        raw.update(loaded or {})
+    raw.update(overrides or {})
+    for key in raw:
+        if key not in FIELDS:
+            raise _unknown_key(key)
+    values = {k: _coerce(k, v) for k, v in raw.items()}
+    method = values.get("method", "ple")
+    if method not in METHOD_PRESETS:
+        raise PLEError(f"method={method!r} is not one of {', '.join(METHOD_PRESETS)}")
+    for key, preset_value in METHOD_PRESETS[method].items():
+        if key in values and values[key] != preset_value:
+            raise PLEError(f"method={method} sets {key}={preset_value!r}; remove {key}={values[key]!r} from the config")
+        values[key] = preset_value
+    config = Config(**values)
+    return config.validate() if validate else config
+
+
+def save_config(config: Config, path: Path) -> None:
+    from ple.io import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(config.to_dict(), sort_keys=False, allow_unicode=True))
+
+
+def config_reference(markdown: bool = False) -> str:
+    """Every field with its default and help, grouped by section."""
+    lines: list[str] = []
+    section = None
+    for f in dataclasses.fields(Config):
+        if f.metadata["section"] != section:
+            section = f.metadata["section"]
+            lines += (
+                ["", f"### {section}", "", "| key | default | meaning |", "|---|---|---|"]
+                if markdown
+                else [f"\n{section}:"]
+            )
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        choices = f.metadata.get("choices")
+        text = f.metadata["help"] + (f" One of: {', '.join(choices)}." if choices else "")
+        if markdown:
+            lines.append(f"| `{f.name}` | `{default!r}` | {text} |")
+        else:
+            lines.append(f"  {f.name} (default {default!r}): {text}")
+    return "\n".join(lines).strip("\n")

@@ -1,0 +1,113 @@
+"""Loading the policy (any AutoModelForCausalLM, optionally with LoRA) and saving it."""
+
+import json
+from pathlib import Path
+
+import torch
+
+from ple.errors import PLEError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise PLEError(f"device={name!r} is not a torch device") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise PLEError(f"device={name!r}, but torch sees no CUDA device")
+    return device
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def check_exists(name: str) -> None:
+    """A name that is plainly a local path (absolute, ./ or ~) must exist; anything else may be a hub id."""
+    if name.startswith(("/", ".", "~")) and not Path(name).expanduser().exists():
+        raise PLEError(f"model not found: {name}")
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    check_exists(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+    except Exception as e:
+        raise PLEError(f"could not load the tokenizer of '{name}': {_first_line(e)}") from None
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise PLEError(f"the tokenizer of '{name}' has neither a pad nor an eos token")
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+    return tokenizer
+
+
+def adapter_base(path: str) -> str | None:
+    """The base model of a saved LoRA adapter directory, or None if `path` is no adapter."""
+    config = Path(path) / "adapter_config.json"
+    if not config.is_file():
+        return None
+    return json.loads(config.read_text())["base_model_name_or_path"]
+
+
+def load_causal_lm(name: str, dtype: str = "float32"):
+    """A causal LM by path or id. A LoRA adapter directory loads on top of its base model."""
+    from transformers import AutoModelForCausalLM
+
+    check_exists(name)
+    base = adapter_base(name)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(base or name, dtype=DTYPES[dtype])
+        if base is not None:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, name)
+    except Exception as e:
+        raise PLEError(f"could not load model '{name}': {_first_line(e)}") from None
+    return model
+
+
+def load_policy(config, checkpoint: Path | None = None):
+    """The trainable policy and its tokenizer; from `checkpoint` (a saved model dir) when resuming."""
+    from transformers import AutoModelForCausalLM
+
+    source = str(checkpoint) if checkpoint is not None and not config.use_lora else config.model
+    tokenizer = load_tokenizer(config.model)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[config.dtype])
+    except Exception as e:
+        raise PLEError(f"could not load model '{source}': {_first_line(e)}") from None
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if config.use_lora:
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if checkpoint is not None:
+            model = PeftModel.from_pretrained(model, str(checkpoint), is_trainable=True)
+        else:
+            try:
+                lora = LoraConfig(
+                    r=config.lora_r,
+                    lora_alpha=config.lora_alpha,
+                    lora_dropout=config.lora_dropout,
+                    target_modules=config.lora_target_modules,
+                    task_type="CAUSAL_LM",
+                )
+                model = get_peft_model(model, lora)
+            except ValueError as e:
+                raise PLEError(f"LoRA setup failed: {_first_line(e)}") from None
+    return model, tokenizer
+
+
+def save_model(model, tokenizer, path: Path, merge: bool = False) -> None:
+    """Save an adapter (or the full model); with `merge`, LoRA is folded into a plain checkpoint."""
+    if merge:
+        model = model.merge_and_unload()
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)

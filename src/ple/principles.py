@@ -1,0 +1,88 @@
+"""Principles and how they are put into a prompt: a system message for chat models,
+a text prefix for plain LMs."""
+
+import json
+from pathlib import Path
+
+import yaml
+
+from ple.data import Prompt
+from ple.errors import PLEError
+
+
+def load_principle(value: str, name: str | None = None) -> str:
+    """Inline text, or one principle from a YAML/JSON file.
+
+    The file is a mapping of name -> text (or -> {text: ...}), or a single text.
+    """
+    path = Path(value).expanduser()
+    is_file_like = path.suffix.lower() in {".yaml", ".yml", ".json"} and "\n" not in value
+    if not is_file_like:
+        if name is not None:
+            raise PLEError("principle_name is set, but principle is inline text rather than a file")
+        return value
+    if not path.is_file():
+        raise PLEError(f"principles file not found: {value}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as e:
+        raise PLEError(f"principles file {value} could not be parsed: {str(e).splitlines()[0]}") from None
+    if isinstance(data, str):
+        return data
+    if not isinstance(data, dict) or not data:
+        raise PLEError(f"principles file {value} must map names to principle texts")
+    if name is None:
+        if len(data) > 1:
+            raise PLEError(
+                f"principles file {value} holds {len(data)} principles; set principle_name to one of: {', '.join(data)}"
+            )
+        name = next(iter(data))
+    if name not in data:
+        raise PLEError(f"principle_name '{name}' is not in {value} (it has: {', '.join(data)})")
+    entry = data[name]
+    text = entry.get("text") if isinstance(entry, dict) else entry
+    if not isinstance(text, str) or not text.strip():
+        raise PLEError(f"principle '{name}' in {value} is empty")
+    return text
+
+
+class PromptBuilder:
+    """Renders plain prompts x and guided prompts p + x to the text the policy reads."""
+
+    def __init__(
+        self,
+        tokenizer,
+        principle: str,
+        prompt_format: str = "auto",
+        chat_template: str = "{principle}",
+        text_template: str = "{principle}\n\n{query}",
+    ):
+        has_template = getattr(tokenizer, "chat_template", None) is not None
+        if prompt_format == "chat" and not has_template:
+            raise PLEError("prompt_format=chat, but the tokenizer has no chat template (use text)")
+        self.chat = prompt_format == "chat" or (prompt_format == "auto" and has_template)
+        self.tokenizer = tokenizer
+        self.principle = principle
+        self.chat_template = chat_template
+        self.text_template = text_template
+
+    def messages(self, prompt: Prompt, guided: bool) -> list[dict[str, str]]:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        if guided:
+            system = self.chat_template.format(principle=self.principle)
+            if messages and messages[0]["role"] == "system":  # keep the task's own system text after the principle
+                system = f"{system}\n\n{messages[0]['content']}"
+                messages = messages[1:]
+            messages = [{"role": "system", "content": system}, *messages]
+        return messages
+
+    def render(self, prompt: Prompt, guided: bool = False) -> str:
+        if self.chat:
+            return self.tokenizer.apply_chat_template(
+                self.messages(prompt, guided), tokenize=False, add_generation_prompt=True
+            )
+        from ple.data import prompt_text
+
+        query = prompt_text(prompt)
+        return self.text_template.format(principle=self.principle, query=query) if guided else query

@@ -1,0 +1,237 @@
+"""Rewards behind TRL's contract: f(prompts, completions, **columns) -> list[float | None].
+
+A reward is named by a string:
+  - "vader": VADER sentiment of the completion, in [-1, 1];
+  - "module:function" or "path/to/file.py:function": any Python callable;
+  - anything else: an AutoModelForSequenceClassification path or hub id.
+Several rewards combine into a weighted sum. A None, NaN or inf score means "no
+reward" for that completion; the trainer skips the query and counts it.
+"""
+
+import importlib
+import importlib.util
+import math
+import re
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ple.data import Prompt, prompt_text
+from ple.errors import PLEError
+
+RewardFn = Callable[..., list[float | None]]
+_CALLABLE = re.compile(r"^(?P<module>[^:]+):(?P<attr>[A-Za-z_][A-Za-z0-9_.]*)$")
+
+
+def vader_reward(prompts: Sequence[Prompt], completions: Sequence[str], **_: Any) -> list[float]:
+    """VADER compound sentiment of each completion (the prompt is not scored)."""
+    return [_vader().polarity_scores(c)["compound"] for c in completions]
+
+
+_VADER = None
+
+
+def _vader():
+    global _VADER
+    if _VADER is None:
+        try:
+            from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+        except ImportError:
+            raise PLEError("reward 'vader' needs the vaderSentiment package: pip install vaderSentiment") from None
+        _VADER = SentimentIntensityAnalyzer()
+    return _VADER
+
+
+def load_callable(spec: str) -> RewardFn:
+    """`module:function` or `file.py:function`."""
+    match = _CALLABLE.match(spec)
+    if not match:
+        raise PLEError(f"reward '{spec}' is not of the form module:function")
+    module_name, attr = match["module"], match["attr"]
+    try:
+        if module_name.endswith(".py"):
+            path = Path(module_name).expanduser()
+            if not path.is_file():
+                raise PLEError(f"reward file not found: {module_name}")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(module_name)
+        fn = module
+        for part in attr.split("."):
+            fn = getattr(fn, part)
+    except PLEError:
+        raise
+    except (ImportError, AttributeError) as e:
+        raise PLEError(f"reward '{spec}' could not be loaded: {e}") from None
+    if not callable(fn):
+        raise PLEError(f"reward '{spec}' is not callable")
+    return fn
+
+
+class ClassifierReward:
+    """A sequence-classification model as a reward.
+
+    One output logit: the logit is the reward (a reward model). Several labels: the
+    probability (or logit) of `label`. `input` is "pair" (tokenizer(prompt, completion),
+    or the tokenizer's chat template for chat prompts) or "completion" (the completion alone).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        label: str | None = None,
+        output: str = "prob",
+        input: str = "pair",
+        batch_size: int = 32,
+        device: str | torch.device = "cpu",
+    ):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(name)
+            self.model = AutoModelForSequenceClassification.from_pretrained(name).to(device).eval()
+        except Exception as e:
+            raise PLEError(f"reward model '{name}' could not be loaded: {str(e).splitlines()[0]}") from None
+        labels = self.model.config.id2label or {}
+        self.index: int | None = None
+        if self.model.config.num_labels > 1:
+            by_name = {str(v): int(k) for k, v in labels.items()}
+            if label is None:
+                raise PLEError(f"reward model '{name}' has labels {list(by_name)}; set reward_label to one of them")
+            if label not in by_name:
+                raise PLEError(f"reward_label '{label}' is not a label of '{name}' (it has: {', '.join(by_name)})")
+            self.index = by_name[label]
+        if output not in ("prob", "logit") or input not in ("pair", "completion"):
+            raise PLEError(f"reward '{name}': output must be prob|logit and input pair|completion")
+        self.output, self.input, self.batch_size, self.device = output, input, batch_size, device
+
+    def _encode(self, prompts: Sequence[Prompt], completions: Sequence[str]):
+        kw = dict(padding=True, truncation=True, return_tensors="pt")
+        if self.input == "completion":
+            return self.tokenizer(list(completions), **kw)
+        if getattr(self.tokenizer, "chat_template", None) and any(not isinstance(p, str) for p in prompts):
+            texts = [
+                self.tokenizer.apply_chat_template(
+                    ([{"role": "user", "content": p}] if isinstance(p, str) else list(p))
+                    + [{"role": "assistant", "content": c}],
+                    tokenize=False,
+                )
+                for p, c in zip(prompts, completions)
+            ]
+            return self.tokenizer(texts, **kw)
+        return self.tokenizer([prompt_text(p) for p in prompts], list(completions), **kw)
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[Prompt], completions: Sequence[str], **_: Any) -> list[float]:
+        scores: list[float] = []
+        for i in range(0, len(completions), self.batch_size):
+            batch = self._encode(prompts[i : i + self.batch_size], completions[i : i + self.batch_size])
+            logits = self.model(**batch.to(self.device)).logits.float()
+            if self.index is None:
+                scores += logits[:, 0].tolist()
+            elif self.output == "prob":
+                scores += logits.softmax(-1)[:, self.index].tolist()
+            else:
+                scores += logits[:, self.index].tolist()
+        return scores
+
+
+def _build_one(spec: str, options: dict[str, Any], batch_size: int, device) -> RewardFn:
+    if spec == "vader":
+        return vader_reward
+    if _CALLABLE.match(spec):
+        return load_callable(spec)
+    return ClassifierReward(spec, batch_size=batch_size, device=device, **options)
+
+
+def build_reward(
+    spec: str | list,
+    label: str | None = None,
+    output: str = "prob",
+    input: str = "pair",
+    batch_size: int = 32,
+    device="cpu",
+) -> RewardFn:
+    """The config's `reward` as one callable. A list gives the weighted sum of its parts."""
+    if isinstance(spec, str):
+        return _build_one(spec, {"label": label, "output": output, "input": input}, batch_size, device)
+    parts: list[tuple[float, RewardFn]] = []
+    for item in spec:
+        if isinstance(item, str):
+            item = {"name": item}
+        if not isinstance(item, dict) or "name" not in item:
+            raise PLEError(
+                f"reward list entries are names or {{name, weight, label, output, input}} maps, got {item!r}"
+            )
+        unknown = set(item) - {"name", "weight", "label", "output", "input"}
+        if unknown:
+            raise PLEError(f"reward '{item['name']}': unknown key(s) {', '.join(sorted(unknown))}")
+        weight = item.get("weight", 1.0)
+        if not isinstance(weight, (int, float)) or not math.isfinite(weight):
+            raise PLEError(f"reward '{item['name']}': weight must be a number, got {weight!r}")
+        options = {"label": item.get("label"), "output": item.get("output", "prob"), "input": item.get("input", "pair")}
+        parts.append((float(weight), _build_one(item["name"], options, batch_size, device)))
+    if not parts:
+        raise PLEError("reward list is empty")
+
+    def combined(prompts, completions, **columns):
+        totals: list[float | None] = [0.0] * len(completions)
+        for weight, fn in parts:
+            for i, s in enumerate(score(fn, prompts, completions, **columns)):
+                totals[i] = None if totals[i] is None or s is None else totals[i] + weight * s
+        return totals
+
+    return combined
+
+
+def score(fn: RewardFn, prompts: Sequence[Prompt], completions: Sequence[str], **columns: Any) -> list[float | None]:
+    """Call a reward and check its answer; NaN and inf become None (no reward)."""
+    out = fn(prompts=list(prompts), completions=list(completions), **columns)
+    if hasattr(out, "tolist"):
+        out = out.tolist()
+    if not isinstance(out, (list, tuple)) or len(out) != len(completions):
+        got = len(out) if isinstance(out, (list, tuple)) else type(out).__name__
+        raise PLEError(
+            f"reward {getattr(fn, '__name__', fn)!s} returned {got} scores for {len(completions)} completions"
+        )
+    clean: list[float | None] = []
+    for s in out:
+        if s is None:
+            clean.append(None)
+            continue
+        try:
+            s = float(s)
+        except (TypeError, ValueError):
+            raise PLEError(f"reward {getattr(fn, '__name__', fn)!s} returned a non-number: {s!r}") from None
+        clean.append(s if math.isfinite(s) else None)
+    return clean
+
+
+class RunningStd:
+    """Running standard deviation of every reward seen (Welford), for `reward_scaling: standardized`."""
+
+    def __init__(self, count: int = 0, mean: float = 0.0, m2: float = 0.0):
+        self.count, self.mean, self.m2 = count, mean, m2
+
+    def update(self, values: Sequence[float | None]) -> None:
+        for v in values:
+            if v is None:
+                continue
+            self.count += 1
+            delta = v - self.mean
+            self.mean += delta / self.count
+            self.m2 += delta * (v - self.mean)
+
+    @property
+    def std(self) -> float:
+        """Sample std; 1.0 until two distinct rewards have been seen, so a gap is never divided by 0."""
+        if self.count < 2 or self.m2 <= 0:
+            return 1.0
+        return math.sqrt(self.m2 / (self.count - 1))
+
+    def state(self) -> dict[str, float]:
+        return {"count": self.count, "mean": self.mean, "m2": self.m2}

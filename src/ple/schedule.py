@@ -1,0 +1,30 @@
+"""Threshold schedules tau_t."""
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def threshold(
+    t: int,
+    schedule: str = "exponential",
+    tau0: float = 0.2,
+    alpha: float = 0.9,
+    quantile: float = 0.5,
+    gaps: Sequence[float | None] = (),
+) -> float:
+    """tau_t for iteration t.
+
+    exponential: tau0 * alpha**t.  constant: tau0.
+    quantile: the q-quantile of this iteration's finite |gaps| (tau0 when there are none).
+    """
+    if schedule == "exponential":
+        # Rounded to 12 significant digits so 0.2 * 0.9 logs as 0.18, not 0.18000000000000002.
+        return tau0 if math.isinf(tau0) else float(f"{tau0 * alpha**t:.12g}")
+    if schedule == "constant":
+        return tau0
+    if schedule == "quantile":
+        finite = [abs(g) for g in gaps if g is not None and math.isfinite(g)]
+        return float(np.quantile(finite, quantile)) if finite else tau0
+    raise ValueError(f"unknown schedule {schedule!r}")

@@ -1,0 +1,464 @@
+"""The PLE trainer: one iteration reads like PLE-SPEC.md section 2.
+
+tau_t  = schedule(t)
+x      = next queries_per_iteration queries
+y, y_p = pi(.|x), pi(.|p + x)             one batched generate call
+s, s_p = r(x, y), r(x, y_p)                always against plain x
+branch = rank | wsft | skip                 by gap = s_p - s and tau_t
+train on (x -> y_p, y) with the branch's loss, then log, write and checkpoint
+"""
+
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ple.config import Config, save_config
+from ple.data import load_rows, prompt_text, query_rows, sft_rows
+from ple.errors import PLEError
+from ple.generation import encode_prompts, generate
+from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir
+from ple.losses import IGNORE_INDEX, assign_branch, rank_loss, sequence_logprobs, sft_weights, weighted_sft_loss
+from ple.model import load_policy, resolve_device, save_model
+from ple.principles import PromptBuilder, load_principle
+from ple.progress import Progress
+from ple.rewards import RunningStd, build_reward, score
+from ple.schedule import threshold
+
+WARMUP = -1  # iteration index of the SFT warm-up checkpoint
+
+
+@dataclass
+class Pair:
+    """One query's training example: plain-x prompt ids, both responses, and its branch."""
+
+    prompt_ids: list[int]
+    guided_ids: list[int]
+    plain_ids: list[int]
+    branch: str
+    winner: str | None
+    s: float
+    s_p: float
+
+
+def query_order(n: int, t: int, per_iteration: int, seed: int, shuffle: bool = True) -> list[int]:
+    """Dataset indices for iteration t: walk the set in order, one seeded permutation per pass, wrapping."""
+    indices = []
+    for position in range(t * per_iteration, (t + 1) * per_iteration):
+        epoch, offset = divmod(position, n)
+        order = np.random.default_rng([seed, epoch]).permutation(n) if shuffle else np.arange(n)
+        indices.append(int(order[offset]))
+    return indices
+
+
+def _iteration_seed(seed: int, t: int) -> int:
+    return seed * 1_000_003 + t + 2  # t = -1 (warm-up) stays distinct from iteration 0
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+class PLETrainer:
+    def __init__(self, config: Config, reward_fn=None):
+        self.config = config
+        self.run_dir = Path(config.output_dir)
+        self.device = resolve_device(config.device)
+        self.principle = load_principle(config.principle, config.principle_name)
+        self.queries = query_rows(
+            load_rows(config.dataset, config.dataset_split, config.dataset_config), config.dataset, config.prompt_column
+        )
+        self.sft_set = (
+            sft_rows(load_rows(config.sft_dataset, config.sft_split), config.sft_dataset, config.prompt_column)
+            if config.sft_epochs > 0
+            else []
+        )
+        if reward_fn is None and config.reward is not None:
+            reward_fn = build_reward(
+                config.reward,
+                config.reward_label,
+                config.reward_output,
+                config.reward_input,
+                config.reward_batch_size,
+                self.device,
+            )
+        self.reward_fn = reward_fn
+        self.reward_std = RunningStd()
+        self.model = self.tokenizer = self.optimizer = None
+
+    # ------------------------------------------------------------------ main loop
+    def train(self, resume: bool = False) -> Path:
+        config = self.config
+        start = self._prepare_run_dir(resume)
+        with Progress(total=config.iterations, description="PLE iterations", completed=max(start, 0)) as progress:
+            self.progress = progress
+            if start == WARMUP:
+                self.sft_warmup()
+                self._checkpoint(WARMUP)
+                start = 0
+            for t in range(start, config.iterations):
+                metrics = self.iteration(t)
+                progress.advance()
+                progress.log(_summary_line(metrics))
+        final = self.run_dir / "final"
+        tmp = self.run_dir / ".final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(self.model, self.tokenizer, tmp, merge=config.merge_lora)
+        replace_dir(tmp, final)
+        return final
+
+    def iteration(self, t: int) -> dict[str, Any]:
+        config = self.config
+        torch.manual_seed(_iteration_seed(config.seed, t))
+        started = time.perf_counter()
+        indices = query_order(len(self.queries), t, config.queries_per_iteration, config.seed, config.shuffle)
+        rows = [self.queries[i] for i in indices]
+
+        plain, guided, plain_ids, gen_stats = self.generate_pairs(rows)
+        s, s_p, score_seconds = self.score_pairs(rows, [g.text for g in plain], [g.text for g in guided])
+        scale = self._reward_scale(s + s_p)
+        gaps = [None if a is None or b is None else (b - a) / scale for a, b in zip(s, s_p)]
+        tau = threshold(t, config.schedule, config.tau0, config.alpha, config.tau_quantile, gaps)
+        if self.reward_fn is None:  # context distillation: every pair is SFT on y_p
+            branches = [("wsft", None)] * len(rows)
+        else:
+            branches = [assign_branch(g, tau, config.negative_gap) for g in gaps]
+
+        pairs = [
+            Pair(x_ids, y_p.response_ids, y.response_ids, branch, winner, (a or 0.0) / scale, (b or 0.0) / scale)
+            for x_ids, y, y_p, a, b, (branch, winner) in zip(plain_ids, plain, guided, s, s_p, branches)
+            if branch != "skip"
+        ]
+        train_stats = self.train_on(pairs, t)
+
+        generation_rows = [
+            {
+                "iteration": t,
+                "index": i,
+                "query": row["prompt"],
+                "prompt": self.builder.render(row["prompt"]),
+                "principle_prompt": self.builder.render(row["prompt"], True),
+                "y": y.text,
+                "y_p": y_p.text,
+                "s": a,
+                "s_p": b,
+                "gap": g,
+                "branch": branch,
+                "winner": winner,
+                "tau": tau,
+            }
+            for i, row, y, y_p, a, b, g, (branch, winner) in zip(indices, rows, plain, guided, s, s_p, gaps, branches)
+        ]
+        counts = {name: sum(b == name for b, _ in branches) for name in ("rank", "wsft", "skip")}
+        metrics = {
+            "iteration": t,
+            "tau": tau,
+            "mean_s": _mean(s),
+            "mean_s_p": _mean(s_p),
+            "mean_gap": _mean(gaps),
+            **{f"frac_{k}": v / len(rows) for k, v in counts.items()},
+            **{f"n_{k}": v for k, v in counts.items()},
+            "n_rank_plain_wins": sum(w == "plain" for _, w in branches),
+            "n_invalid_reward": sum(g is None for g in gaps) if self.reward_fn is not None else 0,
+            "reward_scale": scale,
+            **gen_stats,
+            "score_seconds": score_seconds,
+            **train_stats,
+            "seconds": time.perf_counter() - started,
+        }
+        self._write_iteration(t, generation_rows, metrics)
+        return metrics
+
+    # ------------------------------------------------------------------ steps
+    def generate_pairs(self, rows: list[dict]):
+        """y ~ pi(.|x) and y_p ~ pi(.|p + x) for every query, in one batched call."""
+        config = self.config
+        self.progress.phase("generating")
+        texts = [self.builder.render(r["prompt"]) for r in rows] + [
+            self.builder.render(r["prompt"], True) for r in rows
+        ]
+        ids = encode_prompts(self.tokenizer, texts, not self.builder.chat, config.max_prompt_tokens)
+        started = time.perf_counter()
+        samples = generate(
+            self.model,
+            self.tokenizer,
+            ids,
+            config.max_new_tokens,
+            config.temperature,
+            config.top_p,
+            config.top_k,
+            config.generation_batch_size,
+        )
+        seconds = time.perf_counter() - started
+        tokens = sum(len(x.response_ids) for x in samples)
+        n = len(rows)
+        stats = {"gen_seconds": seconds, "gen_tokens": tokens, "gen_tokens_per_s": tokens / max(seconds, 1e-9)}
+        return samples[:n], samples[n:], ids[:n], stats
+
+    def score_pairs(self, rows: list[dict], plain: list[str], guided: list[str]):
+        """s = r(x, y), s_p = r(x, y_p): both against the plain query, in one reward call."""
+        n = len(rows)
+        if self.reward_fn is None:  # context distillation: no reward at all
+            return [None] * n, [None] * n, 0.0
+        self.progress.phase("scoring")
+        prompts = [r["prompt"] for r in rows]
+        columns = {k: [r[k] for r in rows] * 2 for k in rows[0] if k != "prompt"}
+        started = time.perf_counter()
+        scores = score(self.reward_fn, prompts + prompts, plain + guided, **columns)
+        return scores[:n], scores[n:], time.perf_counter() - started
+
+    def train_on(self, pairs: list[Pair], t: int) -> dict[str, Any]:
+        """epochs_per_iteration passes over this iteration's pairs, in micro-batches with accumulation."""
+        config = self.config
+        per_step = config.batch_size * config.gradient_accumulation_steps
+        rng = np.random.default_rng([config.seed, t + 2, 7])
+        totals = {"loss": [], "rank_loss": [], "wsft_loss": []}
+        tokens, started = 0, time.perf_counter()
+        steps = config.epochs_per_iteration * math.ceil(len(pairs) / per_step)
+        self.progress.phase("training", total=steps)
+        for _ in range(config.epochs_per_iteration):
+            order = rng.permutation(len(pairs))
+            for step_start in range(0, len(pairs), per_step):
+                step = [pairs[i] for i in order[step_start : step_start + per_step]]
+                for micro_start in range(0, len(step), config.batch_size):
+                    micro = step[micro_start : micro_start + config.batch_size]
+                    losses, n_tokens = self.pair_losses(micro)
+                    (losses["loss"].sum() / len(step)).backward()
+                    tokens += n_tokens
+                    for key, values in losses.items():
+                        totals[key] += values.detach().tolist()
+                self._optimizer_step()
+                self.progress.step()
+        seconds = time.perf_counter() - started
+        return {
+            "loss": _mean(totals["loss"]),
+            "rank_loss": _mean(v for v in totals["rank_loss"] if not math.isnan(v)),
+            "wsft_loss": _mean(v for v in totals["wsft_loss"] if not math.isnan(v)),
+            "optimizer_steps": steps,
+            "train_seconds": seconds,
+            "train_tokens_per_s": tokens / max(seconds, 1e-9),
+        }
+
+    def pair_losses(self, pairs: list[Pair]) -> tuple[dict[str, torch.Tensor], int]:
+        """Per-query losses of a micro-batch: one forward pass over [x + y_p] and [x + y]."""
+        config = self.config
+        batch = [(p.prompt_ids, p.guided_ids) for p in pairs] + [(p.prompt_ids, p.plain_ids) for p in pairs]
+        input_ids, attention_mask, labels = self._collate(batch)
+        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        sum_logp, n_tokens = sequence_logprobs(logits, labels)
+        n = len(pairs)
+        logp_g, logp_y = sum_logp[:n], sum_logp[n:]
+        n_g, n_y = n_tokens[:n].clamp(min=1), n_tokens[n:].clamp(min=1)
+        mean_g, mean_y = logp_g / n_g, logp_y / n_y
+
+        guided_wins = torch.tensor([p.winner == "guided" for p in pairs], device=logits.device)
+        mean_w, mean_l = torch.where(guided_wins, mean_g, mean_y), torch.where(guided_wins, mean_y, mean_g)
+        rank_term = (
+            rank_loss(mean_w, mean_l, config.rank_loss, config.margin, config.beta) - config.rank_sft_coef * mean_w
+        )
+
+        if config.sft_weights == "guided":
+            w_g, w_y = torch.ones(n, device=logits.device), torch.zeros(n, device=logits.device)
+        else:
+            rewards = torch.tensor([[p.s_p, p.s] for p in pairs], device=logits.device, dtype=torch.float32)
+            w_g, w_y = sft_weights(rewards[:, 0], rewards[:, 1], config.wsft_temperature)
+        wsft_term = weighted_sft_loss(-logp_g, n_g, -logp_y, n_y, w_g, w_y)
+
+        is_rank = torch.tensor([p.branch == "rank" for p in pairs], device=logits.device)
+        loss = torch.where(is_rank, config.rank_coef * rank_term, config.sft_coef * wsft_term)
+        nan = torch.full_like(loss, float("nan"))
+        return {
+            "loss": loss,
+            "rank_loss": torch.where(is_rank, rank_term, nan),
+            "wsft_loss": torch.where(is_rank, nan, wsft_term),
+        }, int(attention_mask.sum())
+
+    def sft_warmup(self) -> None:
+        """SFT on the SFT set for sft_epochs epochs, loss on response tokens only."""
+        config = self.config
+        torch.manual_seed(_iteration_seed(config.seed, WARMUP))
+        rng = np.random.default_rng([config.seed, 1])
+        prompts = encode_prompts(
+            self.tokenizer,
+            [self.builder.render(r["prompt"]) for r in self.sft_set],
+            not self.builder.chat,
+            config.max_prompt_tokens,
+        )
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        responses = [self.tokenizer(r["response"], add_special_tokens=False)["input_ids"] + eos for r in self.sft_set]
+        per_step = config.batch_size * config.gradient_accumulation_steps
+        self.progress.phase("SFT warm-up", total=config.sft_epochs * math.ceil(len(prompts) / per_step))
+        for _ in range(config.sft_epochs):
+            order = rng.permutation(len(prompts))
+            for step_start in range(0, len(order), per_step):
+                step = order[step_start : step_start + per_step]
+                n_tokens = sum(len(responses[i]) for i in step)
+                for micro_start in range(0, len(step), config.batch_size):
+                    micro = step[micro_start : micro_start + config.batch_size]
+                    input_ids, attention_mask, labels = self._collate([(prompts[i], responses[i]) for i in micro])
+                    logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+                    sum_logp, _ = sequence_logprobs(logits, labels)
+                    (-sum_logp.sum() / n_tokens).backward()  # mean token NLL over the whole step
+                self._optimizer_step()
+                self.progress.step()
+
+    # ------------------------------------------------------------------ helpers
+    def _collate(self, batch: list[tuple[list[int], list[int]]]):
+        """Right-padded prompt+response ids, with labels only on response tokens."""
+        width = max(len(p) + len(r) for p, r in batch)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+        for i, (prompt, response) in enumerate(batch):
+            ids = torch.tensor(prompt + response, dtype=torch.long)
+            input_ids[i, : len(ids)] = ids
+            attention_mask[i, : len(ids)] = 1
+            labels[i, len(prompt) : len(ids)] = ids[len(prompt) :]
+        return input_ids.to(self.device), attention_mask.to(self.device), labels.to(self.device)
+
+    def _optimizer_step(self) -> None:
+        if self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _reward_scale(self, rewards: list[float | None]) -> float:
+        if self.config.reward_scaling == "raw":
+            return 1.0
+        self.reward_std.update(rewards)
+        return self.reward_std.std
+
+    # ------------------------------------------------------------------ run directory
+    def _setup_model(self, checkpoint: Path | None) -> None:
+        config = self.config
+        torch.manual_seed(config.seed)  # LoRA's initial A matrices
+        self.model, self.tokenizer = load_policy(config, checkpoint)
+        self.model.to(self.device)
+        self.model.train()
+        self.builder = PromptBuilder(
+            self.tokenizer,
+            self.principle,
+            config.prompt_format,
+            config.chat_principle_template,
+            config.text_principle_template,
+        )
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        if checkpoint is not None:
+            self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+
+    def _prepare_run_dir(self, resume: bool) -> int:
+        """Start a run, or pick up a killed one. Returns the first iteration to run (WARMUP for the warm-up)."""
+        config = self.config
+        saved_config = self.run_dir / "config.yaml"
+        if saved_config.exists() and not resume:
+            raise PLEError(
+                f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another output_dir"
+            )
+        last = self._last_checkpoint() if resume else None
+        if resume and saved_config.exists():
+            self._check_resumable(saved_config)
+        checkpoint = None
+        if last is not None:
+            checkpoint = self.run_dir / "checkpoints" / _checkpoint_name(last)
+            state = _read_json(checkpoint / "trainer_state.json")
+            self.reward_std = RunningStd(**state["reward_std"])
+        self._setup_model(checkpoint)  # before writing anything, so a bad model leaves no half-made run
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, saved_config)
+        done = last if last is not None else (WARMUP - 1 if config.sft_epochs > 0 else WARMUP)
+        self._discard_after(done)
+        return done + 1
+
+    def _check_resumable(self, saved: Path) -> None:
+        import yaml
+
+        before = yaml.safe_load(saved.read_text())
+        now = self.config.to_dict()
+        changed = [k for k in now if k != "iterations" and before.get(k) != now[k]]
+        if changed:
+            raise PLEError(
+                f"cannot resume {self.run_dir}: the config changed ({', '.join(changed)}); only iterations may"
+            )
+
+    def _checkpoints(self) -> list[tuple[int, Path]]:
+        """Finished checkpoints as (iteration, dir), oldest first; half-written ones have no trainer_state.json."""
+        root = self.run_dir / "checkpoints"
+        found = (
+            [
+                (int(_read_json(d / "trainer_state.json")["iteration"]), d)
+                for d in root.glob("[!.]*")
+                if (d / "trainer_state.json").is_file()
+            ]
+            if root.is_dir()
+            else []
+        )
+        return sorted(found)
+
+    def _last_checkpoint(self) -> int | None:
+        found = self._checkpoints()
+        return found[-1][0] if found else None
+
+    def _discard_after(self, done: int) -> None:
+        """Drop rows of iterations that finished after the last checkpoint: they are redone identically."""
+        metrics = self.run_dir / "metrics.jsonl"
+        if metrics.exists():
+            atomic_write_jsonl(metrics, [r for r in read_jsonl(metrics) if r["iteration"] <= done])
+        for path in (self.run_dir / "generations").glob("iter_*.jsonl"):
+            if int(path.stem.split("_")[1]) > done:
+                path.unlink()
+
+    def _write_iteration(self, t: int, rows: list[dict], metrics: dict) -> None:
+        import json
+
+        atomic_write_jsonl(self.run_dir / "generations" / f"iter_{t:03d}.jsonl", rows)
+        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(metrics) + "\n")
+        self._checkpoint(t)
+
+    def _checkpoint(self, t: int) -> None:
+        import json
+
+        root = self.run_dir / "checkpoints"
+        tmp = root / f".{_checkpoint_name(t)}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(self.model, self.tokenizer, tmp)
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        atomic_write_text(
+            tmp / "trainer_state.json", json.dumps({"iteration": t, "reward_std": self.reward_std.state()})
+        )
+        replace_dir(tmp, root / _checkpoint_name(t))
+        if self.config.keep_checkpoints:
+            for _, old in self._checkpoints()[: -self.config.keep_checkpoints]:
+                shutil.rmtree(old)
+
+
+def _checkpoint_name(t: int) -> str:
+    return "warmup" if t == WARMUP else f"iter_{t:03d}"
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text())
+
+
+def _summary_line(m: dict) -> str:
+    def fmt(v):
+        return "n/a" if v is None else f"{v:+.3f}"
+
+    return (
+        f"iter {m['iteration']}: tau={m['tau']:.4g} s={fmt(m['mean_s'])} s_p={fmt(m['mean_s_p'])} "
+        f"rank/wsft/skip={m['n_rank']}/{m['n_wsft']}/{m['n_skip']} loss={fmt(m['loss'])} "
+        f"{m['seconds']:.1f}s ({m['gen_tokens_per_s']:.0f} gen tok/s)"
+    )
+
+
+__all__ = ["PLETrainer", "query_order", "prompt_text"]

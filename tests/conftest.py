@@ -1,0 +1,125 @@
+"""Tiny offline fixtures: a word-level tokenizer and 2-layer Llama models built in code."""
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+WORDS = (
+    "the a movie film story actor plot was is good great bad awful boring fun wonderful terrible "
+    "i we you it this that and but so very not really loved hated liked enjoyed watched saw "
+    "best worst ever love hate scene music ending characters funny sad happy dull brilliant"
+).split()
+
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <eos> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|> {% endif %}"
+)
+
+
+def _build_tokenizer(chat: bool):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(["<pad>", "<eos>", "<unk>", "<|system|>", "<|user|>", "<|assistant|>"])}
+    for word in WORDS + list(".,!?:"):
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>", unk_token="<unk>")
+    fast.add_special_tokens({"additional_special_tokens": ["<|system|>", "<|user|>", "<|assistant|>"]})
+    if chat:
+        fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_tiny_model(path: Path, chat: bool = True, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = _build_tokenizer(chat)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+    )
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_chat_model(tmp_path_factory) -> str:
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny_chat"), chat=True))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_model(tmp_path_factory) -> str:
+    return str(build_tiny_model(tmp_path_factory.mktemp("tiny_text"), chat=False))
+
+
+def write_queries(path: Path, n: int = 12, seed: int = 0) -> Path:
+    rng = random.Random(seed)
+    rows = [{"prompt": " ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 6))), "id": i} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def queries_file(tmp_path) -> Path:
+    return write_queries(tmp_path / "queries.jsonl")
+
+
+@pytest.fixture
+def reward_module(tmp_path) -> str:
+    """A reward file: counts 'good'-ish words, so guided and plain answers differ in score."""
+    path = tmp_path / "toy_reward.py"
+    path.write_text(
+        "POSITIVE = {'good', 'great', 'wonderful', 'fun', 'brilliant', 'loved', 'best', 'happy'}\n"
+        "NEGATIVE = {'bad', 'awful', 'terrible', 'boring', 'hated', 'worst', 'dull', 'sad'}\n"
+        "def positivity(prompts, completions, **columns):\n"
+        "    out = []\n"
+        "    for c in completions:\n"
+        "        words = c.split()\n"
+        "        out.append((sum(w in POSITIVE for w in words) - sum(w in NEGATIVE for w in words)) / 4)\n"
+        "    return out\n"
+        "def always_nan(prompts, completions, **columns):\n"
+        "    return [float('nan')] * len(completions)\n"
+        "def half_none(prompts, completions, **columns):\n"
+        "    return [None if i % 2 else len(c) / 100 for i, c in enumerate(completions)]\n"
+        "def wrong_length(prompts, completions, **columns):\n"
+        "    return [0.0]\n"
+        "def echo_columns(prompts, completions, **columns):\n"
+        "    assert 'id' in columns and len(columns['id']) == len(completions), columns\n"
+        "    return [float(i) for i in columns['id']]\n"
+    )
+    return str(path)
+
+
+def tiny_config(model: str, dataset: Path, output_dir: Path, reward: str | None, **overrides) -> dict:
+    config = dict(
+        model=model,
+        dataset=str(dataset),
+        principle="be good and great and wonderful",
+        reward=reward,
+        output_dir=str(output_dir),
+        iterations=2,
+        queries_per_iteration=6,
+        batch_size=2,
+        gradient_accumulation_steps=2,
+        max_new_tokens=6,
+        learning_rate=5e-3,
+        seed=0,
+        device="cpu",
+    )
+    config.update(overrides)
+    return config

@@ -1,0 +1,99 @@
+import math
+
+import pytest
+
+from ple.cli import main
+from ple.config import FIELDS, config_reference, load_config, parse_overrides
+from ple.errors import PLEError
+
+BASE = {"model": "m", "dataset": "q.jsonl", "principle": "be kind", "reward": "vader"}
+
+
+def test_defaults_are_the_papers():
+    config = load_config(overrides=BASE)
+    assert (config.tau0, config.alpha, config.schedule) == (0.2, 0.9, "exponential")
+    assert (config.use_lora, config.lora_r, config.lora_alpha, config.lora_target_modules) == (
+        True,
+        8,
+        16,
+        "all-linear",
+    )
+
+
+def test_cli_strings_are_coerced():
+    config = load_config(
+        overrides={**BASE, **parse_overrides(["learning_rate=1e-4", "tau0=-inf", "use_lora=false", "iterations=5"])}
+    )
+    assert config.learning_rate == 1e-4 and config.tau0 == -math.inf
+    assert config.use_lora is False and config.iterations == 5
+
+
+def test_unknown_key_is_named_with_a_suggestion():
+    with pytest.raises(PLEError, match="unknown config key 'tua0'.*did you mean 'tau0'"):
+        load_config(overrides={**BASE, "tua0": 0.1})
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ({"schedule": "linear"}, "schedule='linear' is not one of"),
+        ({"iterations": "three"}, "iterations='three' should be a int"),
+        ({"alpha": 1.5}, "alpha must be in"),
+        ({"sft_epochs": 1}, "needs an sft_dataset"),
+        ({"reward": None}, "reward is required"),
+        ({"rank_coef": 0, "sft_coef": 0}, "nothing would be trained"),
+        ({"tau0": float("nan")}, "tau0 must be a number"),
+        ({"model": None}, "model is required"),
+        ({"merge_lora": True, "use_lora": False}, "merge_lora needs use_lora"),
+    ],
+)
+def test_bad_values_and_inconsistent_combinations(override, message):
+    with pytest.raises(PLEError, match=message):
+        load_config(overrides={**BASE, **override})
+
+
+def test_method_presets_reach_every_ablation():
+    assert load_config(overrides={**BASE, "method": "ple-rank-only"}).sft_coef == 0
+    assert load_config(overrides={**BASE, "method": "ple-wsft-only"}).rank_coef == 0
+    assert load_config(overrides={**BASE, "method": "ple-no-decay"}).schedule == "constant"
+    rlcd = load_config(overrides={**BASE, "method": "rlcd"})
+    assert rlcd.tau0 == -math.inf and rlcd.schedule == "constant"
+    distill = load_config(overrides={**BASE, "reward": None, "method": "distill"})
+    assert distill.reward is None and distill.sft_weights == "guided" and distill.rank_coef == 0
+
+
+def test_preset_conflict_is_an_error():
+    with pytest.raises(PLEError, match="method=rlcd sets tau0"):
+        load_config(overrides={**BASE, "method": "rlcd", "tau0": 0.5})
+
+
+def test_config_file_errors(tmp_path):
+    with pytest.raises(PLEError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(PLEError, match="not valid YAML"):
+        load_config(bad)
+    listy = tmp_path / "list.yaml"
+    listy.write_text("- a\n- b\n")
+    with pytest.raises(PLEError, match="mapping"):
+        load_config(listy)
+
+
+def test_set_needs_key_value():
+    with pytest.raises(PLEError, match="key=value"):
+        parse_overrides(["tau0"])
+
+
+def test_help_documents_every_field():
+    reference = config_reference()
+    for name in FIELDS:
+        assert f"  {name} (default" in reference
+
+
+def test_cli_prints_one_line_error(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("model: m\ndataset: q.jsonl\nprinciple: p\nreward: vader\ntua0: 0.3\n")
+    assert main(["train", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown config key 'tua0'" in err

@@ -1,0 +1,274 @@
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from ple.config import load_config
+from ple.errors import PLEError
+from ple.losses import assign_branch
+from ple.trainer import PLETrainer, query_order
+
+ROW_FIELDS = {
+    "iteration",
+    "index",
+    "query",
+    "prompt",
+    "principle_prompt",
+    "y",
+    "y_p",
+    "s",
+    "s_p",
+    "gap",
+    "branch",
+    "winner",
+    "tau",
+}
+
+
+@pytest.fixture
+def track_params(monkeypatch):
+    """Record each trainer's trainable parameters right after the model is set up."""
+    original = PLETrainer._setup_model
+
+    def setup(self, checkpoint):
+        original(self, checkpoint)
+        self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    monkeypatch.setattr(PLETrainer, "_setup_model", setup)
+
+
+def run(config: dict, resume: bool = False) -> PLETrainer:
+    trainer = PLETrainer(load_config(overrides=config))
+    trainer.train(resume=resume)
+    return trainer
+
+
+def read_rows(run_dir):
+    return [
+        json.loads(line)
+        for path in sorted((run_dir / "generations").glob("iter_*.jsonl"))
+        for line in path.read_text().splitlines()
+    ]
+
+
+def read_metrics(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_two_iterations_end_to_end(tmp_path, tiny_chat_model, queries_file, reward_module, track_params):
+    out = tmp_path / "run"
+    trainer = run(tiny_config(tiny_chat_model, queries_file, out, f"{reward_module}:positivity"))
+
+    changed = {n: not torch.equal(p0, dict(trainer.model.named_parameters())[n]) for n, p0 in trainer.initial.items()}
+    assert changed and all(changed.values()), [n for n, c in changed.items() if not c]
+    assert all("lora" in n for n in changed)  # LoRA: only the adapter trains
+
+    rows, metrics = read_rows(out), read_metrics(out)
+    assert [m["iteration"] for m in metrics] == [0, 1]
+    assert [m["tau"] for m in metrics] == [0.2, 0.18]
+    assert len(rows) == 12
+    for row in rows:
+        assert set(row) == ROW_FIELDS
+        assert row["principle_prompt"].startswith("<|system|> be good and great and wonderful")
+        assert "be good" not in row["prompt"]
+        assert row["gap"] == pytest.approx(row["s_p"] - row["s"])
+        assert (row["branch"], row["winner"]) == assign_branch(row["gap"], row["tau"], "rank")
+    for m in metrics:
+        mine = [r for r in rows if r["iteration"] == m["iteration"]]
+        for branch in ("rank", "wsft", "skip"):
+            assert m[f"n_{branch}"] == sum(r["branch"] == branch for r in mine)
+            assert m[f"frac_{branch}"] == pytest.approx(m[f"n_{branch}"] / len(mine))
+        assert m["mean_s"] == pytest.approx(sum(r["s"] for r in mine) / len(mine))
+        assert m["optimizer_steps"] == math.ceil((6 - m["n_skip"]) / 4)
+    assert (out / "config.yaml").is_file() and (out / "final" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["iter_000", "iter_001"]
+
+
+def test_query_order_walks_passes_and_wraps():
+    order = [query_order(5, t, 3, seed=1) for t in range(4)]  # 12 draws from 5 queries
+    flat = sum(order, [])
+    for start in (0, 5):
+        assert sorted(flat[start : start + 5]) == list(range(5))  # each pass is a permutation
+    assert flat[:5] != flat[5:10]  # reshuffled each pass
+    assert query_order(5, 1, 3, seed=1) == order[1]  # a pure function of t: resume sees the same queries
+    assert query_order(5, 0, 7, seed=1, shuffle=False) == [0, 1, 2, 3, 4, 0, 1]
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, tiny_chat_model, queries_file, reward_module, monkeypatch):
+    reward = f"{reward_module}:positivity"
+    full = tmp_path / "full"
+    run(tiny_config(tiny_chat_model, queries_file, full, reward, iterations=3))
+
+    killed = tmp_path / "killed"
+    config = tiny_config(tiny_chat_model, queries_file, killed, reward, iterations=3)
+    original = PLETrainer.iteration
+
+    def kill_at_2(self, t):
+        if t == 2:
+            raise KeyboardInterrupt
+        return original(self, t)
+
+    monkeypatch.setattr(PLETrainer, "iteration", kill_at_2)
+    with pytest.raises(KeyboardInterrupt):
+        run(config)
+    monkeypatch.setattr(PLETrainer, "iteration", original)
+    assert len(read_metrics(killed)) == 2
+    # A kill mid-write leaves a torn metrics line and a stray file; resume must shrug both off.
+    with open(killed / "metrics.jsonl", "a") as f:
+        f.write('{"iteration": 2, "tau"')
+    (killed / "generations" / "iter_002.jsonl").write_text("garbage")
+
+    with pytest.raises(PLEError, match="already holds a run"):
+        run(config)
+    resumed = run(config, resume=True)
+
+    a, b = read_metrics(full), read_metrics(killed)
+    keys = ("iteration", "tau", "n_rank", "n_wsft", "n_skip", "mean_s", "mean_s_p")
+    assert [[m[k] for k in keys] for m in a] == [[m[k] for k in keys] for m in b]
+    rows_a, rows_b = read_rows(full), read_rows(killed)
+    assert [(r["index"], r["y"], r["y_p"]) for r in rows_a] == [(r["index"], r["y"], r["y_p"]) for r in rows_b]
+    from safetensors.torch import load_file
+
+    final_a = load_file(full / "final" / "adapter_model.safetensors")
+    final_b = load_file(killed / "final" / "adapter_model.safetensors")
+    assert all(torch.allclose(final_a[k], final_b[k], atol=1e-6) for k in final_a)
+    assert resumed.model is not None
+
+
+def test_resume_refuses_a_changed_config(tmp_path, tiny_chat_model, queries_file, reward_module):
+    config = tiny_config(tiny_chat_model, queries_file, tmp_path / "run", f"{reward_module}:positivity", iterations=1)
+    run(config)
+    with pytest.raises(PLEError, match="config changed \\(tau0\\)"):
+        run({**config, "tau0": 0.5}, resume=True)
+    more = run({**config, "iterations": 2}, resume=True)  # extending a finished run is fine
+    assert [m["iteration"] for m in read_metrics(tmp_path / "run")] == [0, 1]
+    assert more.model is not None
+
+
+def test_nan_reward_skips_everything_and_trains_nothing(
+    tmp_path, tiny_chat_model, queries_file, reward_module, track_params
+):
+    out = tmp_path / "run"
+    trainer = run(tiny_config(tiny_chat_model, queries_file, out, f"{reward_module}:always_nan", iterations=1))
+    (m,) = read_metrics(out)
+    assert m["n_skip"] == m["n_invalid_reward"] == 6 and m["optimizer_steps"] == 0 and m["loss"] is None
+    assert all(r["s"] is None and r["branch"] == "skip" for r in read_rows(out))
+    params = dict(trainer.model.named_parameters())
+    assert all(torch.equal(p0, params[n]) for n, p0 in trainer.initial.items())
+
+
+def test_partly_missing_rewards_are_counted(tmp_path, tiny_chat_model, queries_file, reward_module):
+    out = tmp_path / "run"
+    run(
+        tiny_config(
+            tiny_chat_model, queries_file, out, f"{reward_module}:half_none", iterations=1, queries_per_iteration=4
+        )
+    )
+    (m,) = read_metrics(out)
+    # half_none gives None to every odd completion of [y_0..y_3, y_p0..y_p3]: queries 1 and 3 lose both.
+    assert m["n_invalid_reward"] == 2 and m["n_skip"] == 2
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"rank_loss": "logistic", "rank_sft_coef": 0.5, "negative_gap": "skip"},
+        {"schedule": "quantile", "tau_quantile": 0.5, "reward_scaling": "standardized"},
+        {"negative_gap": "wsft", "epochs_per_iteration": 2, "wsft_temperature": 0.5},
+        {"use_lora": False, "learning_rate": 1e-3},
+        {"method": "rlcd"},
+        {"method": "ple-wsft-only"},
+        {"generation_batch_size": 5, "temperature": 0.0},
+    ],
+)
+def test_options_follow_the_spec(tmp_path, tiny_chat_model, queries_file, reward_module, track_params, options):
+    out = tmp_path / "run"
+    trainer = run(
+        tiny_config(tiny_chat_model, queries_file, out, f"{reward_module}:positivity", iterations=1, **options)
+    )
+    config = trainer.config
+    rows = read_rows(out)
+    (m,) = read_metrics(out)
+    for row in rows:
+        assert row["gap"] == pytest.approx((row["s_p"] - row["s"]) / m["reward_scale"])
+        assert (row["branch"], row["winner"]) == assign_branch(row["gap"], row["tau"], config.negative_gap)
+    if config.schedule == "quantile":
+        import numpy as np
+
+        assert m["tau"] == pytest.approx(float(np.quantile([abs(r["gap"]) for r in rows], 0.5)))
+    if config.method == "rlcd":
+        assert m["tau"] == -math.inf and all(r["branch"] == "rank" and r["winner"] == "guided" for r in rows)
+    if config.temperature == 0:  # greedy: the same query gives the same answer
+        by_query = {}
+        for r in rows:
+            assert by_query.setdefault(r["index"], r["y"]) == r["y"]
+    if m["n_skip"] < len(rows):
+        params = dict(trainer.model.named_parameters())
+        assert any(not torch.equal(p0, params[n]) for n, p0 in trainer.initial.items())
+
+
+def test_rank_only_ignores_wsft_pairs(tmp_path, tiny_chat_model, queries_file, track_params):
+    # A constant reward puts every pair in the wsft branch; with sft_coef = 0 nothing may change.
+    reward = tmp_path / "const.py"
+    reward.write_text("def f(prompts, completions, **kw):\n    return [0.5] * len(completions)\n")
+    out = tmp_path / "run"
+    trainer = run(tiny_config(tiny_chat_model, queries_file, out, f"{reward}:f", iterations=1, method="ple-rank-only"))
+    (m,) = read_metrics(out)
+    assert m["n_wsft"] == 6 and m["loss"] == 0
+    params = dict(trainer.model.named_parameters())
+    assert all(torch.equal(p0, params[n]) for n, p0 in trainer.initial.items())
+
+
+def test_context_distillation_needs_no_reward(tmp_path, tiny_chat_model, queries_file, track_params):
+    out = tmp_path / "run"
+    trainer = run(tiny_config(tiny_chat_model, queries_file, out, None, iterations=1, method="distill"))
+    rows = read_rows(out)
+    assert all(r["branch"] == "wsft" and r["s"] is None for r in rows)
+    params = dict(trainer.model.named_parameters())
+    assert all(not torch.equal(p0, params[n]) for n, p0 in trainer.initial.items())
+
+
+def test_plain_lm_gets_a_text_prefix_and_sft_warmup(tmp_path, tiny_text_model, queries_file, reward_module):
+    sft = tmp_path / "sft.jsonl"
+    sft.write_text("".join(json.dumps({"prompt": "the movie", "response": "was good"}) + "\n" for _ in range(5)))
+    out = tmp_path / "run"
+    trainer = run(
+        tiny_config(
+            tiny_text_model,
+            queries_file,
+            out,
+            f"{reward_module}:positivity",
+            iterations=1,
+            sft_dataset=str(sft),
+            sft_epochs=2,
+            keep_checkpoints=0,
+        )
+    )
+    assert not trainer.builder.chat
+    row = read_rows(out)[0]
+    assert row["principle_prompt"] == f"be good and great and wonderful\n\n{row['prompt']}"
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["iter_000", "warmup"]
+    # The warm-up trained: its adapter differs from LoRA's zero-initialised B.
+    from safetensors.torch import load_file
+
+    warm = load_file(out / "checkpoints" / "warmup" / "adapter_model.safetensors")
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in warm.items())
+
+
+def test_bad_inputs_fail_before_any_work(tmp_path, tiny_chat_model, queries_file, reward_module):
+    good = tiny_config(tiny_chat_model, queries_file, tmp_path / "run", f"{reward_module}:positivity")
+    with pytest.raises(PLEError, match="data file not found"):
+        PLETrainer(load_config(overrides={**good, "dataset": str(tmp_path / "missing.jsonl")}))
+    no_column = tmp_path / "q2.jsonl"
+    no_column.write_text('{"text": "hello"}\n')
+    with pytest.raises(PLEError, match="missing column 'prompt'"):
+        PLETrainer(load_config(overrides={**good, "dataset": str(no_column)}))
+    empty = tmp_path / "q3.jsonl"
+    empty.write_text('{"prompt": "ok"}\n{"prompt": ""}\n')
+    with pytest.raises(PLEError, match="row 1: empty prompt"):
+        PLETrainer(load_config(overrides={**good, "dataset": str(empty)}))
+    with pytest.raises(PLEError, match="model not found"):
+        run({**good, "model": str(tmp_path / "no-model")})
+    assert not (tmp_path / "run" / "generations").exists()
