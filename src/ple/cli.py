@@ -47,7 +47,33 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompts-file", help="a .jsonl/.csv/.parquet file with a prompt column")
     gen.add_argument("--guided", action="store_true", help="insert the config's principle into each prompt")
     gen.add_argument("--output", help="write {prompt, completion} rows to this JSONL file")
+    demo = sub.add_parser(
+        "demo",
+        help="the embedded default: PLE on SmolLM2-135M, offline, with a before/after report",
+        epilog="Extra key: eval_prompts (default 200), the number of held-out prompts.\n\n" + epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--output-dir", help="run directory (default runs/demo); rerunning resumes it")
+    demo.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one field of the demo preset; repeatable",
+    )
     return parser
+
+
+def cmd_demo(args) -> int:
+    from ple.demo import run_demo
+
+    overrides = parse_overrides(args.overrides)
+    if args.output_dir:
+        overrides["output_dir"] = args.output_dir
+    report = run_demo(overrides)
+    print(f"report: {report}")
+    return 0
 
 
 def cmd_train(args) -> int:
@@ -128,7 +154,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    commands = {"train": cmd_train, "generate": cmd_generate}
+    commands = {"train": cmd_train, "generate": cmd_generate, "demo": cmd_demo}
     try:
         return commands[args.command](args)
     except PLEError as e:

@@ -41,7 +41,12 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
 class Config:
     # --- model ---
     model: str | None = _f(None, "Causal LM to align: a local path or a Hugging Face hub id.", section="model")
-    dtype: str = _f("float32", "Weights and compute dtype.", ("float32", "bfloat16"), "model")
+    dtype: str = _f(
+        "float32",
+        "Compute dtype. bfloat16: bf16 autocast and a bf16 frozen base under LoRA; trained weights stay fp32.",
+        ("float32", "bfloat16"),
+        "model",
+    )
     device: str = _f(
         "auto", "Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...", section="model"
     )

@@ -1,5 +1,6 @@
 """Loading the policy (any AutoModelForCausalLM, optionally with LoRA) and saving it."""
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -74,14 +75,26 @@ def load_causal_lm(name: str, dtype: str = "float32"):
     return model
 
 
+def autocast(dtype: str, device: torch.device):
+    """bf16 compute for bfloat16 runs (the weights being trained stay fp32, see load_policy)."""
+    if dtype == "bfloat16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
 def load_policy(config, checkpoint: Path | None = None):
-    """The trainable policy and its tokenizer; from `checkpoint` (a saved model dir) when resuming."""
+    """The trainable policy and its tokenizer; from `checkpoint` (a saved model dir) when resuming.
+
+    With LoRA the frozen base takes `dtype` and peft keeps the adapter in fp32. Full fine-tuning
+    keeps fp32 master weights whatever `dtype` says: a bf16 weight would swallow most small updates.
+    """
     from transformers import AutoModelForCausalLM
 
     source = str(checkpoint) if checkpoint is not None and not config.use_lora else config.model
+    weights_dtype = DTYPES[config.dtype] if config.use_lora else torch.float32
     tokenizer = load_tokenizer(config.model)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=DTYPES[config.dtype])
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=weights_dtype)
     except Exception as e:
         raise PLEError(f"could not load model '{source}': {_first_line(e)}") from None
     model.generation_config.pad_token_id = tokenizer.pad_token_id

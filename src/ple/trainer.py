@@ -24,7 +24,7 @@ from ple.errors import PLEError
 from ple.generation import encode_prompts, generate
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir
 from ple.losses import IGNORE_INDEX, assign_branch, rank_loss, sequence_logprobs, sft_weights, weighted_sft_loss
-from ple.model import load_policy, resolve_device, save_model
+from ple.model import autocast, load_policy, resolve_device, save_model
 from ple.principles import PromptBuilder, load_principle
 from ple.progress import Progress
 from ple.rewards import RunningStd, build_reward, score
@@ -185,16 +185,17 @@ class PLETrainer:
         ]
         ids = encode_prompts(self.tokenizer, texts, not self.builder.chat, config.max_prompt_tokens)
         started = time.perf_counter()
-        samples = generate(
-            self.model,
-            self.tokenizer,
-            ids,
-            config.max_new_tokens,
-            config.temperature,
-            config.top_p,
-            config.top_k,
-            config.generation_batch_size,
-        )
+        with autocast(config.dtype, self.device):
+            samples = generate(
+                self.model,
+                self.tokenizer,
+                ids,
+                config.max_new_tokens,
+                config.temperature,
+                config.top_p,
+                config.top_k,
+                config.generation_batch_size,
+            )
         seconds = time.perf_counter() - started
         tokens = sum(len(x.response_ids) for x in samples)
         n = len(rows)
@@ -250,7 +251,8 @@ class PLETrainer:
         config = self.config
         batch = [(p.prompt_ids, p.guided_ids) for p in pairs] + [(p.prompt_ids, p.plain_ids) for p in pairs]
         input_ids, attention_mask, labels = self._collate(batch)
-        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        with autocast(config.dtype, self.device):
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
         sum_logp, n_tokens = sequence_logprobs(logits, labels)
         n = len(pairs)
         logp_g, logp_y = sum_logp[:n], sum_logp[n:]
@@ -302,7 +304,8 @@ class PLETrainer:
                 for micro_start in range(0, len(step), config.batch_size):
                     micro = step[micro_start : micro_start + config.batch_size]
                     input_ids, attention_mask, labels = self._collate([(prompts[i], responses[i]) for i in micro])
-                    logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+                    with autocast(config.dtype, self.device):
+                        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
                     sum_logp, _ = sequence_logprobs(logits, labels)
                     (-sum_logp.sum() / n_tokens).backward()  # mean token NLL over the whole step
                 self._optimizer_step()

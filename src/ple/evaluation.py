@@ -1,0 +1,101 @@
+"""Evaluation metrics and the paired bootstrap used to put a confidence interval on each change."""
+
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ple.generation import encode_prompts, generate
+from ple.losses import sequence_logprobs
+
+Rows = Sequence[dict[str, Any]]
+
+
+def distinct_n(texts: Sequence[str], n: int) -> float:
+    """Unique n-grams over all n-grams of a set of texts (whitespace words, lower-cased)."""
+    grams = [tuple(words[i : i + n]) for t in texts for words in [t.lower().split()] for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def generate_rows(model, tokenizer, builder, prompts: list, config, guided: bool = False, progress=None) -> list[dict]:
+    """One completion per prompt (plain by default), with the token ids kept for perplexity."""
+    ids = encode_prompts(
+        tokenizer, [builder.render(p, guided) for p in prompts], not builder.chat, config.max_prompt_tokens
+    )
+    batch = config.generation_batch_size or 64
+    rows = []
+    for start in range(0, len(ids), batch):
+        samples = generate(
+            model,
+            tokenizer,
+            ids[start : start + batch],
+            config.max_new_tokens,
+            config.temperature,
+            config.top_p,
+            config.top_k,
+        )
+        rows += [
+            {"prompt": p, "completion": s.text, "prompt_ids": s.prompt_ids, "response_ids": s.response_ids}
+            for p, s in zip(prompts[start : start + batch], samples)
+        ]
+        if progress is not None:
+            progress.step()
+    return rows
+
+
+@torch.no_grad()
+def response_nll(model, rows: Rows, pad_id: int, batch_size: int = 16) -> list[tuple[float, int]]:
+    """(summed NLL, token count) of each row's response given its prompt, under `model`."""
+    device = next(model.parameters()).device
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        width = max(len(r["prompt_ids"]) + len(r["response_ids"]) for r in batch)
+        input_ids = torch.full((len(batch), width), pad_id)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        labels = torch.full((len(batch), width), -100)
+        for i, r in enumerate(batch):
+            seq = torch.tensor(r["prompt_ids"] + r["response_ids"])
+            input_ids[i, : len(seq)], mask[i, : len(seq)] = seq, 1
+            labels[i, len(r["prompt_ids"]) : len(seq)] = seq[len(r["prompt_ids"]) :]
+        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
+        sum_logp, n = sequence_logprobs(logits, labels.to(device))
+        out += [(-s, int(k)) for s, k in zip(sum_logp.tolist(), n.tolist())]
+    return out
+
+
+def perplexity(rows: Rows) -> float:
+    """Corpus perplexity exp(total NLL / total tokens) from rows with `nll` and `n_tokens`."""
+    tokens = sum(r["n_tokens"] for r in rows)
+    return math.exp(sum(r["nll"] for r in rows) / tokens) if tokens else float("nan")
+
+
+def paired_bootstrap(
+    before: Rows, after: Rows, metric: Callable[[Rows], float], n_resamples: int = 1000, seed: int = 0
+) -> dict[str, float]:
+    """Metric before and after, their difference, and a 95% CI of the difference.
+
+    Rows are paired by position (the same prompts), so each resample draws the same prompts for both.
+    The interval is the bootstrap distribution's 2.5-97.5% spread around its median, placed on the
+    full-sample change: corpus-level metrics (distinct-n, perplexity) are biased on resamples that repeat
+    rows, so the resamples are trusted for the spread but not for the centre.
+    """
+    if len(before) != len(after) or not before:
+        raise ValueError("paired bootstrap needs two equally long, non-empty row lists")
+    rng = np.random.default_rng(seed)
+    deltas = []
+    for _ in range(n_resamples):
+        idx = rng.integers(0, len(before), len(before))
+        deltas.append(metric([after[i] for i in idx]) - metric([before[i] for i in idx]))
+    b, a = metric(before), metric(after)
+    low, mid, high = np.percentile(deltas, [2.5, 50, 97.5])
+    delta = a - b
+    return {
+        "before": b,
+        "after": a,
+        "delta": delta,
+        "ci_low": float(delta + low - mid),
+        "ci_high": float(delta + high - mid),
+    }

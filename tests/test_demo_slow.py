@@ -1,0 +1,30 @@
+"""The real thing, shortened: SmolLM2 + VADER + the MiniLM judge. Needs the cached assets; `pytest -m slow`."""
+
+import json
+
+import pytest
+
+from ple import assets
+
+pytestmark = pytest.mark.slow
+
+
+def test_short_demo_on_the_real_model(tmp_path):
+    for name in ("SmolLM2-135M-Instruct", "all-MiniLM-L6-v2", "pang-lee"):
+        if not (assets.cache_dir() / name / assets.MARKER).is_file():
+            pytest.skip(f"{name} is not cached; run `ple demo` once")
+    from ple.demo import run_demo
+
+    report = run_demo(
+        {
+            "output_dir": str(tmp_path / "demo"),
+            "iterations": 1,
+            "queries_per_iteration": 4,
+            "eval_prompts": 6,
+            "max_new_tokens": 12,
+        }
+    )
+    summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
+    assert set(summary) >= {"reward", "judge_positive_prob", "distinct_2", "perplexity"}
+    assert all(set(v) == {"before", "after", "delta", "ci_low", "ci_high"} for v in summary.values())
+    assert report.is_file() and "## Examples" in report.read_text()
