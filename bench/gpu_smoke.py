@@ -45,11 +45,23 @@ def main() -> int:
     for dtype in ("bfloat16", "float32"):
         for use_lora in (True, False):
             out = root / f"run-{dtype}-{use_lora}"
-            config = load_config(overrides=dict(
-                model=str(model), dataset=str(queries), principle="be good and great", device=device, dtype=dtype,
-                reward=f"{root / 'toy_reward.py'}:positivity", use_lora=use_lora, iterations=2,
-                queries_per_iteration=32, max_new_tokens=16, batch_size=8, learning_rate=1e-3, output_dir=str(out),
-            ))
+            config = load_config(
+                overrides=dict(
+                    model=str(model),
+                    dataset=str(queries),
+                    principle="be good and great",
+                    device=device,
+                    dtype=dtype,
+                    reward=f"{root / 'toy_reward.py'}:positivity",
+                    use_lora=use_lora,
+                    iterations=2,
+                    queries_per_iteration=32,
+                    max_new_tokens=16,
+                    batch_size=8,
+                    learning_rate=1e-3,
+                    output_dir=str(out),
+                )
+            )
             trainer = Tracked(config)
             started = time.perf_counter()
             trainer.train()
@@ -59,10 +71,19 @@ def main() -> int:
             metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
             devices = {str(p.device) for p in params.values()}
             dtypes = {str(p.dtype).removeprefix("torch.") for p in params.values() if p.requires_grad}
-            rows.append((dtype, "lora" if use_lora else "full", ",".join(str(m["tau"]) for m in metrics),
-                         "/".join(str(sum(m[f"n_{b}"] for m in metrics)) for b in ("rank", "wsft", "skip")),
-                         f"{metrics[-1]['loss']:.4f}", f"{changed}/{len(trainer.initial)}", ",".join(devices),
-                         ",".join(dtypes), f"{seconds:.1f}"))
+            rows.append(
+                (
+                    dtype,
+                    "lora" if use_lora else "full",
+                    ",".join(str(m["tau"]) for m in metrics),
+                    "/".join(str(sum(m[f"n_{b}"] for m in metrics)) for b in ("rank", "wsft", "skip")),
+                    f"{metrics[-1]['loss']:.4f}",
+                    f"{changed}/{len(trainer.initial)}",
+                    ",".join(devices),
+                    ",".join(dtypes),
+                    f"{seconds:.1f}",
+                )
+            )
     header = ("dtype", "params", "taus", "rank/wsft/skip", "last loss", "changed", "device", "trained dtype", "s")
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"\n{name} | torch {torch.__version__} | CUDA {torch.version.cuda}")

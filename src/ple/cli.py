@@ -47,6 +47,29 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompts-file", help="a .jsonl/.csv/.parquet file with a prompt column")
     gen.add_argument("--guided", action="store_true", help="insert the config's principle into each prompt")
     gen.add_argument("--output", help="write {prompt, completion} rows to this JSONL file")
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate a model on the eval prompts, or judge two models / generation files pairwise",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _config_args(ev, required=False)
+    ev.add_argument("--model", help="model path or id, checkpoint or adapter dir to evaluate")
+    ev.add_argument(
+        "--compare",
+        nargs=2,
+        metavar=("A", "B"),
+        help="win rate of A over B; each is a model or a JSONL file of {prompt, completion} rows",
+    )
+    ev.add_argument("--prompts-file", help="eval prompts (default: the config's eval_dataset)")
+    ev.add_argument("--guided", action="store_true", help="generate with the principle in the prompt")
+    ev.add_argument("--reference-model", help="model for the perplexity of generations (default: the base model)")
+    ev.add_argument("--judge", choices=("reward", "llm"), default="reward", help="pairwise judge for --compare")
+    ev.add_argument("--judge-url", help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
+    ev.add_argument("--judge-model", help="the judge model's name at that endpoint")
+    ev.add_argument("--tie-margin", type=float, default=0.0, help="reward judge: differences up to this are ties")
+    ev.add_argument("--output-dir", default="runs/eval", help="where results go (default runs/eval)")
+
     demo = sub.add_parser(
         "demo",
         help="the embedded default: PLE on SmolLM2-135M, offline, with a before/after report",
@@ -76,6 +99,39 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_eval(args) -> int:
+    from ple import eval_cmd
+
+    config = load_config(args.config, parse_overrides(args.overrides), validate=False)
+    out = Path(args.output_dir)
+    if args.compare is None:
+        name = args.model or config.model
+        if name is None:
+            raise PLEError("give --model (or a config with a model), or --compare A B")
+        result = eval_cmd.evaluate_model(
+            name, config, eval_cmd.eval_prompts(config, args.prompts_file), args.guided, out, args.reference_model
+        )
+        print((out / "eval.md").read_text())
+        print(f"results: {out / 'eval.json'}")
+        return 0 if result else 1
+    sides = []
+    for label, name in zip(("a", "b"), args.compare):
+        if name.endswith(".jsonl"):
+            sides.append(eval_cmd.load_completions(name))
+        else:
+            prompts = eval_cmd.eval_prompts(config, args.prompts_file)
+            eval_cmd.evaluate_model(name, config, prompts, args.guided, out / label, args.reference_model)
+            sides.append(eval_cmd.load_completions(str(out / label / "completions.jsonl")))
+    judge = eval_cmd.make_judge(
+        args.judge, config, args.judge_url, args.judge_model, args.tie_margin, out / "judge_cache.jsonl"
+    )
+    result = eval_cmd.compare_outputs(sides[0], sides[1], judge, args.compare[0], args.compare[1], out)
+    print(f"A = {args.compare[0]}\nB = {args.compare[1]}\n{result['n_prompts']} prompts, both orders\n")
+    print(result["table"])
+    print(f"\nchart: {out / 'win_rate.png'}")
+    return 0
+
+
 def cmd_train(args) -> int:
     from ple.trainer import PLETrainer
 
@@ -90,10 +146,10 @@ def cmd_generate(args) -> int:
     import torch
 
     from ple.data import load_rows, query_rows
-    from ple.generation import encode_prompts, generate
+    from ple.evaluation import generate_rows
     from ple.io import atomic_write_jsonl
-    from ple.model import load_causal_lm, load_tokenizer, resolve_device
-    from ple.principles import PromptBuilder, load_principle
+    from ple.model import adapter_base, autocast, load_causal_lm, load_tokenizer, resolve_device
+    from ple.principles import PromptBuilder
 
     config = load_config(args.config, parse_overrides(args.overrides), validate=False)
     name = args.model or config.model
@@ -110,28 +166,14 @@ def cmd_generate(args) -> int:
         raise PLEError("empty prompt")
     if args.guided and config.principle is None:
         raise PLEError("--guided needs a principle (in the config, or --set principle=...)")
-    principle = load_principle(config.principle, config.principle_name) if config.principle else ""
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
-    tokenizer = load_tokenizer(name)
+    tokenizer = load_tokenizer(adapter_base(name) or name)
     model = load_causal_lm(name, config.dtype).to(device)
-    builder = PromptBuilder(
-        tokenizer, principle, config.prompt_format, config.chat_principle_template, config.text_principle_template
-    )
-    ids = encode_prompts(
-        tokenizer, [builder.render(p, args.guided) for p in prompts], not builder.chat, config.max_prompt_tokens
-    )
-    samples = generate(
-        model,
-        tokenizer,
-        ids,
-        config.max_new_tokens,
-        config.temperature,
-        config.top_p,
-        config.top_k,
-        config.generation_batch_size,
-    )
-    rows = [{"prompt": p, "completion": s.text, "guided": args.guided} for p, s in zip(prompts, samples)]
+    builder = PromptBuilder.from_config(tokenizer, config)
+    with autocast(config.dtype, device):
+        rows = generate_rows(model, tokenizer, builder, prompts, config, guided=args.guided)
+    rows = [{"prompt": r["prompt"], "completion": r["completion"], "guided": args.guided} for r in rows]
     for row in rows:
         print(json.dumps(row, ensure_ascii=False))
     if args.output:
@@ -154,7 +196,7 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    commands = {"train": cmd_train, "generate": cmd_generate, "demo": cmd_demo}
+    commands = {"train": cmd_train, "generate": cmd_generate, "demo": cmd_demo, "eval": cmd_eval}
     try:
         return commands[args.command](args)
     except PLEError as e:

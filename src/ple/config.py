@@ -63,6 +63,13 @@ class Config:
     dataset: str | None = _f(
         None, "Query set: a .jsonl/.json/.csv/.parquet file, or a Hugging Face dataset name.", section="data"
     )
+    task: str = _f(
+        "none",
+        "Raw schema of the data files: none (rows already have `prompt`), hh (Anthropic/hh-rlhf), "
+        "imdb (stanfordnlp/imdb), tldr (trl-lib/tldr or summarize_from_feedback).",
+        ("none", "hh", "imdb", "tldr"),
+        "data",
+    )
     dataset_config: str | None = _f(None, "HF dataset config name, for hub datasets.", section="data")
     dataset_split: str = _f("train", "Split of the query set, for hub datasets.", section="data")
     prompt_column: str = _f("prompt", "Column holding the query: text, or a list of chat messages.", section="data")
@@ -71,6 +78,13 @@ class Config:
         None, "SFT set for the warm-up: rows with `prompt` + `response`, or `messages`.", section="data"
     )
     sft_split: str = _f("train", "Split of the SFT set, for hub datasets.", section="data")
+    eval_dataset: str | None = _f(
+        None,
+        "Eval prompts for `ple eval` (same formats); a reference/response/chosen column enables BLEU.",
+        section="data",
+    )
+    eval_split: str = _f("test", "Split of the eval set, for hub datasets.", section="data")
+    eval_max_prompts: int = _f(0, "Evaluate at most this many eval prompts (0 = all).", section="data")
     max_prompt_tokens: int = _f(512, "Longer prompts keep their last this-many tokens.", section="data")
 
     # --- principle ---
@@ -102,6 +116,12 @@ class Config:
         "Reward: 'vader', 'module:function' or 'file.py:function' (TRL's contract "
         "f(prompts, completions, **columns) -> list[float | None]), or a sequence-classification "
         "model path/id. A list of such names, or of {name, weight, label, output} maps, is a weighted sum.",
+        section="reward",
+    )
+    eval_rewards: str | list | None = _f(
+        None,
+        "Held-out rewards that `ple eval` reports but training never sees; same forms as `reward`, "
+        "a list gives one metric each.",
         section="reward",
     )
     reward_label: str | None = _f(
@@ -222,6 +242,7 @@ class Config:
             "sft_epochs",
             "generation_batch_size",
             "keep_checkpoints",
+            "eval_max_prompts",
             "top_k",
             "temperature",
             "rank_coef",

@@ -112,3 +112,10 @@ def prompt_text(prompt: Prompt) -> str:
     if isinstance(prompt, str):
         return prompt
     return "\n\n".join(f"{m['role']}: {m['content']}" for m in prompt)
+
+
+def load_task_rows(source: str, split: str, config_name: str | None, task: str, seed: int = 0):
+    """Rows of a data source, converted from the task's raw schema (see ple.tasks)."""
+    from ple.tasks import convert
+
+    return convert(load_rows(source, split, config_name), task, source, seed)

@@ -16,7 +16,7 @@ from ple.data import load_rows, query_rows
 from ple.evaluation import distinct_n, generate_rows, paired_bootstrap, perplexity, response_nll
 from ple.io import atomic_write_jsonl, read_jsonl
 from ple.model import load_causal_lm, load_tokenizer
-from ple.principles import PromptBuilder, load_principle
+from ple.principles import PromptBuilder
 from ple.progress import Progress
 from ple.report import write_report
 from ple.rewards import vader_reward
@@ -62,13 +62,7 @@ def evaluate(name: str, config, prompts: list, out: Path, base_model, judge, pro
     torch.manual_seed(config.seed + 12345)
     tokenizer = load_tokenizer(config.model)
     model = base_model if name == config.model else load_causal_lm(name, config.dtype)
-    builder = PromptBuilder(
-        tokenizer,
-        load_principle(config.principle, config.principle_name),
-        config.prompt_format,
-        config.chat_principle_template,
-        config.text_principle_template,
-    )
+    builder = PromptBuilder.from_config(tokenizer, config)
     batch = config.generation_batch_size or 64
     progress.phase(f"evaluating {out.stem}", total=-(-len(prompts) // batch))
     rows = generate_rows(model, tokenizer, builder, prompts, config, progress=progress)

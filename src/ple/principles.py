@@ -67,6 +67,15 @@ class PromptBuilder:
         self.chat_template = chat_template
         self.text_template = text_template
 
+    @classmethod
+    def from_config(cls, tokenizer, config, principle: str | None = None) -> "PromptBuilder":
+        """The builder a config describes; the principle is read from it unless given ('' when it has none)."""
+        if principle is None:
+            principle = load_principle(config.principle, config.principle_name) if config.principle else ""
+        return cls(
+            tokenizer, principle, config.prompt_format, config.chat_principle_template, config.text_principle_template
+        )
+
     def messages(self, prompt: Prompt, guided: bool) -> list[dict[str, str]]:
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
         if guided:

@@ -129,3 +129,14 @@ def train_head(judge: SentimentJudge, path: Path, seed: int = 0) -> None:
             }
         ),
     )
+
+
+_JUDGE: SentimentJudge | None = None
+
+
+def judge_reward(prompts, completions, **_) -> list[float]:
+    """The held-out judge's P(positive) as a reward function (`ple.sentiment:judge_reward`), e.g. in eval_rewards."""
+    global _JUDGE
+    if _JUDGE is None:
+        _JUDGE = SentimentJudge()
+    return _JUDGE.positive_probability(list(completions))

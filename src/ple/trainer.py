@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from ple.config import Config, save_config
-from ple.data import load_rows, prompt_text, query_rows, sft_rows
+from ple.data import load_task_rows, prompt_text, query_rows, sft_rows
 from ple.errors import PLEError
 from ple.generation import encode_prompts, generate
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir
@@ -71,11 +71,18 @@ class PLETrainer:
         self.run_dir = Path(config.output_dir)
         self.device = resolve_device(config.device)
         self.principle = load_principle(config.principle, config.principle_name)
+        column = config.prompt_column if config.task == "none" else "prompt"
         self.queries = query_rows(
-            load_rows(config.dataset, config.dataset_split, config.dataset_config), config.dataset, config.prompt_column
+            load_task_rows(config.dataset, config.dataset_split, config.dataset_config, config.task, config.seed),
+            config.dataset,
+            column,
         )
         self.sft_set = (
-            sft_rows(load_rows(config.sft_dataset, config.sft_split), config.sft_dataset, config.prompt_column)
+            sft_rows(
+                load_task_rows(config.sft_dataset, config.sft_split, None, config.task, config.seed),
+                config.sft_dataset,
+                column,
+            )
             if config.sft_epochs > 0
             else []
         )
@@ -345,13 +352,7 @@ class PLETrainer:
         self.model, self.tokenizer = load_policy(config, checkpoint)
         self.model.to(self.device)
         self.model.train()
-        self.builder = PromptBuilder(
-            self.tokenizer,
-            self.principle,
-            config.prompt_format,
-            config.chat_principle_template,
-            config.text_principle_template,
-        )
+        self.builder = PromptBuilder.from_config(self.tokenizer, config, self.principle)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
         if checkpoint is not None:

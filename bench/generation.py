@@ -1,0 +1,96 @@
+"""Generation speed of PLE's plain+guided batch against the compute floor, measured in one run.
+
+    python bench/generation.py            # SmolLM2-135M-Instruct from the ple cache
+    python bench/generation.py --tiny     # a tiny model built in code
+
+The floor is the time the batch's matmul FLOPs (2 x parameters x tokens, prefill included)
+would take at the fp32 matmul rate measured here, in this run. Prints a table last.
+"""
+
+import argparse
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+
+from ple.generation import encode_prompts, generate
+from ple.model import load_causal_lm, load_tokenizer
+from ple.principles import PromptBuilder
+
+PRINCIPLE = "You are a warm, generous film critic. Praise specific things: the acting, the story, the music."
+OPENINGS = [
+    "the movie was",
+    "i expected more from",
+    "plot: a young man",
+    "this film is a mess of",
+    "every now and then",
+    "the acting in this",
+    "what a strange little",
+    "it's hard to believe that",
+]
+
+
+def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    return 2 * size**3 * repeats / (time.perf_counter() - started) / 1e9
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tiny", action="store_true", help="a tiny model built in code instead of SmolLM2")
+    parser.add_argument("--prompts", type=int, default=8, help="queries: the batch holds plain + guided = 2x this")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    if args.tiny:
+        from ple.testing import build_tiny_model
+
+        name = str(build_tiny_model(Path(tempfile.mkdtemp()) / "tiny"))
+    else:
+        from ple.assets import smollm2_path
+
+        name = str(smollm2_path())
+    tokenizer = load_tokenizer(name)
+    model = load_causal_lm(name).eval()
+    builder = PromptBuilder(tokenizer, PRINCIPLE)
+    queries = [f'Continue this movie review: "{OPENINGS[i % len(OPENINGS)]}"' for i in range(args.prompts)]
+    texts = [builder.render(q) for q in queries] + [builder.render(q, guided=True) for q in queries]
+    ids = encode_prompts(tokenizer, texts, not builder.chat, 512)
+    params = sum(p.numel() for p in model.parameters())  # tied lm_head counted once, as one matmul
+
+    rate = matmul_gflops()
+    generate(model, tokenizer, ids[:2], max_new_tokens=4)  # warm-up
+    runs = []
+    for repeat in range(args.repeats):
+        torch.manual_seed(repeat)
+        started = time.perf_counter()
+        samples = generate(model, tokenizer, ids, max_new_tokens=args.new_tokens, temperature=1.0)
+        runs.append((time.perf_counter() - started, sum(len(s.response_ids) for s in samples)))
+    seconds, new_tokens = min(runs)  # the fastest repeat: the least disturbed by the rest of the machine
+    prompt_tokens = sum(len(i) for i in ids)
+    floor = 2 * params * (prompt_tokens + new_tokens) / (rate * 1e9)
+
+    print(
+        f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads | torch {torch.__version__} | "
+        f"transformers {transformers.__version__} | model {Path(name).name} ({params / 1e6:.1f}M params)"
+    )
+    print("| batch | new tokens | prompt tokens | seconds | new tokens/s | matmul GFLOP/s | floor s | of floor |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        f"| {len(ids)} (plain+guided) | {new_tokens} | {prompt_tokens} | {seconds:.2f} | {new_tokens / seconds:.1f} "
+        f"| {rate:.0f} | {floor:.2f} | {floor / seconds:.0%} |"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+import json
+
+import yaml
+from conftest import tiny_config
+
+from ple.cli import main
+
+
+def _write_eval_set(path, n=8):
+    rows = [
+        {"prompt": f"the movie was {w}", "reference": f"it was {w} and fun"}
+        for w in ("good", "bad", "great", "dull", "fun", "sad", "best", "awful")[:n]
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_eval_a_model_reports_every_metric_with_a_ci(tmp_path, tiny_chat_model, queries_file, reward_module, capsys):
+    config = tmp_path / "c.yaml"
+    settings = tiny_config(
+        tiny_chat_model,
+        queries_file,
+        tmp_path / "run",
+        f"{reward_module}:positivity",
+        eval_dataset=str(_write_eval_set(tmp_path / "eval.jsonl")),
+        eval_rewards=["vader"],
+        eval_max_prompts=6,
+    )
+    config.write_text(yaml.safe_dump(settings))
+    out = tmp_path / "eval"
+    assert main(["eval", "--config", str(config), "--model", tiny_chat_model, "--output-dir", str(out)]) == 0
+    result = json.loads((out / "eval.json").read_text())
+    assert result["n_prompts"] == 6
+    expected = {
+        "reward",
+        "heldout:vader",
+        "distinct_1",
+        "distinct_2",
+        "mean_length",
+        "generation_perplexity",
+        "bleu",
+        "reference_perplexity",
+    }
+    assert set(result["metrics"]) == expected
+    for m in result["metrics"].values():
+        assert m["ci_low"] <= m["value"] <= m["ci_high"]
+    assert result["metrics"]["generation_perplexity"]["value"] > 1
+    rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 and all({"prompt", "completion", "reward", "heldout:vader"} <= set(r) for r in rows)
+    assert "| distinct_2 |" in capsys.readouterr().out
+
+
+def test_compare_generation_files_with_the_reward_judge(tmp_path, tiny_chat_model, queries_file, reward_module, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, tmp_path / "run", f"{reward_module}:positivity"))
+    )
+    a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    prompts = [f"p{i}" for i in range(10)]
+    a.write_text("".join(json.dumps({"prompt": p, "completion": "good great fun"}) + "\n" for p in prompts))
+    b.write_text(
+        "".join(
+            json.dumps({"prompt": p, "completion": "bad" if i < 8 else "good great fun"}) + "\n"
+            for i, p in enumerate(prompts)
+        )
+    )
+    out = tmp_path / "cmp"
+    assert main(["eval", "--config", str(config), "--compare", str(a), str(b), "--output-dir", str(out)]) == 0
+    result = json.loads((out / "compare.json").read_text())
+    assert result["n_prompts"] == 10
+    assert result["rates"]["win"]["value"] == 0.8 and result["rates"]["tie"]["value"] == 0.2
+    assert result["rates"]["loss"]["value"] == 0.0
+    assert (out / "win_rate.png").stat().st_size > 1000
+    assert "| win | 0.800 |" in capsys.readouterr().out
+
+
+def test_compare_errors(tmp_path, capsys):
+    assert main(["eval", "--compare", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]) == 2
+    assert "generation file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    assert main(["eval", "--compare", str(bad), str(bad)]) == 2
+    assert "row 0: needs 'prompt' and 'completion'" in capsys.readouterr().err
+    assert main(["eval", "--model", "x"]) == 2
+    assert "no eval prompts" in capsys.readouterr().err

@@ -1,0 +1,181 @@
+"""The pairwise protocol, against a real OpenAI-compatible HTTP server started on 127.0.0.1."""
+
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from ple.errors import PLEError
+from ple.judges import LLMJudge, RewardJudge, compare, outcome, parse_verdict
+
+
+class FakeJudgeServer:
+    """Chat-completions endpoint whose behaviour a test picks with `mode`."""
+
+    def __init__(self, mode: str):
+        self.mode, self.requests, self.failures = mode, [], {}
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
+                status, payload = server.answer(body["messages"][-1]["content"])
+                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def answer(self, content: str):
+        first = re.search(r"\[Response A\]\n(.*?)\n\n\[Response B\]", content, re.S).group(1)
+
+        def reply(text):
+            return 200, {"choices": [{"message": {"role": "assistant", "content": text}}]}
+
+        if self.mode == "first":
+            return reply("Both are fine, but the first reads better.\nA")
+        if self.mode == "marker":
+            return reply("Reasoning...\nVerdict: A" if "MARKER" in first else "Reasoning...\n**B**")
+        if self.mode == "malformed":
+            return reply("I cannot decide between them.")
+        if self.mode == "flaky":  # 429, then 500, then a broken body, then the answer
+            seen = self.failures.get(content, 0)
+            self.failures[content] = seen + 1
+            if seen == 0:
+                return 429, {"error": "rate limited"}
+            if seen == 1:
+                return 500, {"error": "server error"}
+            if seen == 2:
+                return 200, b"{not json"
+            return reply("A" if "MARKER" in first else "B")
+        if self.mode == "unauthorized":
+            return 401, {"error": "bad key"}
+        raise AssertionError(self.mode)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server(request):
+    s = FakeJudgeServer(request.param)
+    yield s
+    s.close()
+
+
+PROMPTS = [f"prompt {i}" for i in range(6)]
+A = [f"MARKER answer {i}" for i in range(6)]
+B = [f"plain answer {i}" for i in range(6)]
+
+
+def judge_for(server, tmp_path, **kw):
+    return LLMJudge(server.url, "judge-model", cache_path=tmp_path / "cache.jsonl", backoff=0.01, **kw)
+
+
+@pytest.mark.parametrize(
+    "a_first, a_second, expected",
+    [
+        ("first", "second", "win"),
+        ("second", "first", "loss"),
+        ("first", "first", "tie"),
+        ("second", "second", "tie"),
+        (None, "second", "tie"),
+        (None, None, "tie"),
+    ],
+)
+def test_outcome_table(a_first, a_second, expected):
+    assert outcome(a_first, a_second) == expected
+
+
+@pytest.mark.parametrize("server", ["first"], indirect=True)
+def test_position_biased_judge_gives_only_ties(server, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert compare(judge_for(server, tmp_path), PROMPTS, A, B) == ["tie"] * 6
+    assert len(server.requests) == 12 and server.requests[0]["path"] == "/v1/chat/completions"
+    assert server.requests[0]["auth"] == "Bearer sk-test" and server.requests[0]["body"]["model"] == "judge-model"
+
+
+@pytest.mark.parametrize("server", ["marker"], indirect=True)
+def test_consistent_judge_gives_all_wins_and_a_cache(server, tmp_path):
+    assert compare(judge_for(server, tmp_path), PROMPTS, A, B) == ["win"] * 6
+    assert compare(judge_for(server, tmp_path), PROMPTS, B, A) == ["loss"] * 6  # swapping sides: cached
+    assert len(server.requests) == 12
+    again = judge_for(server, tmp_path)
+    assert compare(again, PROMPTS, A, B) == ["win"] * 6 and again.stats["cached"] == 12
+    assert len(server.requests) == 12  # a rerun pays nothing
+
+
+@pytest.mark.parametrize("server", ["malformed"], indirect=True)
+def test_malformed_replies_are_counted_retried_once_and_never_guessed(server, tmp_path):
+    judge = judge_for(server, tmp_path)
+    assert compare(judge, PROMPTS[:2], A[:2], B[:2]) == ["tie", "tie"]
+    assert judge.stats["unparseable"] == 8 and judge.stats["failed"] == 4  # 4 judgements, each asked twice
+    assert len(server.requests) == 8
+
+
+@pytest.mark.parametrize("server", ["flaky"], indirect=True)
+def test_429_500_and_broken_bodies_are_retried_with_backoff(server, tmp_path):
+    judge = judge_for(server, tmp_path)
+    assert compare(judge, PROMPTS[:3], A[:3], B[:3]) == ["win"] * 3
+    assert judge.stats["retries"] == 18  # 3 failures before each of the 6 answers
+
+
+@pytest.mark.parametrize("server", ["flaky"], indirect=True)
+def test_retries_run_out_with_a_clear_error(server, tmp_path):
+    judge = judge_for(server, tmp_path, max_retries=1)
+    with pytest.raises(PLEError, match="failed 2 times \\(last: HTTP 500\\)"):
+        judge.judge(PROMPTS[:1], A[:1], B[:1])
+
+
+@pytest.mark.parametrize("server", ["unauthorized"], indirect=True)
+def test_client_errors_are_not_retried(server, tmp_path):
+    with pytest.raises(PLEError, match="answered HTTP 401"):
+        judge_for(server, tmp_path).judge(PROMPTS[:1], A[:1], B[:1])
+    assert len(server.requests) == 1
+
+
+def test_unreachable_endpoint(tmp_path):
+    judge = LLMJudge("http://127.0.0.1:9/v1", "m", backoff=0.01, max_retries=1, timeout=2)
+    with pytest.raises(PLEError, match="failed 2 times"):
+        judge.judge(["p"], ["a"], ["b"])
+
+
+@pytest.mark.parametrize(
+    "reply, verdict",
+    [
+        ("A", "first"),
+        ("reasoning\n\nB", "second"),
+        ("Verdict: b.", "second"),
+        ("**A**", "first"),
+        ("A or B", None),
+        ("", None),
+        ("The answer is A", None),
+        ("A\nmore text", None),
+    ],
+)
+def test_parse_verdict_is_strict(reply, verdict):
+    assert parse_verdict(reply) == verdict
+
+
+def test_reward_judge_with_tie_margin():
+    def length(prompts, completions, **_):
+        return [float(len(c)) for c in completions]
+
+    judge = RewardJudge(length, tie_margin=1.0)
+    assert compare(judge, ["p"] * 3, ["long answer", "ab", "abc"], ["short", "abc", "abcdefgh"]) == [
+        "win",
+        "tie",
+        "loss",
+    ]
