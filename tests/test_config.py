@@ -97,3 +97,19 @@ def test_cli_prints_one_line_error(tmp_path, capsys):
     assert main(["train", "--config", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown config key 'tua0'" in err
+
+
+def test_set_accepts_yaml_lists_for_list_fields():
+    config = load_config(
+        overrides={
+            **BASE,
+            **parse_overrides(
+                ['eval_rewards=["ple.sentiment:judge_reward"]', "reward=[vader, {name: m:f, weight: 2}]"]
+            ),
+        }
+    )
+    assert config.eval_rewards == ["ple.sentiment:judge_reward"]
+    assert config.reward == ["vader", {"name": "m:f", "weight": 2}]
+    assert load_config(overrides={**BASE, "reward": "m:f"}).reward == "m:f"
+    with pytest.raises(PLEError, match="not a valid YAML list"):
+        load_config(overrides={**BASE, "eval_rewards": "[unclosed"})

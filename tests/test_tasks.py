@@ -23,8 +23,10 @@ HH = [
 
 
 def test_parse_hh_turns():
-    assert parse_hh("\n\nHuman: a\n\nAssistant: b") == [{"role": "user", "content": "a"},
-                                                         {"role": "assistant", "content": "b"}]
+    assert parse_hh("\n\nHuman: a\n\nAssistant: b") == [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+    ]
     with pytest.raises(ValueError):
         parse_hh("no markers at all")
 
@@ -44,8 +46,9 @@ def test_hh_rows_from_a_local_file(tmp_path):
 
 def test_imdb_prefixes(tmp_path):
     path = tmp_path / "imdb.parquet"
-    pd.DataFrame([{"text": "A truly<br />wonderful film with great acting and a story that works", "label": 1}] * 20
-                 ).to_parquet(path)
+    pd.DataFrame(
+        [{"text": "A truly<br />wonderful film with great acting and a story that works", "label": 1}] * 20
+    ).to_parquet(path)
     rows = load_task_rows(str(path), "train", None, "imdb")
     assert all(2 <= len(r["prompt"].split()) <= 8 and "<br" not in r["prompt"] for r in rows)
     assert len({r["prompt"] for r in rows}) > 1
@@ -53,12 +56,22 @@ def test_imdb_prefixes(tmp_path):
 
 def test_tldr_both_schemas(tmp_path):
     trl = tmp_path / "tldr.jsonl"
-    trl.write_text(json.dumps({"prompt": "SUBREDDIT: r/x\nTITLE: t\nPOST: p\nTL;DR:", "completion": " short one"}) + "\n")
+    trl.write_text(
+        json.dumps({"prompt": "SUBREDDIT: r/x\nTITLE: t\nPOST: p\nTL;DR:", "completion": " short one"}) + "\n"
+    )
     (row,) = load_task_rows(str(trl), "train", None, "tldr")
     assert row["reference"] == row["response"] == "short one" and row["prompt"].endswith("TL;DR:")
     openai = tmp_path / "cmp.jsonl"
-    openai.write_text(json.dumps({"info": {"post": " my post ", "title": "T", "subreddit": "cats"},
-                                  "summaries": [{"text": " worse"}, {"text": "better "}], "choice": 1}) + "\n")
+    openai.write_text(
+        json.dumps(
+            {
+                "info": {"post": " my post ", "title": "T", "subreddit": "cats"},
+                "summaries": [{"text": " worse"}, {"text": "better "}],
+                "choice": 1,
+            }
+        )
+        + "\n"
+    )
     (row,) = load_task_rows(str(openai), "train", None, "tldr")
     assert row["prompt"] == "SUBREDDIT: r/cats\nTITLE: T\nPOST: my post\nTL;DR:"
     assert (row["chosen"], row["rejected"], row["reference"]) == ("better", "worse", "better")
@@ -76,8 +89,17 @@ def test_wrong_schema_is_named(tmp_path):
 def test_train_on_hh_chat_prompts_with_sft_warmup(tmp_path, tiny_chat_model, reward_module):
     path = tmp_path / "hh.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in HH * 3))
-    config = tiny_config(tiny_chat_model, path, tmp_path / "run", f"{reward_module}:positivity", task="hh",
-                         iterations=1, queries_per_iteration=4, sft_dataset=str(path), sft_epochs=1)
+    config = tiny_config(
+        tiny_chat_model,
+        path,
+        tmp_path / "run",
+        f"{reward_module}:positivity",
+        task="hh",
+        iterations=1,
+        queries_per_iteration=4,
+        sft_dataset=str(path),
+        sft_epochs=1,
+    )
     PLETrainer(load_config(overrides=config)).train()
     row = json.loads((tmp_path / "run" / "generations" / "iter_000.jsonl").read_text().splitlines()[0])
     assert isinstance(row["query"], list) and row["query"][-1]["role"] == "user"

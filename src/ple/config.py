@@ -295,6 +295,11 @@ def _coerce(name: str, value: Any) -> Any:
         if type(None) in allowed:
             return None
         raise PLEError(f"{name} cannot be null")
+    if isinstance(value, str) and (list in allowed or dict in allowed) and value.lstrip()[:1] in ("[", "{"):
+        try:
+            value = yaml.safe_load(value)  # --set reward='[vader, {name: m:f, weight: 2}]'
+        except yaml.YAMLError:
+            raise PLEError(f"{name}={value!r} is not a valid YAML list or mapping") from None
     if isinstance(value, str) and str not in allowed:
         parsed = yaml.safe_load(value) if value.strip() else value
         if isinstance(parsed, str) and float in allowed:

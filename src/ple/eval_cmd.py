@@ -35,7 +35,8 @@ def _reward_specs(config: Config) -> dict[str, Any]:
     specs = {}
     if config.reward is not None:
         specs["reward"] = config.reward
-    for spec in config.eval_rewards or []:
+    extra = config.eval_rewards or []
+    for spec in [extra] if isinstance(extra, str) else extra:
         name = spec if isinstance(spec, str) else spec.get("name", "reward")
         specs[f"heldout:{name}"] = [spec] if isinstance(spec, dict) else spec
     return specs
@@ -68,6 +69,12 @@ def evaluate_model(
     builder = PromptBuilder.from_config(tokenizer, config)
     if guided and not builder.principle:
         raise PLEError("--guided needs a principle in the config")
+    reward_fns = {  # built before generating, so a bad reward fails in seconds, not after a long generation
+        name: build_reward(
+            spec, config.reward_label, config.reward_output, config.reward_input, config.reward_batch_size, device
+        )
+        for name, spec in _reward_specs(config).items()
+    }
     prompts = [r["prompt"] for r in prompt_rows]
     torch.manual_seed(config.seed)
     with autocast(config.dtype, device):
@@ -76,10 +83,7 @@ def evaluate_model(
     columns = {k: [r.get(k) for r in prompt_rows] for k in prompt_rows[0] if k != "prompt"}
 
     metrics: dict[str, Any] = {}
-    for name, spec in _reward_specs(config).items():
-        fn = build_reward(
-            spec, config.reward_label, config.reward_output, config.reward_input, config.reward_batch_size, device
-        )
+    for name, fn in reward_fns.items():
         for row, s in zip(rows, score(fn, prompts, completions, **columns)):
             row[name] = s
         metrics[name] = bootstrap_ci(rows, lambda rs, k=name: _mean_or_nan(r[k] for r in rs))
@@ -151,13 +155,13 @@ def load_completions(path: str) -> dict[str, dict]:
         rows = read_jsonl(file)
     except json.JSONDecodeError as e:
         raise PLEError(f"{path}: not valid JSONL ({e.msg})") from None
-    out = {}
+    out: dict[str, dict] = {}
     for i, row in enumerate(rows):
         if "completion" not in row and "y" in row:  # a PLE generations/iter_XXX.jsonl row
             row = {"prompt": row["query"], "completion": row["y"]}
         if "prompt" not in row or "completion" not in row:
             raise PLEError(f"{path} row {i}: needs 'prompt' and 'completion'")
-        out[prompt_text(row["prompt"])] = row
+        out.setdefault(prompt_text(row["prompt"]), row)  # a repeated prompt is judged once, on its first row
     return out
 
 
@@ -175,14 +179,14 @@ def plot_win_rates(rates: dict[str, dict[str, float]], label: str, path: Path) -
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 1.8))
+    fig, ax = plt.subplots(figsize=(6, 2.2))
     left = 0.0
     for key, color in (("win", "tab:green"), ("tie", "tab:gray"), ("loss", "tab:red")):
         value = rates[key]["value"]
         ax.barh([label], [value], left=left, color=color, label=f"{key} {value:.0%}")
         left += value
     ax.set(xlim=(0, 1), xlabel="fraction of prompts (judged in both orders)")
-    ax.legend(ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.45), frameon=False)
+    ax.legend(ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

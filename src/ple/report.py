@@ -12,18 +12,20 @@ def _plot_iterations(metrics: list[dict], out: Path) -> list[str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     its = [m["iteration"] for m in metrics]
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(its, [m["mean_s"] for m in metrics], "o-", label="plain response  s = r(x, y)")
     ax.plot(its, [m["mean_s_p"] for m in metrics], "s-", label="principle-guided  s_p = r(x, y_p)")
     ax.set(xlabel="iteration", ylabel="mean training reward", title="Reward per iteration (cf. the paper's Fig. 3)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend()
     fig.tight_layout()
     fig.savefig(out / "reward_per_iteration.png", dpi=120)
     plt.close(fig)
 
-    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5), sharex=True)
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 5.5), sharex=True)
     top.plot(its, [m["tau"] for m in metrics], "o-", color="black")
     top.set(ylabel="tau_t", title="Threshold and branches per iteration")
     bottom.stackplot(
@@ -34,7 +36,8 @@ def _plot_iterations(metrics: list[dict], out: Path) -> list[str]:
         labels=["rank", "weighted SFT", "skip"],
     )
     bottom.set(xlabel="iteration", ylabel="fraction of queries", ylim=(0, 1))
-    bottom.legend(loc="upper left")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
+    bottom.legend(loc="upper center", bbox_to_anchor=(0.5, -0.25), ncol=3, frameon=False)
     fig.tight_layout()
     fig.savefig(out / "tau_and_branches.png", dpi=120)
     plt.close(fig)
