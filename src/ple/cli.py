@@ -99,6 +99,18 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def _evaluate_with_progress(name: str, config, prompts: list, args, out: Path) -> dict:
+    from ple import eval_cmd
+    from ple.progress import Progress
+
+    batch = config.generation_batch_size or 64
+    with Progress(total=1, description=f"eval {Path(name).name}") as progress:
+        progress.phase("generating", total=-(-len(prompts) // batch))
+        result = eval_cmd.evaluate_model(name, config, prompts, args.guided, out, args.reference_model, progress)
+        progress.advance()
+    return result
+
+
 def cmd_eval(args) -> int:
     from ple import eval_cmd
 
@@ -108,19 +120,18 @@ def cmd_eval(args) -> int:
         name = args.model or config.model
         if name is None:
             raise PLEError("give --model (or a config with a model), or --compare A B")
-        result = eval_cmd.evaluate_model(
-            name, config, eval_cmd.eval_prompts(config, args.prompts_file), args.guided, out, args.reference_model
-        )
+        result = _evaluate_with_progress(name, config, eval_cmd.eval_prompts(config, args.prompts_file), args, out)
         print((out / "eval.md").read_text())
         print(f"results: {out / 'eval.json'}")
         return 0 if result else 1
+    # A model is generated on the eval prompts; a .jsonl file is judged as it is.
     sides = []
     for label, name in zip(("a", "b"), args.compare):
         if name.endswith(".jsonl"):
             sides.append(eval_cmd.load_completions(name))
         else:
             prompts = eval_cmd.eval_prompts(config, args.prompts_file)
-            eval_cmd.evaluate_model(name, config, prompts, args.guided, out / label, args.reference_model)
+            _evaluate_with_progress(name, config, prompts, args, out / label)
             sides.append(eval_cmd.load_completions(str(out / label / "completions.jsonl")))
     judge = eval_cmd.make_judge(
         args.judge, config, args.judge_url, args.judge_model, args.tie_margin, out / "judge_cache.jsonl"

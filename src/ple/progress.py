@@ -13,7 +13,10 @@ from rich.progress import Progress as RichProgress
 
 
 class Progress:
-    def __init__(self, total: int, description: str, completed: int = 0, console: Console | None = None):
+    def __init__(
+        self, total: int, description: str, completed: int = 0, console: Console | None = None, disable: bool = False
+    ):
+        self.disable = disable
         self.console = console or Console(stderr=True)
         self._progress = RichProgress(
             TextColumn("[bold]{task.description}"),
@@ -25,6 +28,7 @@ class Progress:
             TimeRemainingColumn(),
             TextColumn("{task.fields[rate]}"),
             console=self.console,
+            disable=disable,
         )
         self._main = self._progress.add_task(description, total=total, completed=completed, rate="")
         self._phase = self._progress.add_task("", total=None, rate="", visible=False)
@@ -49,4 +53,5 @@ class Progress:
         self._progress.advance(self._phase)
 
     def log(self, text: str) -> None:
-        self._progress.console.print(text)
+        if not self.disable:
+            self._progress.console.print(text)

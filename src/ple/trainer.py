@@ -20,6 +20,7 @@ import torch
 
 from ple.config import Config, save_config
 from ple.data import load_task_rows, prompt_text, query_rows, sft_rows
+from ple.dist import Dist
 from ple.errors import PLEError
 from ple.generation import encode_prompts, generate
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir
@@ -69,7 +70,8 @@ class PLETrainer:
     def __init__(self, config: Config, reward_fn=None):
         self.config = config
         self.run_dir = Path(config.output_dir)
-        self.device = resolve_device(config.device)
+        self.dist = Dist()
+        self.device = self.dist.device(resolve_device(config.device))
         self.principle = load_principle(config.principle, config.principle_name)
         column = config.prompt_column if config.task == "none" else "prompt"
         self.queries = query_rows(
@@ -103,7 +105,9 @@ class PLETrainer:
     def train(self, resume: bool = False) -> Path:
         config = self.config
         start = self._prepare_run_dir(resume)
-        with Progress(total=config.iterations, description="PLE iterations", completed=max(start, 0)) as progress:
+        with Progress(
+            total=config.iterations, description="PLE iterations", completed=max(start, 0), disable=not self.dist.main
+        ) as progress:
             self.progress = progress
             if start == WARMUP:
                 self.sft_warmup()
@@ -114,10 +118,12 @@ class PLETrainer:
                 progress.advance()
                 progress.log(_summary_line(metrics))
         final = self.run_dir / "final"
-        tmp = self.run_dir / ".final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(self.model, self.tokenizer, tmp, merge=config.merge_lora)
-        replace_dir(tmp, final)
+        if self.dist.main:
+            tmp = self.run_dir / ".final.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            save_model(self.model, self.tokenizer, tmp, merge=config.merge_lora)
+            replace_dir(tmp, final)
+        self.dist.barrier()
         return final
 
     def iteration(self, t: int) -> dict[str, Any]:
@@ -127,8 +133,15 @@ class PLETrainer:
         indices = query_order(len(self.queries), t, config.queries_per_iteration, config.seed, config.shuffle)
         rows = [self.queries[i] for i in indices]
 
-        plain, guided, plain_ids, gen_stats = self.generate_pairs(rows)
-        s, s_p, score_seconds = self.score_pairs(rows, [g.text for g in plain], [g.text for g in guided])
+        mine = self.dist.shard(list(range(len(rows))))  # this process's queries (all of them in a 1-process run)
+        plain, guided, plain_ids, gen_stats = self.generate_pairs([rows[i] for i in mine])
+        s, s_p, score_seconds = self.score_pairs(
+            [rows[i] for i in mine], [g.text for g in plain], [g.text for g in guided]
+        )
+        # Every process needs the whole iteration, so that taus, branches and pairs agree everywhere.
+        gathered = sorted(self.dist.gather(list(zip(mine, plain, guided, plain_ids, s, s_p))), key=lambda r: r[0])
+        _, plain, guided, plain_ids, s, s_p = (list(column) for column in zip(*gathered))
+        gen_stats = _merge_generation_stats(self.dist.gather([gen_stats]))
         scale = self._reward_scale(s + s_p)
         gaps = [None if a is None or b is None else (b - a) / scale for a, b in zip(s, s_p)]
         tau = threshold(t, config.schedule, config.tau0, config.alpha, config.tau_quantile, gaps)
@@ -178,6 +191,7 @@ class PLETrainer:
             "score_seconds": score_seconds,
             **train_stats,
             "seconds": time.perf_counter() - started,
+            "processes": self.dist.world,
         }
         self._write_iteration(t, generation_rows, metrics)
         return metrics
@@ -187,6 +201,8 @@ class PLETrainer:
         """y ~ pi(.|x) and y_p ~ pi(.|p + x) for every query, in one batched call."""
         config = self.config
         self.progress.phase("generating")
+        if not rows:  # more processes than queries
+            return [], [], [], {"gen_seconds": 0.0, "gen_tokens": 0}
         texts = [self.builder.render(r["prompt"]) for r in rows] + [
             self.builder.render(r["prompt"], True) for r in rows
         ]
@@ -206,13 +222,13 @@ class PLETrainer:
         seconds = time.perf_counter() - started
         tokens = sum(len(x.response_ids) for x in samples)
         n = len(rows)
-        stats = {"gen_seconds": seconds, "gen_tokens": tokens, "gen_tokens_per_s": tokens / max(seconds, 1e-9)}
+        stats = {"gen_seconds": seconds, "gen_tokens": tokens}
         return samples[:n], samples[n:], ids[:n], stats
 
     def score_pairs(self, rows: list[dict], plain: list[str], guided: list[str]):
         """s = r(x, y), s_p = r(x, y_p): both against the plain query, in one reward call."""
         n = len(rows)
-        if self.reward_fn is None:  # context distillation: no reward at all
+        if self.reward_fn is None or n == 0:  # context distillation: no reward at all
             return [None] * n, [None] * n, 0.0
         self.progress.phase("scoring")
         prompts = [r["prompt"] for r in rows]
@@ -222,35 +238,32 @@ class PLETrainer:
         return scores[:n], scores[n:], time.perf_counter() - started
 
     def train_on(self, pairs: list[Pair], t: int) -> dict[str, Any]:
-        """epochs_per_iteration passes over this iteration's pairs, in micro-batches with accumulation."""
+        """epochs_per_iteration passes over this iteration's pairs."""
         config = self.config
-        per_step = config.batch_size * config.gradient_accumulation_steps
-        rng = np.random.default_rng([config.seed, t + 2, 7])
         totals = {"loss": [], "rank_loss": [], "wsft_loss": []}
-        tokens, started = 0, time.perf_counter()
-        steps = config.epochs_per_iteration * math.ceil(len(pairs) / per_step)
-        self.progress.phase("training", total=steps)
-        for _ in range(config.epochs_per_iteration):
-            order = rng.permutation(len(pairs))
-            for step_start in range(0, len(pairs), per_step):
-                step = [pairs[i] for i in order[step_start : step_start + per_step]]
-                for micro_start in range(0, len(step), config.batch_size):
-                    micro = step[micro_start : micro_start + config.batch_size]
-                    losses, n_tokens = self.pair_losses(micro)
-                    (losses["loss"].sum() / len(step)).backward()
-                    tokens += n_tokens
-                    for key, values in losses.items():
-                        totals[key] += values.detach().tolist()
-                self._optimizer_step()
-                self.progress.step()
+        tokens = 0
+
+        def micro_loss(micro: list[Pair], step: list[Pair]) -> torch.Tensor:
+            nonlocal tokens
+            losses, n_tokens = self.pair_losses(micro)
+            tokens += n_tokens
+            for key, values in losses.items():
+                totals[key] += values.detach().tolist()
+            return losses["loss"].sum() / len(step)  # the mean over the optimizer step's queries
+
+        started = time.perf_counter()
+        steps = self._train_epochs(
+            pairs, config.epochs_per_iteration, np.random.default_rng([config.seed, t + 2, 7]), micro_loss, "training"
+        )
         seconds = time.perf_counter() - started
+        totals = {key: self.dist.gather(values) for key, values in totals.items()}
         return {
             "loss": _mean(totals["loss"]),
             "rank_loss": _mean(v for v in totals["rank_loss"] if not math.isnan(v)),
             "wsft_loss": _mean(v for v in totals["wsft_loss"] if not math.isnan(v)),
             "optimizer_steps": steps,
             "train_seconds": seconds,
-            "train_tokens_per_s": tokens / max(seconds, 1e-9),
+            "train_tokens_per_s": sum(self.dist.gather([tokens])) / max(seconds, 1e-9),
         }
 
     def pair_losses(self, pairs: list[Pair]) -> tuple[dict[str, torch.Tensor], int]:
@@ -292,7 +305,6 @@ class PLETrainer:
         """SFT on the SFT set for sft_epochs epochs, loss on response tokens only."""
         config = self.config
         torch.manual_seed(_iteration_seed(config.seed, WARMUP))
-        rng = np.random.default_rng([config.seed, 1])
         prompts = encode_prompts(
             self.tokenizer,
             [self.builder.render(r["prompt"]) for r in self.sft_set],
@@ -301,22 +313,41 @@ class PLETrainer:
         )
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         responses = [self.tokenizer(r["response"], add_special_tokens=False)["input_ids"] + eos for r in self.sft_set]
-        per_step = config.batch_size * config.gradient_accumulation_steps
-        self.progress.phase("SFT warm-up", total=config.sft_epochs * math.ceil(len(prompts) / per_step))
-        for _ in range(config.sft_epochs):
-            order = rng.permutation(len(prompts))
-            for step_start in range(0, len(order), per_step):
-                step = order[step_start : step_start + per_step]
-                n_tokens = sum(len(responses[i]) for i in step)
-                for micro_start in range(0, len(step), config.batch_size):
-                    micro = step[micro_start : micro_start + config.batch_size]
-                    input_ids, attention_mask, labels = self._collate([(prompts[i], responses[i]) for i in micro])
-                    with autocast(config.dtype, self.device):
-                        logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-                    sum_logp, _ = sequence_logprobs(logits, labels)
-                    (-sum_logp.sum() / n_tokens).backward()  # mean token NLL over the whole step
+
+        def micro_loss(micro: list[tuple], step: list[tuple]) -> torch.Tensor:
+            input_ids, attention_mask, labels = self._collate(micro)
+            with autocast(config.dtype, self.device):
+                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+            sum_logp, _ = sequence_logprobs(logits, labels)
+            return -sum_logp.sum() / sum(len(response) for _, response in step)  # mean token NLL over the step
+
+        self._train_epochs(
+            list(zip(prompts, responses)),
+            config.sft_epochs,
+            np.random.default_rng([config.seed, 1]),
+            micro_loss,
+            "SFT warm-up",
+        )
+
+    def _train_epochs(self, items: list, epochs: int, rng: np.random.Generator, micro_loss, phase: str) -> int:
+        """Shuffled passes over `items` in optimizer steps of batch_size * gradient_accumulation_steps items per
+        process. Each process runs its share of a step in micro-batches, the gradients are summed across
+        processes, and every process takes the same optimizer step. Returns the number of steps."""
+        config = self.config
+        per_step = config.batch_size * config.gradient_accumulation_steps * self.dist.world
+        steps = epochs * math.ceil(len(items) / per_step)
+        self.progress.phase(phase, total=steps)
+        for _ in range(epochs):
+            order = rng.permutation(len(items))
+            for start in range(0, len(items), per_step):
+                step = [items[i] for i in order[start : start + per_step]]
+                mine = self.dist.shard(step)
+                for micro_start in range(0, len(mine), config.batch_size):
+                    micro_loss(mine[micro_start : micro_start + config.batch_size], step).backward()
+                self.dist.sum_gradients(self.trainable)
                 self._optimizer_step()
                 self.progress.step()
+        return steps
 
     # ------------------------------------------------------------------ helpers
     def _collate(self, batch: list[tuple[list[int], list[int]]]):
@@ -375,10 +406,12 @@ class PLETrainer:
             state = _read_json(checkpoint / "trainer_state.json")
             self.reward_std = RunningStd(**state["reward_std"])
         self._setup_model(checkpoint)  # before writing anything, so a bad model leaves no half-made run
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_config(config, saved_config)
+        self.dist.barrier()  # every process has checked the run directory before the main one writes to it
         done = last if last is not None else (WARMUP - 1 if config.sft_epochs > 0 else WARMUP)
-        self._discard_after(done)
+        if self.dist.main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(config, saved_config)
+            self._discard_after(done)
         return done + 1
 
     def _check_resumable(self, saved: Path) -> None:
@@ -422,6 +455,8 @@ class PLETrainer:
     def _write_iteration(self, t: int, rows: list[dict], metrics: dict) -> None:
         import json
 
+        if not self.dist.main:
+            return
         atomic_write_jsonl(self.run_dir / "generations" / f"iter_{t:03d}.jsonl", rows)
         with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(metrics) + "\n")
@@ -430,6 +465,8 @@ class PLETrainer:
     def _checkpoint(self, t: int) -> None:
         import json
 
+        if not self.dist.main:
+            return
         root = self.run_dir / "checkpoints"
         tmp = root / f".{_checkpoint_name(t)}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -442,6 +479,13 @@ class PLETrainer:
         if self.config.keep_checkpoints:
             for _, old in self._checkpoints()[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old)
+
+
+def _merge_generation_stats(parts: list[dict]) -> dict[str, float]:
+    """Generation across processes: tokens add up, the slowest process sets the time."""
+    seconds = max(p["gen_seconds"] for p in parts)
+    tokens = sum(p["gen_tokens"] for p in parts)
+    return {"gen_seconds": seconds, "gen_tokens": tokens, "gen_tokens_per_s": tokens / max(seconds, 1e-9)}
 
 
 def _checkpoint_name(t: int) -> str:
