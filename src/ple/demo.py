@@ -55,13 +55,15 @@ def demo_config(overrides: dict):
     return load_config(overrides=raw), evaluation, n_eval
 
 
-def evaluate(name: str, config, prompts: list, out: Path, base_model, judge, progress) -> list[dict]:
-    """Plain-prompt completions of `name` on the eval prompts, scored; cached in `out`."""
+def evaluate(name: str, config, prompts: list, out: Path, judge, progress) -> list[dict]:
+    """Plain-prompt completions of `name` on the eval prompts, scored, with their perplexity under the
+    untrained model; cached in `out`."""
     if out.is_file():
         return read_jsonl(out)
     torch.manual_seed(config.seed + 12345)
     tokenizer = load_tokenizer(config.model)
-    model = base_model if name == config.model else load_causal_lm(name, config.dtype)
+    base_model = load_causal_lm(config.model, config.dtype).eval()
+    model = base_model if name == config.model else load_causal_lm(name, config.dtype).eval()
     builder = PromptBuilder.from_config(tokenizer, config)
     batch = config.generation_batch_size or 64
     progress.phase(f"evaluating {out.stem}", total=-(-len(prompts) // batch))
@@ -82,16 +84,15 @@ def run_demo(overrides: dict) -> Path:
     run_dir = Path(config.output_dir)
     judge = SentimentJudge()
     prompts = [r["prompt"] for r in query_rows(load_rows(str(eval_file)), str(eval_file))][:n_eval]
-    base_model = load_causal_lm(config.model, config.dtype).eval()
-
-    trainer = PLETrainer(config)
+    trainer = PLETrainer(config)  # reads the data and the reward first, so bad input fails before any work
     resume = (run_dir / "config.yaml").is_file()
     with Progress(total=1, description="baseline eval") as progress:
-        before = evaluate(config.model, config, prompts, run_dir / "eval" / "before.jsonl", base_model, judge, progress)
+        before = evaluate(config.model, config, prompts, run_dir / "eval" / "before.jsonl", judge, progress)
         progress.advance()
     final = trainer.train(resume=resume)
+    del trainer  # the policy and optimizer are on disk now; free their memory before evaluating
     with Progress(total=1, description="final eval") as progress:
-        after = evaluate(str(final), config, prompts, run_dir / "eval" / "after.jsonl", base_model, judge, progress)
+        after = evaluate(str(final), config, prompts, run_dir / "eval" / "after.jsonl", judge, progress)
         progress.advance()
 
     summary = {key: paired_bootstrap(before, after, fn, seed=config.seed) for key, fn in METRICS.items()}

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from ple.generation import encode_prompts, generate
-from ple.losses import sequence_logprobs
+from ple.model import response_logprobs
 
 Rows = Sequence[dict[str, Any]]
 
@@ -48,20 +48,10 @@ def generate_rows(model, tokenizer, builder, prompts: list, config, guided: bool
 @torch.no_grad()
 def response_nll(model, rows: Rows, pad_id: int, batch_size: int = 16) -> list[tuple[float, int]]:
     """(summed NLL, token count) of each row's response given its prompt, under `model`."""
-    device = next(model.parameters()).device
     out = []
     for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        width = max(len(r["prompt_ids"]) + len(r["response_ids"]) for r in batch)
-        input_ids = torch.full((len(batch), width), pad_id)
-        mask = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), -100)
-        for i, r in enumerate(batch):
-            seq = torch.tensor(r["prompt_ids"] + r["response_ids"])
-            input_ids[i, : len(seq)], mask[i, : len(seq)] = seq, 1
-            labels[i, len(r["prompt_ids"]) : len(seq)] = seq[len(r["prompt_ids"]) :]
-        logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits
-        sum_logp, n = sequence_logprobs(logits, labels.to(device))
+        batch = [(r["prompt_ids"], r["response_ids"]) for r in rows[start : start + batch_size]]
+        sum_logp, n = response_logprobs(model, batch, pad_id)
         out += [(-s, int(k)) for s, k in zip(sum_logp.tolist(), n.tolist())]
     return out
 

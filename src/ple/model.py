@@ -124,3 +124,31 @@ def save_model(model, tokenizer, path: Path, merge: bool = False) -> None:
         model = model.merge_and_unload()
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+
+
+def response_logprobs(model, batch: list[tuple[list[int], list[int]]], pad_id: int):
+    """Summed log-probability and token count of each response given its prompt, in one forward pass.
+
+    The batch is left-padded, so every response ends at the last position and only the last
+    (longest response + 1) positions need logits: the LM head, a large matmul for a small model
+    with a big vocabulary, skips the prompts, and so does the memory for their logits.
+    """
+    from ple.losses import IGNORE_INDEX, sequence_logprobs
+
+    device = next(model.parameters()).device
+    width = max(len(p) + len(r) for p, r in batch)
+    keep = min(width, max(len(r) for _, r in batch) + 1)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (prompt, response) in enumerate(batch):
+        ids = torch.tensor(prompt + response, dtype=torch.long)
+        input_ids[i, width - len(ids) :] = ids
+        attention_mask[i, width - len(ids) :] = 1
+        labels[i, width - len(response) :] = ids[len(prompt) :]
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    inputs = dict(
+        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), position_ids=position_ids.to(device)
+    )
+    logits = model(**inputs, logits_to_keep=keep).logits[:, -keep:]
+    return sequence_logprobs(logits, labels[:, -keep:].to(device))

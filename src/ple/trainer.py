@@ -24,8 +24,8 @@ from ple.dist import Dist
 from ple.errors import PLEError
 from ple.generation import encode_prompts, generate
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir
-from ple.losses import IGNORE_INDEX, assign_branch, rank_loss, sequence_logprobs, sft_weights, weighted_sft_loss
-from ple.model import autocast, load_policy, resolve_device, save_model
+from ple.losses import assign_branch, rank_loss, sft_weights, weighted_sft_loss
+from ple.model import autocast, load_policy, resolve_device, response_logprobs, save_model
 from ple.principles import PromptBuilder, load_principle
 from ple.progress import Progress
 from ple.rewards import RunningStd, build_reward, score
@@ -270,36 +270,35 @@ class PLETrainer:
         """Per-query losses of a micro-batch: one forward pass over [x + y_p] and [x + y]."""
         config = self.config
         batch = [(p.prompt_ids, p.guided_ids) for p in pairs] + [(p.prompt_ids, p.plain_ids) for p in pairs]
-        input_ids, attention_mask, labels = self._collate(batch)
         with autocast(config.dtype, self.device):
-            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-        sum_logp, n_tokens = sequence_logprobs(logits, labels)
+            sum_logp, n_tokens = response_logprobs(self.model, batch, self.tokenizer.pad_token_id)
         n = len(pairs)
         logp_g, logp_y = sum_logp[:n], sum_logp[n:]
         n_g, n_y = n_tokens[:n].clamp(min=1), n_tokens[n:].clamp(min=1)
         mean_g, mean_y = logp_g / n_g, logp_y / n_y
 
-        guided_wins = torch.tensor([p.winner == "guided" for p in pairs], device=logits.device)
+        device = sum_logp.device
+        guided_wins = torch.tensor([p.winner == "guided" for p in pairs], device=device)
         mean_w, mean_l = torch.where(guided_wins, mean_g, mean_y), torch.where(guided_wins, mean_y, mean_g)
         rank_term = (
             rank_loss(mean_w, mean_l, config.rank_loss, config.margin, config.beta) - config.rank_sft_coef * mean_w
         )
 
         if config.sft_weights == "guided":
-            w_g, w_y = torch.ones(n, device=logits.device), torch.zeros(n, device=logits.device)
+            w_g, w_y = torch.ones(n, device=device), torch.zeros(n, device=device)
         else:
-            rewards = torch.tensor([[p.s_p, p.s] for p in pairs], device=logits.device, dtype=torch.float32)
+            rewards = torch.tensor([[p.s_p, p.s] for p in pairs], device=device, dtype=torch.float32)
             w_g, w_y = sft_weights(rewards[:, 0], rewards[:, 1], config.wsft_temperature)
         wsft_term = weighted_sft_loss(-logp_g, n_g, -logp_y, n_y, w_g, w_y)
 
-        is_rank = torch.tensor([p.branch == "rank" for p in pairs], device=logits.device)
+        is_rank = torch.tensor([p.branch == "rank" for p in pairs], device=device)
         loss = torch.where(is_rank, config.rank_coef * rank_term, config.sft_coef * wsft_term)
         nan = torch.full_like(loss, float("nan"))
         return {
             "loss": loss,
             "rank_loss": torch.where(is_rank, rank_term, nan),
             "wsft_loss": torch.where(is_rank, nan, wsft_term),
-        }, int(attention_mask.sum())
+        }, sum(len(prompt) + len(response) for prompt, response in batch)
 
     def sft_warmup(self) -> None:
         """SFT on the SFT set for sft_epochs epochs, loss on response tokens only."""
@@ -315,10 +314,8 @@ class PLETrainer:
         responses = [self.tokenizer(r["response"], add_special_tokens=False)["input_ids"] + eos for r in self.sft_set]
 
         def micro_loss(micro: list[tuple], step: list[tuple]) -> torch.Tensor:
-            input_ids, attention_mask, labels = self._collate(micro)
             with autocast(config.dtype, self.device):
-                logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
-            sum_logp, _ = sequence_logprobs(logits, labels)
+                sum_logp, _ = response_logprobs(self.model, micro, self.tokenizer.pad_token_id)
             return -sum_logp.sum() / sum(len(response) for _, response in step)  # mean token NLL over the step
 
         self._train_epochs(
@@ -350,20 +347,6 @@ class PLETrainer:
         return steps
 
     # ------------------------------------------------------------------ helpers
-    def _collate(self, batch: list[tuple[list[int], list[int]]]):
-        """Right-padded prompt+response ids, with labels only on response tokens."""
-        width = max(len(p) + len(r) for p, r in batch)
-        pad = self.tokenizer.pad_token_id
-        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
-        attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-        labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-        for i, (prompt, response) in enumerate(batch):
-            ids = torch.tensor(prompt + response, dtype=torch.long)
-            input_ids[i, : len(ids)] = ids
-            attention_mask[i, : len(ids)] = 1
-            labels[i, len(prompt) : len(ids)] = ids[len(prompt) :]
-        return input_ids.to(self.device), attention_mask.to(self.device), labels.to(self.device)
-
     def _optimizer_step(self) -> None:
         if self.config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
