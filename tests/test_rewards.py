@@ -102,3 +102,9 @@ def test_running_std_matches_numpy():
     stats.update([1.0, None, 2.0, 4.0])
     assert stats.std == pytest.approx(np.std([1.0, 2.0, 4.0], ddof=1))
     assert RunningStd().std == 1.0
+
+
+def test_vader_accepts_trl_conversational_completions():
+    plain = score(build_reward("vader"), ["x"], ["What a wonderful film!"])
+    chat = score(build_reward("vader"), ["x"], [[{"role": "assistant", "content": "What a wonderful film!"}]])
+    assert plain == chat and plain[0] > 0.5

@@ -26,8 +26,12 @@ _CALLABLE = re.compile(r"^(?P<module>[^:]+):(?P<attr>[A-Za-z_][A-Za-z0-9_.]*)$")
 
 
 def vader_reward(prompts: Sequence[Prompt], completions: Sequence[str], **_: Any) -> list[float]:
-    """VADER compound sentiment of each completion (the prompt is not scored)."""
-    return [_vader().polarity_scores(c)["compound"] for c in completions]
+    """VADER compound sentiment of each completion (the prompt is not scored).
+
+    Completions may also be TRL's conversational form, a list of messages ending with the answer.
+    """
+    texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+    return [_vader().polarity_scores(t)["compound"] for t in texts]
 
 
 _VADER = None
