@@ -83,3 +83,26 @@ def test_compare_errors(tmp_path, capsys):
     assert "row 0: needs 'prompt' and 'completion'" in capsys.readouterr().err
     assert main(["eval", "--model", "x"]) == 2
     assert "no eval prompts" in capsys.readouterr().err
+
+
+def test_compare_a_model_with_itself_is_all_ties(tmp_path, tiny_chat_model, queries_file, reward_module):
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            tiny_config(
+                tiny_chat_model,
+                queries_file,
+                tmp_path / "run",
+                f"{reward_module}:positivity",
+                eval_dataset=str(_write_eval_set(tmp_path / "eval.jsonl")),
+            )
+        )
+    )
+    out = tmp_path / "cmp"
+    assert (
+        main(["eval", "--config", str(config), "--compare", tiny_chat_model, tiny_chat_model, "--output-dir", str(out)])
+        == 0
+    )
+    result = json.loads((out / "compare.json").read_text())
+    assert result["n_prompts"] == 8 and result["rates"]["tie"]["value"] == 1.0  # same seed, same answers
+    assert (out / "a" / "completions.jsonl").read_text() == (out / "b" / "completions.jsonl").read_text()
