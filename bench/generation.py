@@ -10,28 +10,16 @@ would take at the fp32 matmul rate measured here, in this run. Prints a table la
 import argparse
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import transformers
+from common import PRINCIPLE, PROMPTS, model_path
 
 from ple.generation import encode_prompts, generate
 from ple.model import load_causal_lm, load_tokenizer
 from ple.principles import PromptBuilder
-
-PRINCIPLE = "You are a warm, generous film critic. Praise specific things: the acting, the story, the music."
-OPENINGS = [
-    "the movie was",
-    "i expected more from",
-    "plot: a young man",
-    "this film is a mess of",
-    "every now and then",
-    "the acting in this",
-    "what a strange little",
-    "it's hard to believe that",
-]
 
 
 def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
@@ -51,18 +39,11 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    if args.tiny:
-        from ple.testing import build_tiny_model
-
-        name = str(build_tiny_model(Path(tempfile.mkdtemp()) / "tiny"))
-    else:
-        from ple.assets import smollm2_path
-
-        name = str(smollm2_path())
+    name = model_path(args.tiny)
     tokenizer = load_tokenizer(name)
     model = load_causal_lm(name).eval()
     builder = PromptBuilder(tokenizer, PRINCIPLE)
-    queries = [f'Continue this movie review: "{OPENINGS[i % len(OPENINGS)]}"' for i in range(args.prompts)]
+    queries = [PROMPTS[i % len(PROMPTS)] for i in range(args.prompts)]
     texts = [builder.render(q) for q in queries] + [builder.render(q, guided=True) for q in queries]
     ids = encode_prompts(tokenizer, texts, not builder.chat, 512)
     params = sum(p.numel() for p in model.parameters())  # tied lm_head counted once, as one matmul

@@ -21,27 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-OPENINGS = [
-    "the movie was",
-    "i expected more from",
-    "plot: a young man",
-    "this film is a mess of",
-    "every now and then",
-    "the acting in this",
-    "what a strange little",
-    "it's hard to believe that",
-]
-PROMPTS = [f'Continue this movie review: "{o}"' for o in OPENINGS]
-
-
-def model_path(tiny: bool) -> str:
-    if tiny:
-        from ple.testing import build_tiny_model
-
-        return str(build_tiny_model(Path(tempfile.mkdtemp()) / "tiny"))
-    from ple.assets import smollm2_path
-
-    return str(smollm2_path())
+from common import PRINCIPLE, PROMPTS, model_path
 
 
 def run_ple(model: str, steps: int) -> dict:
@@ -62,7 +42,7 @@ def run_ple(model: str, steps: int) -> dict:
             batch_size=len(PROMPTS),
             learning_rate=1e-4,
             device="cpu",
-            principle="You are a warm, generous film critic: praise specific things about the film.",
+            principle=PRINCIPLE,
             output_dir=str(Path(tempfile.mkdtemp()) / "run"),
             keep_checkpoints=1,
         )
