@@ -8,6 +8,7 @@ branch = rank | wsft | skip                 by gap = s_p - s and tau_t
 train on (x -> y_p, y) with the branch's loss, then log, write and checkpoint
 """
 
+import json
 import math
 import shutil
 import time
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from ple.config import Config, save_config
-from ple.data import load_task_rows, prompt_text, query_rows, sft_rows
+from ple.data import load_task_rows, query_rows, sft_rows
 from ple.dist import Dist
 from ple.errors import PLEError
 from ple.generation import encode_prompts, generate
@@ -402,10 +403,11 @@ class PLETrainer:
 
         before = yaml.safe_load(saved.read_text())
         now = self.config.to_dict()
-        changed = [k for k in now if k != "iterations" and before.get(k) != now[k]]
+        changed = [k for k in now if k not in ("iterations", "device") and before.get(k) != now[k]]
         if changed:
             raise PLEError(
-                f"cannot resume {self.run_dir}: the config changed ({', '.join(changed)}); only iterations may"
+                f"cannot resume {self.run_dir}: the config changed ({', '.join(changed)}); "
+                "only iterations and device may"
             )
 
     def _checkpoints(self) -> list[tuple[int, Path]]:
@@ -436,8 +438,6 @@ class PLETrainer:
                 path.unlink()
 
     def _write_iteration(self, t: int, rows: list[dict], metrics: dict) -> None:
-        import json
-
         if not self.dist.main:
             return
         atomic_write_jsonl(self.run_dir / "generations" / f"iter_{t:03d}.jsonl", rows)
@@ -446,8 +446,6 @@ class PLETrainer:
         self._checkpoint(t)
 
     def _checkpoint(self, t: int) -> None:
-        import json
-
         if not self.dist.main:
             return
         root = self.run_dir / "checkpoints"
@@ -476,8 +474,6 @@ def _checkpoint_name(t: int) -> str:
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
     return json.loads(path.read_text())
 
 
@@ -492,4 +488,4 @@ def _summary_line(m: dict) -> str:
     )
 
 
-__all__ = ["PLETrainer", "query_order", "prompt_text"]
+__all__ = ["PLETrainer", "query_order"]
