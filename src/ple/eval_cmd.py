@@ -5,29 +5,19 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ple.config import Config
 from ple.data import load_task_rows, prompt_text, query_rows
 from ple.errors import PLEError
-from ple.evaluation import distinct_n, generate_rows, perplexity, response_nll
+from ple.evaluation import bootstrap_ci, distinct_n, generate_rows, perplexity, response_nll
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from ple.judges import LLMJudge, RewardJudge, compare
 from ple.model import adapter_base, autocast, load_causal_lm, load_tokenizer, resolve_device
 from ple.principles import PromptBuilder
-from ple.rewards import build_reward, score
+from ple.rewards import config_reward, score
 
 REFERENCE_COLUMNS = ("reference", "response", "chosen")
-
-
-def bootstrap_ci(rows: list[dict], metric, n_resamples: int = 1000, seed: int = 0) -> dict[str, float]:
-    """Full-sample value and a 95% CI: the bootstrap's 2.5-97.5% spread around its median, placed on the value."""
-    rng = np.random.default_rng(seed)
-    stats = [metric([rows[i] for i in rng.integers(0, len(rows), len(rows))]) for _ in range(n_resamples)]
-    value = metric(rows)
-    low, mid, high = np.percentile(stats, [2.5, 50, 97.5])
-    return {"value": value, "ci_low": float(value + low - mid), "ci_high": float(value + high - mid)}
 
 
 def _reward_specs(config: Config) -> dict[str, Any]:
@@ -70,10 +60,7 @@ def evaluate_model(
     if guided and not builder.principle:
         raise PLEError("--guided needs a principle in the config")
     reward_fns = {  # built before generating, so a bad reward fails in seconds, not after a long generation
-        name: build_reward(
-            spec, config.reward_label, config.reward_output, config.reward_input, config.reward_batch_size, device
-        )
-        for name, spec in _reward_specs(config).items()
+        name: config_reward(spec, config, device) for name, spec in _reward_specs(config).items()
     }
     prompts = [r["prompt"] for r in prompt_rows]
     torch.manual_seed(config.seed)
@@ -198,14 +185,7 @@ def make_judge(kind: str, config: Config, url: str | None, model: str | None, ti
         if not specs:
             raise PLEError("--judge reward needs a reward (or eval_rewards) in the config")
         spec = specs.get("reward", next(iter(specs.values())))
-        fn = build_reward(
-            spec,
-            config.reward_label,
-            config.reward_output,
-            config.reward_input,
-            config.reward_batch_size,
-            resolve_device(config.device),
-        )
+        fn = config_reward(spec, config, resolve_device(config.device))
         return RewardJudge(fn, tie_margin)
     if not url or not model:
         raise PLEError("--judge llm needs --judge-url and --judge-model")

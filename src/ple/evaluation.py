@@ -62,15 +62,31 @@ def perplexity(rows: Rows) -> float:
     return math.exp(sum(r["nll"] for r in rows) / tokens) if tokens else float("nan")
 
 
+def _centred_interval(value: float, resampled: list[float]) -> tuple[float, float]:
+    """The resamples' 2.5-97.5% spread around their median, placed on the full-sample value.
+
+    Corpus-level metrics (distinct-n, perplexity) are biased on resamples that repeat rows, so the
+    resamples are trusted for the spread but not for the centre.
+    """
+    low, mid, high = np.percentile(resampled, [2.5, 50, 97.5])
+    return float(value + low - mid), float(value + high - mid)
+
+
+def bootstrap_ci(rows: Rows, metric: Callable[[Rows], float], n_resamples: int = 1000, seed: int = 0) -> dict:
+    """A metric on all rows, with a 95% bootstrap CI over rows."""
+    rng = np.random.default_rng(seed)
+    resampled = [metric([rows[i] for i in rng.integers(0, len(rows), len(rows))]) for _ in range(n_resamples)]
+    value = metric(rows)
+    low, high = _centred_interval(value, resampled)
+    return {"value": value, "ci_low": low, "ci_high": high}
+
+
 def paired_bootstrap(
     before: Rows, after: Rows, metric: Callable[[Rows], float], n_resamples: int = 1000, seed: int = 0
 ) -> dict[str, float]:
     """Metric before and after, their difference, and a 95% CI of the difference.
 
     Rows are paired by position (the same prompts), so each resample draws the same prompts for both.
-    The interval is the bootstrap distribution's 2.5-97.5% spread around its median, placed on the
-    full-sample change: corpus-level metrics (distinct-n, perplexity) are biased on resamples that repeat
-    rows, so the resamples are trusted for the spread but not for the centre.
     """
     if len(before) != len(after) or not before:
         raise ValueError("paired bootstrap needs two equally long, non-empty row lists")
@@ -80,12 +96,5 @@ def paired_bootstrap(
         idx = rng.integers(0, len(before), len(before))
         deltas.append(metric([after[i] for i in idx]) - metric([before[i] for i in idx]))
     b, a = metric(before), metric(after)
-    low, mid, high = np.percentile(deltas, [2.5, 50, 97.5])
-    delta = a - b
-    return {
-        "before": b,
-        "after": a,
-        "delta": delta,
-        "ci_low": float(delta + low - mid),
-        "ci_high": float(delta + high - mid),
-    }
+    low, high = _centred_interval(a - b, deltas)
+    return {"before": b, "after": a, "delta": a - b, "ci_low": low, "ci_high": high}

@@ -192,6 +192,13 @@ def build_reward(
     return combined
 
 
+def config_reward(spec: str | list, config, device="cpu") -> RewardFn:
+    """A reward spec built with the config's classifier options (label, output, input, batch size)."""
+    return build_reward(
+        spec, config.reward_label, config.reward_output, config.reward_input, config.reward_batch_size, device
+    )
+
+
 def score(fn: RewardFn, prompts: Sequence[Prompt], completions: Sequence[str], **columns: Any) -> list[float | None]:
     """Call a reward and check its answer; NaN and inf become None (no reward)."""
     out = fn(prompts=list(prompts), completions=list(completions), **columns)

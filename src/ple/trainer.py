@@ -29,7 +29,7 @@ from ple.losses import assign_branch, rank_loss, sft_weights, weighted_sft_loss
 from ple.model import autocast, load_policy, resolve_device, response_logprobs, save_model
 from ple.principles import PromptBuilder, load_principle
 from ple.progress import Progress
-from ple.rewards import RunningStd, build_reward, score
+from ple.rewards import RunningStd, config_reward, score
 from ple.schedule import threshold
 
 WARMUP = -1  # iteration index of the SFT warm-up checkpoint
@@ -90,14 +90,7 @@ class PLETrainer:
             else []
         )
         if reward_fn is None and config.reward is not None:
-            reward_fn = build_reward(
-                config.reward,
-                config.reward_label,
-                config.reward_output,
-                config.reward_input,
-                config.reward_batch_size,
-                self.device,
-            )
+            reward_fn = config_reward(config.reward, config, self.device)
         self.reward_fn = reward_fn
         self.reward_std = RunningStd()
         self.model = self.tokenizer = self.optimizer = None
