@@ -103,9 +103,7 @@ def _evaluate_with_progress(name: str, config, prompts: list, args, out: Path) -
     from ple import eval_cmd
     from ple.progress import Progress
 
-    batch = config.generation_batch_size or 64
     with Progress(total=1, description=f"eval {Path(name).name}") as progress:
-        progress.phase("generating", total=-(-len(prompts) // batch))
         result = eval_cmd.evaluate_model(name, config, prompts, args.guided, out, args.reference_model, progress)
         progress.advance()
     return result

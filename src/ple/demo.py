@@ -65,9 +65,7 @@ def evaluate(name: str, config, prompts: list, out: Path, judge, progress) -> li
     base_model = load_causal_lm(config.model, config.dtype).eval()
     model = base_model if name == config.model else load_causal_lm(name, config.dtype).eval()
     builder = PromptBuilder.from_config(tokenizer, config)
-    batch = config.generation_batch_size or 64
-    progress.phase(f"evaluating {out.stem}", total=-(-len(prompts) // batch))
-    rows = generate_rows(model, tokenizer, builder, prompts, config, progress=progress)
+    rows = generate_rows(model, tokenizer, builder, prompts, config, progress=progress, phase=f"evaluating {out.stem}")
     completions = [r["completion"] for r in rows]
     rewards = vader_reward(prompts, completions)
     judged = judge.positive_probability(completions)

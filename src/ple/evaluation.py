@@ -19,12 +19,16 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
-def generate_rows(model, tokenizer, builder, prompts: list, config, guided: bool = False, progress=None) -> list[dict]:
+def generate_rows(
+    model, tokenizer, builder, prompts: list, config, guided: bool = False, progress=None, phase: str = "generating"
+) -> list[dict]:
     """One completion per prompt (plain by default), with the token ids kept for perplexity."""
     ids = encode_prompts(
         tokenizer, [builder.render(p, guided) for p in prompts], not builder.chat, config.max_prompt_tokens
     )
     batch = config.generation_batch_size or 64
+    if progress is not None:
+        progress.phase(phase, total=-(-len(ids) // batch))
     rows = []
     for start in range(0, len(ids), batch):
         samples = generate(
