@@ -11,14 +11,11 @@ from ple.errors import PLEError
 
 def _config_args(parser: argparse.ArgumentParser, required: bool) -> None:
     parser.add_argument("--config", required=required, help="YAML file whose keys are config fields (listed below)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one config field; repeatable",
-    )
+    _set_arg(parser, "override one config field; repeatable")
+
+
+def _set_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -77,14 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     demo.add_argument("--output-dir", help="run directory (default runs/demo); rerunning resumes it")
-    demo.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one field of the demo preset; repeatable",
-    )
+    _set_arg(demo, "override one field of the demo preset; repeatable")
     return parser
 
 
@@ -100,6 +90,7 @@ def cmd_demo(args) -> int:
 
 
 def _evaluate_with_progress(name: str, config, prompts: list, args, out: Path) -> dict:
+    """`ple eval` of one model, with a progress bar over its generation."""
     from ple import eval_cmd
     from ple.progress import Progress
 
@@ -118,17 +109,18 @@ def cmd_eval(args) -> int:
         name = args.model or config.model
         if name is None:
             raise PLEError("give --model (or a config with a model), or --compare A B")
-        result = _evaluate_with_progress(name, config, eval_cmd.eval_prompts(config, args.prompts_file), args, out)
+        _evaluate_with_progress(name, config, eval_cmd.eval_prompts(config, args.prompts_file), args, out)
         print((out / "eval.md").read_text())
         print(f"results: {out / 'eval.json'}")
-        return 0 if result else 1
+        return 0
     # A model is generated on the eval prompts; a .jsonl file is judged as it is.
+    models = [name for name in args.compare if not name.endswith(".jsonl")]
+    prompts = eval_cmd.eval_prompts(config, args.prompts_file) if models else []
     sides = []
     for label, name in zip(("a", "b"), args.compare):
         if name.endswith(".jsonl"):
             sides.append(eval_cmd.load_completions(name))
         else:
-            prompts = eval_cmd.eval_prompts(config, args.prompts_file)
             _evaluate_with_progress(name, config, prompts, args, out / label)
             sides.append(eval_cmd.load_completions(str(out / label / "completions.jsonl")))
     judge = eval_cmd.make_judge(
