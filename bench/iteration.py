@@ -1,6 +1,5 @@
 """Cost per completion: a PLE iteration against TRL's RLOOTrainer, measured in one run.
 
-    pip install trl==1.16.0
     python bench/iteration.py            # SmolLM2-135M-Instruct from the ple cache
     python bench/iteration.py --tiny     # a tiny model built in code
 

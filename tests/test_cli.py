@@ -51,3 +51,12 @@ def test_generate_errors_are_one_line(tmp_path, tiny_chat_model, capsys):
     assert "needs a principle" in capsys.readouterr().err
     assert main(["generate", "--model", str(tmp_path / "nothing"), "--prompt", "x"]) == 2
     assert capsys.readouterr().err.strip() == f"ple: error: model not found: {tmp_path / 'nothing'}"
+
+
+def test_train_method_flag_runs_a_baseline(tmp_path, tiny_chat_model, queries_file, reward_module, capsys):
+    out = tmp_path / "raft"
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, out, f"{reward_module}:positivity")))
+    assert main(["train", "--config", str(config), "--method", "raft", "--set", "iterations=1"]) == 0
+    assert yaml.safe_load((out / "config.yaml").read_text())["method"] == "raft"
+    assert json.loads((out / "budget.json").read_text())["samples"] == 12

@@ -28,3 +28,23 @@ def test_short_demo_on_the_real_model(tmp_path):
     assert set(summary) >= {"reward", "judge_positive_prob", "distinct_2", "perplexity"}
     assert all(set(v) == {"before", "after", "delta", "ci_low", "ci_high"} for v in summary.values())
     assert report.is_file() and "## Examples" in report.read_text()
+
+
+def test_short_compare_preset_on_the_real_model(tmp_path, monkeypatch):
+    for name in ("SmolLM2-135M-Instruct", "all-MiniLM-L6-v2", "pang-lee"):
+        if not (assets.cache_dir() / name / assets.MARKER).is_file():
+            pytest.skip(f"{name} is not cached; run `ple demo` once")
+    from ple.cli import main
+
+    args = ["compare", "--preset", "sentiment", "--output-dir", str(tmp_path / "grid")]
+    for key, value in dict(iterations=1, queries_per_iteration=4, eval_max_prompts=6, max_new_tokens=12).items():
+        args += ["--set", f"{key}={value}"]
+    methods = ["ple", "sft", "dpo", "rloo", "raft"]
+    from ple import demo
+
+    preset = demo.compare_preset
+    monkeypatch.setattr(demo, "compare_preset", lambda: {**preset(), "methods": methods, "seeds": [0]})
+    assert main(args) == 0
+    rows = (tmp_path / "grid" / "results.csv").read_text().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == methods
+    assert (tmp_path / "grid" / "win_rates.png").is_file()

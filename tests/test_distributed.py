@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 import yaml
 from conftest import tiny_config
@@ -68,3 +69,16 @@ def test_two_processes_match_one(tmp_path, tiny_chat_model, queries_file, reward
         assert torch.allclose(final_one[key], final_two[key], atol=1e-5), key
     initial_b = [v for k, v in final_one.items() if "lora_B" in k]
     assert any(v.abs().sum() > 0 for v in initial_b)  # training happened at all
+
+
+def test_a_deepspeed_or_fsdp_launch_is_refused_not_ignored(monkeypatch):
+    from ple.dist import Dist
+    from ple.errors import PLEError
+
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(PLEError, match="DeepSpeed, which PLE does not support yet"):
+        Dist()
+    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "1")
+    with pytest.raises(PLEError, match="FSDP"):
+        Dist()

@@ -226,6 +226,8 @@ def test_context_distillation_needs_no_reward(tmp_path, tiny_chat_model, queries
     trainer = run(tiny_config(tiny_chat_model, queries_file, out, None, iterations=1, method="distill"))
     rows = read_rows(out)
     assert all(r["branch"] == "wsft" and r["s"] is None for r in rows)
+    budget = json.loads((out / "budget.json").read_text())
+    assert budget["samples"] == 12 and budget["reward_calls"] == 0  # PLE's samples, and no reward at all
     params = dict(trainer.model.named_parameters())
     assert all(not torch.equal(p0, params[n]) for n, p0 in trainer.initial.items())
 

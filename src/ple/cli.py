@@ -5,7 +5,7 @@ import json
 import sys
 from pathlib import Path
 
-from ple.config import config_reference, load_config, parse_overrides
+from ple.config import METHOD_PRESETS, config_reference, load_config, parse_overrides
 from ple.errors import PLEError
 
 
@@ -30,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _config_args(train, required=True)
+    train.add_argument(
+        "--method", choices=tuple(METHOD_PRESETS), help="PLE, an ablation or a baseline (same as --set method=...)"
+    )
     train.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
 
     gen = sub.add_parser(
@@ -75,6 +78,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--output-dir", help="run directory (default runs/demo); rerunning resumes it")
     _set_arg(demo, "override one field of the demo preset; repeatable")
+
+    compare = sub.add_parser(
+        "compare",
+        help="run a methods x seeds grid under one budget, evaluate every model, write a table and charts",
+        description="A compare file holds output_dir, methods, seeds, tie_margin, config (shared training "
+        "config) and overrides (per method). See `ple.compare` or the README.",
+    )
+    source = compare.add_mutually_exclusive_group(required=True)
+    source.add_argument("--config", help="compare file (YAML)")
+    source.add_argument(
+        "--preset", choices=("sentiment",), help="the embedded sentiment grid, on the offline assets (as `ple demo`)"
+    )
+    compare.add_argument("--output-dir", help="where the grid goes (default: the compare file's output_dir)")
+    _set_arg(compare, "override one field of the shared training config; repeatable")
     return parser
 
 
@@ -86,6 +103,23 @@ def cmd_demo(args) -> int:
         overrides["output_dir"] = args.output_dir
     report = run_demo(overrides)
     print(f"report: {report}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from ple.compare import load_spec, read_spec_file, run_compare
+
+    if args.preset:
+        from ple.demo import compare_preset
+
+        raw = compare_preset()
+    else:
+        raw = read_spec_file(args.config)
+    if args.output_dir:
+        raw["output_dir"] = args.output_dir
+    report = run_compare(load_spec(raw, parse_overrides(args.overrides)))
+    print(report.read_text())
+    print(f"results: {report}")
     return 0
 
 
@@ -134,10 +168,13 @@ def cmd_eval(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from ple.trainer import PLETrainer
+    from ple.baselines import make_trainer
 
-    config = load_config(args.config, parse_overrides(args.overrides))
-    final = PLETrainer(config).train(resume=args.resume)
+    overrides = parse_overrides(args.overrides)
+    if args.method:
+        overrides["method"] = args.method
+    config = load_config(args.config, overrides)
+    final = make_trainer(config).train(resume=args.resume)
     print(f"final model: {final}")
     print(f"metrics: {Path(config.output_dir) / 'metrics.jsonl'}")
     return 0
@@ -197,7 +234,13 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _quiet_libraries()
-    commands = {"train": cmd_train, "generate": cmd_generate, "demo": cmd_demo, "eval": cmd_eval}
+    commands = {
+        "train": cmd_train,
+        "generate": cmd_generate,
+        "demo": cmd_demo,
+        "eval": cmd_eval,
+        "compare": cmd_compare,
+    }
     try:
         return commands[args.command](args)
     except PLEError as e:

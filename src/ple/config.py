@@ -34,7 +34,13 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "rlcd": {"schedule": "constant", "tau0": -math.inf},
     # Context distillation: SFT on (plain query -> guided answer), no reward at all.
     "distill": {"reward": None, "sft_weights": "guided", "rank_coef": 0.0},
+    # Baselines (ple.baselines), under the same budget of policy samples.
+    "sft": {},
+    "dpo": {},
+    "rloo": {},
+    "raft": {},
 }
+BASELINES = ("sft", "dpo", "rloo", "raft")  # methods that never read the principle
 
 
 @dataclass
@@ -146,7 +152,13 @@ class Config:
     )
 
     # --- algorithm ---
-    method: str = _f("ple", "PLE or one of its named ablations.", tuple(METHOD_PRESETS), "algorithm")
+    method: str = _f(
+        "ple",
+        "PLE, one of its named ablations (ple-*, rlcd, distill), or a baseline (sft, dpo, rloo, raft) trained "
+        "under the same budget of policy samples.",
+        tuple(METHOD_PRESETS),
+        "algorithm",
+    )
     iterations: int = _f(3, "Number of PLE iterations I.", section="algorithm")
     queries_per_iteration: int = _f(16, "Queries drawn per iteration.", section="algorithm")
     schedule: str = _f(
@@ -186,6 +198,14 @@ class Config:
         "algorithm",
     )
 
+    raft_k: int = _f(
+        4,
+        "raft: answers sampled per query; it takes 2*queries_per_iteration/raft_k queries per iteration.",
+        section="algorithm",
+    )
+    dpo_beta: float = _f(0.1, "dpo: the DPO beta (strength of the implicit KL to the base model).", section="algorithm")
+    rloo_beta: float = _f(0.05, "rloo: KL coefficient to the base model (TRL's default).", section="algorithm")
+
     # --- generation ---
     max_new_tokens: int = _f(48, "Tokens generated per response.", section="generation")
     temperature: float = _f(1.0, "Sampling temperature (0 = greedy).", section="generation")
@@ -195,6 +215,17 @@ class Config:
         0,
         "Prompts per generate call (0 = plain and guided prompts of the iteration in one call).",
         section="generation",
+    )
+
+    generation_backend: str = _f(
+        "auto",
+        "transformers, or vllm (pip install 'ple[vllm]'; CUDA only; weights pushed after every optimizer step). "
+        "auto picks vllm when it is installed and the run is on a GPU.",
+        ("auto", "transformers", "vllm"),
+        "generation",
+    )
+    vllm_gpu_memory_utilization: float = _f(
+        0.3, "Fraction of GPU memory the colocated vLLM engine may take.", section="generation"
     )
 
     # --- training ---
@@ -226,7 +257,10 @@ class Config:
             )
         need(self.model is not None, "model is required: a local path or a hub id of a causal LM")
         need(self.dataset is not None, "dataset is required: the query set (a file or a hub dataset name)")
-        need(self.principle is not None, "principle is required: inline text or a principles file")
+        need(
+            self.principle is not None or self.method in BASELINES,
+            "principle is required: inline text or a principles file",
+        )
         for name in (
             "iterations",
             "queries_per_iteration",
@@ -236,6 +270,7 @@ class Config:
             "max_new_tokens",
             "reward_batch_size",
             "max_prompt_tokens",
+            "raft_k",
         ):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in (
@@ -267,9 +302,19 @@ class Config:
             f"sft_epochs={self.sft_epochs} needs an sft_dataset for the warm-up",
         )
         need(
-            self.reward is not None or (self.rank_coef == 0 and self.sft_weights == "guided"),
-            "reward is required (only context distillation, method=distill, runs without one)",
+            self.reward is not None or (self.rank_coef == 0 and self.sft_weights == "guided") or self.method == "sft",
+            "reward is required (only method=distill and method=sft run without one)",
         )
+        need(
+            self.method != "sft" or self.sft_dataset is not None,
+            "method=sft needs an sft_dataset (rows with prompt + response, or messages)",
+        )
+        need(
+            0 < self.vllm_gpu_memory_utilization < 1,
+            f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}",
+        )
+        need(self.dpo_beta > 0, f"dpo_beta must be > 0, got {self.dpo_beta}")
+        need(self.rloo_beta >= 0, f"rloo_beta must be >= 0, got {self.rloo_beta}")
         need(not self.use_lora or self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
         need(not self.merge_lora or self.use_lora, "merge_lora needs use_lora: true")
         need("{principle}" in self.chat_principle_template, "chat_principle_template must contain {principle}")

@@ -24,6 +24,7 @@ from ple.sentiment import PRINCIPLES, SentimentJudge, prepare
 from ple.trainer import PLETrainer
 
 PRESET = Path(__file__).parent / "presets" / "demo.yaml"
+COMPARE_PRESET = Path(__file__).parent / "presets" / "compare_sentiment.yaml"
 LABELS = {
     "reward": "training reward (VADER)",
     "judge_positive_prob": "held-out judge P(positive)",
@@ -53,6 +54,21 @@ def demo_config(overrides: dict):
     raw.update(overrides)
     n_eval = int(raw.pop("eval_prompts", 200))
     return load_config(overrides=raw), evaluation, n_eval
+
+
+def compare_preset() -> dict:
+    """The embedded sentiment compare grid, its config pointed at the cached assets."""
+    data = assets.cache_dir() / "sentiment"
+    train, evaluation = prepare(data)
+    raw = yaml.safe_load(COMPARE_PRESET.read_text())
+    raw["config"].update(
+        model=str(assets.smollm2_path()),
+        dataset=str(train),
+        sft_dataset=str(data / "sft.jsonl"),
+        eval_dataset=str(evaluation),
+        principle=str(PRINCIPLES),
+    )
+    return raw
 
 
 def evaluate(name: str, config, prompts: list, out: Path, judge, progress) -> list[dict]:

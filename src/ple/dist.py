@@ -11,9 +11,20 @@ import os
 import torch
 import torch.distributed as dist
 
+from ple.errors import PLEError
+
+# accelerate sets these for a DeepSpeed or FSDP launch; PLE would silently train full replicas under them.
+_SHARDED_LAUNCHES = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP"}
+
 
 class Dist:
     def __init__(self):
+        for variable, name in _SHARDED_LAUNCHES.items():
+            if os.environ.get(variable, "").lower() in ("1", "true"):
+                raise PLEError(
+                    f"this launch asks for {name}, which PLE does not support yet: every process would hold a "
+                    "full replica. Launch with plain data parallelism (accelerate launch --multi_gpu, or torchrun)."
+                )
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))

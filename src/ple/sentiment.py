@@ -19,6 +19,7 @@ from ple.io import atomic_write_jsonl, atomic_write_text
 
 PROMPT_TEMPLATE = 'Continue this movie review: "{opening}"'
 PRINCIPLES = Path(__file__).parent / "presets" / "sentiment_principles.yaml"
+SFT_WORDS = 30
 
 
 def detokenize(text: str) -> str:
@@ -42,7 +43,10 @@ def read_pang_lee(path: Path) -> list[tuple[int, str]]:
 
 
 def prepare(out_dir: Path, n_eval: int = 200, seed: int = 0) -> tuple[Path, Path]:
-    """Write train.jsonl and eval.jsonl query sets (disjoint reviews) and return their paths."""
+    """Write train.jsonl and eval.jsonl query sets (disjoint reviews) and return their paths.
+
+    Also writes sft.jsonl: for each positive training review, its opening prompt and the review's
+    next SFT_WORDS words as the response (the SFT baseline's data: real positive reviews)."""
     reviews = read_pang_lee(assets.pang_lee_path() / "reviews.csv")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(reviews))
@@ -50,17 +54,22 @@ def prepare(out_dir: Path, n_eval: int = 200, seed: int = 0) -> tuple[Path, Path
         raise PLEError(f"n_eval={n_eval} leaves no training reviews (there are {len(reviews)})")
 
     def rows(indices):
-        out = []
+        out, sft = [], []
         for i in indices:
             label, text = reviews[i]
             words = detokenize(text).split()
-            opening = " ".join(words[: int(rng.integers(4, 9))]).strip('"')  # 4-8 words
+            n_words = int(rng.integers(4, 9))  # 4-8 words
+            opening = " ".join(words[:n_words]).strip('"')
             out.append({"prompt": PROMPT_TEMPLATE.format(opening=opening), "review_id": int(i), "label": label})
-        return out
+            if label == 1 and len(words) > n_words:
+                sft.append({"prompt": out[-1]["prompt"], "response": " ".join(words[n_words : n_words + SFT_WORDS])})
+        return out, sft
 
     train, evaluation = out_dir / "train.jsonl", out_dir / "eval.jsonl"
-    atomic_write_jsonl(evaluation, rows(order[:n_eval]))
-    atomic_write_jsonl(train, rows(order[n_eval:]))
+    atomic_write_jsonl(evaluation, rows(order[:n_eval])[0])
+    train_rows, sft_rows = rows(order[n_eval:])
+    atomic_write_jsonl(train, train_rows)
+    atomic_write_jsonl(out_dir / "sft.jsonl", sft_rows)
     return train, evaluation
 
 

@@ -31,6 +31,7 @@ from ple.principles import PromptBuilder, load_principle
 from ple.progress import Progress
 from ple.rewards import RunningStd, config_reward, score
 from ple.schedule import threshold
+from ple.vllm_backend import select_backend
 
 WARMUP = -1  # iteration index of the SFT warm-up checkpoint
 
@@ -68,6 +69,8 @@ def _mean(values) -> float | None:
 
 
 class PLETrainer:
+    samples_itself = True  # False for a trainer whose library does its own generation (TRL's RLOO)
+
     def __init__(self, config: Config, reward_fn=None):
         self.config = config
         self.run_dir = Path(config.output_dir)
@@ -86,7 +89,7 @@ class PLETrainer:
                 config.sft_dataset,
                 column,
             )
-            if config.sft_epochs > 0
+            if config.sft_epochs > 0 or config.method == "sft"
             else []
         )
         if reward_fn is None and config.reward is not None:
@@ -100,7 +103,10 @@ class PLETrainer:
         config = self.config
         start = self._prepare_run_dir(resume)
         with Progress(
-            total=config.iterations, description="PLE iterations", completed=max(start, 0), disable=not self.dist.main
+            total=config.iterations,
+            description=f"{config.method} iterations",
+            completed=max(start, 0),
+            disable=not self.dist.main,
         ) as progress:
             self.progress = progress
             if start == WARMUP:
@@ -110,13 +116,14 @@ class PLETrainer:
             for t in range(start, config.iterations):
                 metrics = self.iteration(t)
                 progress.advance()
-                progress.log(_summary_line(metrics))
+                progress.log(self.summary_line(metrics))
         final = self.run_dir / "final"
         if self.dist.main:
             tmp = self.run_dir / ".final.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             save_model(self.model, self.tokenizer, tmp, merge=config.merge_lora)
             replace_dir(tmp, final)
+            write_budget(self.run_dir)
         self.dist.barrier()
         return final
 
@@ -181,6 +188,8 @@ class PLETrainer:
             "n_rank_plain_wins": sum(w == "plain" for _, w in branches),
             "n_invalid_reward": sum(g is None for g in gaps) if self.reward_fn is not None else 0,
             "reward_scale": scale,
+            "samples": 2 * len(rows),
+            "reward_calls": 2 * len(rows) if self.reward_fn is not None else 0,
             **gen_stats,
             "score_seconds": score_seconds,
             **train_stats,
@@ -190,18 +199,34 @@ class PLETrainer:
         self._write_iteration(t, generation_rows, metrics)
         return metrics
 
+    def summary_line(self, m: dict) -> str:
+        return _summary_line(m)
+
     # ------------------------------------------------------------------ steps
     def generate_pairs(self, rows: list[dict]):
         """y ~ pi(.|x) and y_p ~ pi(.|p + x) for every query, in one batched call."""
-        config = self.config
-        self.progress.phase("generating")
-        if not rows:  # more processes than queries
-            return [], [], [], {"gen_seconds": 0.0, "gen_tokens": 0}
         texts = [self.builder.render(r["prompt"]) for r in rows] + [
             self.builder.render(r["prompt"], True) for r in rows
         ]
+        samples, ids, stats = self.sample(texts)
+        n = len(rows)
+        return samples[:n], samples[n:], ids[:n], stats
+
+    def sample(self, texts: list[str]):
+        """One sampled response per rendered prompt, in one batched call: (samples, prompt ids, stats)."""
+        config = self.config
+        self.progress.phase("generating")
+        if not texts:  # more processes than queries
+            return [], [], {"gen_seconds": 0.0, "gen_tokens": 0}
         ids = encode_prompts(self.tokenizer, texts, not self.builder.chat, config.max_prompt_tokens)
         started = time.perf_counter()
+        if self.vllm is not None:
+            self.vllm.sync(self.model, self.policy_version)
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())  # drawn from the iteration's seeded stream
+            samples = self.vllm.generate(
+                ids, config.max_new_tokens, config.temperature, config.top_p, config.top_k, seed
+            )
+            return samples, ids, _generation_stats(samples, time.perf_counter() - started)
         with autocast(config.dtype, self.device):
             samples = generate(
                 self.model,
@@ -213,23 +238,25 @@ class PLETrainer:
                 config.top_k,
                 config.generation_batch_size,
             )
-        seconds = time.perf_counter() - started
-        tokens = sum(len(x.response_ids) for x in samples)
-        n = len(rows)
-        stats = {"gen_seconds": seconds, "gen_tokens": tokens}
-        return samples[:n], samples[n:], ids[:n], stats
+        return samples, ids, _generation_stats(samples, time.perf_counter() - started)
 
     def score_pairs(self, rows: list[dict], plain: list[str], guided: list[str]):
         """s = r(x, y), s_p = r(x, y_p): both against the plain query, in one reward call."""
         n = len(rows)
-        if self.reward_fn is None or n == 0:  # context distillation: no reward at all
+        if self.reward_fn is None:  # context distillation: no reward at all
             return [None] * n, [None] * n, 0.0
+        scores, seconds = self.score_rows(rows + rows, plain + guided)
+        return scores[:n], scores[n:], seconds
+
+    def score_rows(self, rows: list[dict], completions: list[str]) -> tuple[list[float | None], float]:
+        """The training reward of each completion against its row's plain query (other columns passed along)."""
+        if not rows:
+            return [], 0.0
         self.progress.phase("scoring")
-        prompts = [r["prompt"] for r in rows]
-        columns = {k: [r[k] for r in rows] * 2 for k in rows[0] if k != "prompt"}
+        columns = {k: [r.get(k) for r in rows] for k in rows[0] if k != "prompt"}
         started = time.perf_counter()
-        scores = score(self.reward_fn, prompts + prompts, plain + guided, **columns)
-        return scores[:n], scores[n:], time.perf_counter() - started
+        scores = score(self.reward_fn, [r["prompt"] for r in rows], completions, **columns)
+        return scores, time.perf_counter() - started
 
     def train_on(self, pairs: list[Pair], t: int) -> dict[str, Any]:
         """epochs_per_iteration passes over this iteration's pairs."""
@@ -298,27 +325,32 @@ class PLETrainer:
         """SFT on the SFT set for sft_epochs epochs, loss on response tokens only."""
         config = self.config
         torch.manual_seed(_iteration_seed(config.seed, WARMUP))
-        prompts = encode_prompts(
-            self.tokenizer,
-            [self.builder.render(r["prompt"]) for r in self.sft_set],
-            not self.builder.chat,
-            config.max_prompt_tokens,
+        examples = self.sft_examples(
+            [self.builder.render(r["prompt"]) for r in self.sft_set], [r["response"] for r in self.sft_set]
         )
+        self.train_sft(examples, config.sft_epochs, np.random.default_rng([config.seed, 1]), "SFT warm-up")
+
+    def sft_examples(self, prompts: list[str], responses: list[str]) -> list[tuple[list[int], list[int]]]:
+        """(prompt ids, response ids + EOS) for rendered prompts and response texts."""
+        ids = encode_prompts(self.tokenizer, prompts, not self.builder.chat, self.config.max_prompt_tokens)
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
-        responses = [self.tokenizer(r["response"], add_special_tokens=False)["input_ids"] + eos for r in self.sft_set]
+        return [(p, self.tokenizer(r, add_special_tokens=False)["input_ids"] + eos) for p, r in zip(ids, responses)]
+
+    def train_sft(self, examples: list[tuple], epochs: int, rng: np.random.Generator, phase: str) -> dict[str, Any]:
+        """Supervised fine-tuning on (prompt ids, response ids) examples: mean token NLL of the responses."""
+        config = self.config
+        losses = []
 
         def micro_loss(micro: list[tuple], step: list[tuple]) -> torch.Tensor:
             with autocast(config.dtype, self.device):
                 sum_logp, _ = response_logprobs(self.model, micro, self.tokenizer.pad_token_id)
-            return -sum_logp.sum() / sum(len(response) for _, response in step)  # mean token NLL over the step
+            nll = -sum_logp.sum()
+            losses.append(nll.item() / sum(len(r) for _, r in micro))
+            return nll / sum(len(response) for _, response in step)  # mean token NLL over the step
 
-        self._train_epochs(
-            list(zip(prompts, responses)),
-            config.sft_epochs,
-            np.random.default_rng([config.seed, 1]),
-            micro_loss,
-            "SFT warm-up",
-        )
+        started = time.perf_counter()
+        steps = self._train_epochs(examples, epochs, rng, micro_loss, phase)
+        return {"loss": _mean(losses), "optimizer_steps": steps, "train_seconds": time.perf_counter() - started}
 
     def _train_epochs(self, items: list, epochs: int, rng: np.random.Generator, micro_loss, phase: str) -> int:
         """Shuffled passes over `items` in optimizer steps of batch_size * gradient_accumulation_steps items per
@@ -346,6 +378,7 @@ class PLETrainer:
             torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self.policy_version += 1
 
     def _reward_scale(self, rewards: list[float | None]) -> float:
         if self.config.reward_scaling == "raw":
@@ -365,6 +398,12 @@ class PLETrainer:
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
         if checkpoint is not None:
             self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        self.policy_version = 0  # optimizer steps taken in this process: what the vLLM engine syncs against
+        self.vllm = None
+        if self.samples_itself and select_backend(config.generation_backend, self.device) == "vllm":
+            from ple.vllm_backend import VLLMGenerator
+
+            self.vllm = VLLMGenerator(config, self.tokenizer)
 
     def _prepare_run_dir(self, resume: bool) -> int:
         """Start a run, or pick up a killed one. Returns the first iteration to run (WARMUP for the warm-up)."""
@@ -455,6 +494,23 @@ class PLETrainer:
                 shutil.rmtree(old)
 
 
+BUDGET_KEYS = ("samples", "reward_calls", "gen_tokens", "seconds")
+
+
+def write_budget(run_dir: Path, extra: dict | None = None) -> dict[str, float]:
+    """budget.json: what a run spent, summed over metrics.jsonl (so a resumed run counts every iteration once):
+    policy samples drawn, completions scored by the training reward, tokens generated, and training wall time."""
+    rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
+    budget = {key: sum(r.get(key) or 0 for r in rows) for key in BUDGET_KEYS}
+    budget.update(extra or {})
+    atomic_write_text(run_dir / "budget.json", json.dumps(budget, indent=2))
+    return budget
+
+
+def _generation_stats(samples: list, seconds: float) -> dict[str, float]:
+    return {"gen_seconds": seconds, "gen_tokens": sum(len(x.response_ids) for x in samples)}
+
+
 def _merge_generation_stats(parts: list[dict]) -> dict[str, float]:
     """Generation across processes: tokens add up, the slowest process sets the time."""
     seconds = max(p["gen_seconds"] for p in parts)
@@ -481,4 +537,4 @@ def _summary_line(m: dict) -> str:
     )
 
 
-__all__ = ["PLETrainer", "query_order"]
+__all__ = ["PLETrainer", "query_order", "write_budget"]

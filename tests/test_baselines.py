@@ -1,0 +1,134 @@
+"""Each baseline trains on a tiny model, changes its weights, writes a loadable model, and keeps PLE's budget."""
+
+import json
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from ple.baselines import make_trainer
+from ple.config import load_config
+from ple.errors import PLEError
+from ple.evaluation import generate_rows
+from ple.model import load_causal_lm, load_tokenizer
+from ple.principles import PromptBuilder
+from ple.trainer import PLETrainer
+
+ITERATIONS, QUERIES = 2, 6
+
+
+@pytest.fixture
+def sft_file(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    rows = [{"prompt": f"tell me {w}", "response": "good great fun"} for w in ("one", "two", "three", "four", "five")]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def track_params(monkeypatch):
+    original = PLETrainer._setup_model
+
+    def setup(self, checkpoint):
+        original(self, checkpoint)
+        self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    monkeypatch.setattr(PLETrainer, "_setup_model", setup)
+
+
+def train(method: str, tmp_path, model, queries, reward, **extra):
+    out = tmp_path / method
+    config = load_config(
+        overrides=tiny_config(
+            model, queries, out, reward, method=method, iterations=ITERATIONS, queries_per_iteration=QUERIES, **extra
+        )
+    )
+    trainer = make_trainer(config)
+    final = trainer.train()
+    return trainer, final, json.loads((out / "budget.json").read_text())
+
+
+def changed(trainer) -> list[str]:
+    now = dict(trainer.model.named_parameters())
+    return [n for n, before in trainer.initial.items() if not torch.equal(before, now[n].detach())]
+
+
+def check_outputs(final, config_dict) -> None:
+    """The saved model loads and answers."""
+    tokenizer = load_tokenizer(config_dict["model"])
+    model = load_causal_lm(str(final))
+    config = load_config(overrides=config_dict)
+    rows = generate_rows(model, tokenizer, PromptBuilder.from_config(tokenizer, config), ["hello there"], config)
+    assert len(rows) == 1 and isinstance(rows[0]["completion"], str) and rows[0]["response_ids"]
+
+
+@pytest.mark.parametrize("method", ["raft", "dpo", "rloo"])
+def test_sampling_baselines_train_and_keep_ples_budget(
+    method, tmp_path, tiny_chat_model, queries_file, reward_module, track_params
+):
+    reward = f"{reward_module}:positivity"
+    trainer, final, budget = train(method, tmp_path, tiny_chat_model, queries_file, reward)
+    assert changed(trainer), f"{method} changed no trainable parameter"
+    zero = [n for n, p in trainer.model.named_parameters() if "lora_B" in n and p.requires_grad and p.abs().sum() == 0]
+    assert not zero, zero  # B starts at zero: every one was trained
+    check_outputs(final, tiny_config(tiny_chat_model, queries_file, tmp_path / "x", reward))
+    assert not (final / "ref").exists()  # TRL's reference adapter is not saved with the policy
+
+    _, _, ple_budget = train("ple", tmp_path, tiny_chat_model, queries_file, reward)
+    assert budget["samples"] == ple_budget["samples"] == 2 * QUERIES * ITERATIONS
+    assert budget["reward_calls"] == budget["samples"]
+    assert budget["gen_tokens"] > 0 and budget["seconds"] > 0
+
+
+def test_raft_trains_on_the_best_of_k(tmp_path, tiny_chat_model, queries_file, reward_module):
+    trainer, _, _ = train("raft", tmp_path, tiny_chat_model, queries_file, f"{reward_module}:positivity", raft_k=3)
+    rows = [
+        json.loads(line) for line in (tmp_path / "raft" / "generations" / "iter_000.jsonl").read_text().splitlines()
+    ]
+    assert len(rows) == 2 * QUERIES // 3
+    for row in rows:
+        assert len(row["y"]) == len(row["s"]) == 3
+        assert row["best"] == row["y"][max(range(3), key=lambda j: row["s"][j])]
+
+
+def test_sft_baseline_trains_on_the_sft_set_and_draws_no_samples(
+    tmp_path, tiny_chat_model, queries_file, sft_file, track_params
+):
+    trainer, final, budget = train("sft", tmp_path, tiny_chat_model, queries_file, None, sft_dataset=str(sft_file))
+    assert changed(trainer)
+    assert budget["samples"] == budget["reward_calls"] == budget["gen_tokens"] == 0
+    metrics = [json.loads(line) for line in (tmp_path / "sft" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["sft_examples"] for m in metrics] == [2 * QUERIES] * ITERATIONS  # as many examples as PLE's pairs
+    check_outputs(
+        final, tiny_config(tiny_chat_model, queries_file, tmp_path / "x", None, method="sft", sft_dataset=str(sft_file))
+    )
+
+
+def test_dpo_uses_the_datas_preference_pairs_when_it_has_them(tmp_path, tiny_chat_model, track_params):
+    data = tmp_path / "prefs.jsonl"
+    rows = [{"prompt": f"say {w}", "chosen": "good great", "rejected": "bad awful"} for w in ("a", "b", "c", "d")]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    trainer, _, budget = train("dpo", tmp_path, tiny_chat_model, data, "vader")
+    assert changed(trainer)
+    assert budget["pair_source"] == "data" and budget["samples"] == 0
+    pairs = [json.loads(line) for line in (tmp_path / "dpo" / "pairs.jsonl").read_text().splitlines()]
+    assert len(pairs) == QUERIES * ITERATIONS and {p["chosen"] for p in pairs} == {"good great"}
+
+
+def test_baselines_need_no_principle_but_sft_needs_data(tmp_path, tiny_chat_model, queries_file):
+    config = tiny_config(tiny_chat_model, queries_file, tmp_path / "r", "vader", method="rloo")
+    config.pop("principle")
+    assert load_config(overrides=config).method == "rloo"
+    with pytest.raises(PLEError, match="principle is required"):
+        load_config(overrides={**config, "method": "ple"})
+    with pytest.raises(PLEError, match="method=sft needs an sft_dataset"):
+        load_config(overrides={**config, "method": "sft"})
+
+
+def test_a_finished_trl_baseline_is_not_retrained(tmp_path, tiny_chat_model, queries_file, reward_module):
+    reward = f"{reward_module}:positivity"
+    _, final, budget = train("rloo", tmp_path, tiny_chat_model, queries_file, reward)
+    stamp = (final / "adapter_model.safetensors").stat().st_mtime_ns
+    config = load_config(overrides=tiny_config(tiny_chat_model, queries_file, tmp_path / "rloo", reward, method="rloo"))
+    assert make_trainer(config).train(resume=True) == final
+    assert (final / "adapter_model.safetensors").stat().st_mtime_ns == stamp
