@@ -4,7 +4,10 @@
     python bench/generation.py --tiny     # a tiny model built in code
 
 The floor is the time the batch's matmul FLOPs (2 x parameters x tokens, prefill included)
-would take at the fp32 matmul rate measured here, in this run. Prints a table last.
+would take at the fp32 matmul rate measured here, in this run. Two batch sizes: 8 queries (16
+sequences, the size of the TRL RLOO measurement in bench/iteration.py) and 32 queries (64
+sequences, one demo iteration). The fastest of --repeats runs counts. Prints a table last.
+Optimisations tried, kept or not, with their numbers: bench/NOTES.md.
 """
 
 import argparse
@@ -34,42 +37,46 @@ def matmul_gflops(size: int = 2048, repeats: int = 10) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="a tiny model built in code instead of SmolLM2")
-    parser.add_argument("--prompts", type=int, default=8, help="queries: the batch holds plain + guided = 2x this")
+    parser.add_argument("--prompts", type=int, nargs="+", default=[8, 32], help="queries per batch (x2 sequences)")
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
 
     name = model_path(args.tiny)
     tokenizer = load_tokenizer(name)
     model = load_causal_lm(name).eval()
     builder = PromptBuilder(tokenizer, PRINCIPLE)
-    queries = [PROMPTS[i % len(PROMPTS)] for i in range(args.prompts)]
-    texts = [builder.render(q) for q in queries] + [builder.render(q, guided=True) for q in queries]
-    ids = encode_prompts(tokenizer, texts, not builder.chat, 512)
     params = sum(p.numel() for p in model.parameters())  # tied lm_head counted once, as one matmul
-
     rate = matmul_gflops()
-    generate(model, tokenizer, ids[:2], max_new_tokens=4)  # warm-up
-    runs = []
-    for repeat in range(args.repeats):
-        torch.manual_seed(repeat)
-        started = time.perf_counter()
-        samples = generate(model, tokenizer, ids, max_new_tokens=args.new_tokens, temperature=1.0)
-        runs.append((time.perf_counter() - started, sum(len(s.response_ids) for s in samples)))
-    seconds, new_tokens = min(runs)  # the fastest repeat: the least disturbed by the rest of the machine
-    prompt_tokens = sum(len(i) for i in ids)
-    floor = 2 * params * (prompt_tokens + new_tokens) / (rate * 1e9)
+    rows = []
+    for n in args.prompts:
+        queries = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+        texts = [builder.render(q) for q in queries] + [builder.render(q, guided=True) for q in queries]
+        ids = encode_prompts(tokenizer, texts, not builder.chat, 512)
+        generate(model, tokenizer, ids, max_new_tokens=4)  # warm-up at this batch's shapes
+        runs = []
+        for repeat in range(args.repeats):
+            torch.manual_seed(repeat)
+            started = time.perf_counter()
+            samples = generate(model, tokenizer, ids, args.new_tokens, temperature=1.0)
+            runs.append((time.perf_counter() - started, sum(len(s.response_ids) for s in samples)))
+        seconds, new_tokens = min(runs)  # the fastest repeat: the least disturbed by the rest of the machine
+        prompt_tokens = sum(len(i) for i in ids)
+        floor = 2 * params * (prompt_tokens + new_tokens) / (rate * 1e9)
+        rows.append((len(ids), new_tokens, prompt_tokens, seconds, floor))
 
     print(
         f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads | torch {torch.__version__} | "
-        f"transformers {transformers.__version__} | model {Path(name).name} ({params / 1e6:.1f}M params)"
+        f"transformers {transformers.__version__} | model {Path(name).name} ({params / 1e6:.1f}M params) | "
+        f"matmul {rate:.0f} GFLOP/s"
     )
-    print("| batch | new tokens | prompt tokens | seconds | new tokens/s | matmul GFLOP/s | floor s | of floor |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    print(
-        f"| {len(ids)} (plain+guided) | {new_tokens} | {prompt_tokens} | {seconds:.2f} | {new_tokens / seconds:.1f} "
-        f"| {rate:.0f} | {floor:.2f} | {floor / seconds:.0%} |"
-    )
+    print("| sequences (plain+guided) | new tokens | prompt tokens | seconds | new tokens/s | floor s | of floor |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for seqs, new_tokens, prompt_tokens, seconds, floor in rows:
+        print(
+            f"| {seqs} | {new_tokens} | {prompt_tokens} | {seconds:.2f} | {new_tokens / seconds:.1f} "
+            f"| {floor:.2f} | {floor / seconds:.0%} |"
+        )
     return 0
 
 

@@ -75,3 +75,17 @@ def tiny_config(model: str, dataset: Path, output_dir: Path, reward: str | None,
     )
     config.update(overrides)
     return config
+
+
+@pytest.fixture
+def track_params(monkeypatch):
+    """Record each trainer's trainable parameters right after the model is set up."""
+    from ple.trainer import PLETrainer
+
+    original = PLETrainer._setup_model
+
+    def setup(self, checkpoint):
+        original(self, checkpoint)
+        self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    monkeypatch.setattr(PLETrainer, "_setup_model", setup)

@@ -12,7 +12,6 @@ from ple.errors import PLEError
 from ple.evaluation import generate_rows
 from ple.model import load_causal_lm, load_tokenizer
 from ple.principles import PromptBuilder
-from ple.trainer import PLETrainer
 
 ITERATIONS, QUERIES = 2, 6
 
@@ -23,17 +22,6 @@ def sft_file(tmp_path):
     rows = [{"prompt": f"tell me {w}", "response": "good great fun"} for w in ("one", "two", "three", "four", "five")]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
-
-
-@pytest.fixture
-def track_params(monkeypatch):
-    original = PLETrainer._setup_model
-
-    def setup(self, checkpoint):
-        original(self, checkpoint)
-        self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-
-    monkeypatch.setattr(PLETrainer, "_setup_model", setup)
 
 
 def train(method: str, tmp_path, model, queries, reward, **extra):

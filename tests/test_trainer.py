@@ -27,18 +27,6 @@ ROW_FIELDS = {
 }
 
 
-@pytest.fixture
-def track_params(monkeypatch):
-    """Record each trainer's trainable parameters right after the model is set up."""
-    original = PLETrainer._setup_model
-
-    def setup(self, checkpoint):
-        original(self, checkpoint)
-        self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-
-    monkeypatch.setattr(PLETrainer, "_setup_model", setup)
-
-
 def run(config: dict, resume: bool = False) -> PLETrainer:
     trainer = PLETrainer(load_config(overrides=config))
     trainer.train(resume=resume)
