@@ -64,6 +64,11 @@ def test_grid_writes_table_and_charts_and_resumes(spec_raw, tmp_path, capsys):
     assert (redone / "eval.json").is_file()
     assert len(list(csv.DictReader(open(grid / "cells.csv")))) == 6
 
+    # A finished cell is not silently reused under a changed config.
+    spec_raw["config"]["learning_rate"] = 1e-3
+    with pytest.raises(PLEError, match="finished with another config \\(learning_rate\\)"):
+        run_compare(load_spec(spec_raw))
+
 
 def test_a_cell_killed_mid_training_resumes(spec_raw, tmp_path):
     spec_raw.update(methods=["ple"], seeds=[0])

@@ -17,6 +17,7 @@ distill and rlcd are presets of the PLE trainer (ple.config.METHOD_PRESETS).
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,8 @@ import torch
 
 from ple.config import Config
 from ple.errors import PLEError
-from ple.io import atomic_write_jsonl, read_jsonl
+from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir
+from ple.model import save_model
 from ple.progress import Progress
 from ple.trainer import PLETrainer, _iteration_seed, _mean, query_order, write_budget
 
@@ -156,12 +158,13 @@ class _TRLBaseline(PLETrainer):
             self.progress = progress
             budget = self.run_trl()
             progress.advance()
-        from ple.model import save_model
-
         for name in list(getattr(self.model, "peft_config", {})):
             if name != "default":  # TRL's frozen reference copy of the adapter, not part of the policy
                 self.model.delete_adapter(name)
-        save_model(self.model, self.tokenizer, final)
+        tmp = self.run_dir / ".final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(self.model, self.tokenizer, tmp)
+        replace_dir(tmp, final)
         write_budget(self.run_dir, {**budget, "seconds": time.perf_counter() - started})
         return final
 
@@ -227,7 +230,7 @@ class DPOBaseline(_TRLBaseline):
         if cache.is_file() and budget_file.is_file():
             return read_jsonl(cache), json.loads(budget_file.read_text())
         rows = self.all_queries()
-        if all(r.get("chosen") is not None and r.get("rejected") is not None for r in rows[:1]):
+        if any(r.get("chosen") is not None and r.get("rejected") is not None for r in rows):
             pairs = [
                 {"prompt": self.builder.render(r["prompt"]), "chosen": r["chosen"], "rejected": r["rejected"]}
                 for r in rows
@@ -252,7 +255,7 @@ class DPOBaseline(_TRLBaseline):
                 )
             budget = {"samples": 2 * n, "reward_calls": 2 * n, "gen_tokens": stats["gen_tokens"], "pair_source": "base"}
         atomic_write_jsonl(cache, pairs)
-        budget_file.write_text(json.dumps(budget))
+        atomic_write_text(budget_file, json.dumps(budget))
         return pairs, budget
 
 

@@ -109,6 +109,7 @@ def cell_config(spec: dict, method: str, seed: int) -> Config:
 def run_compare(spec: dict) -> Path:
     from ple import eval_cmd
     from ple.baselines import make_trainer
+    from ple.trainer import config_changes
 
     out = spec["output_dir"]
     out.mkdir(parents=True, exist_ok=True)
@@ -123,6 +124,12 @@ def run_compare(spec: dict) -> Path:
     for n, ((method, seed), config) in enumerate(cells, 1):
         cell = Path(config.output_dir)
         if (cell / "eval" / "eval.json").is_file():
+            changed = [k for k in config_changes(cell / "config.yaml", config) if k != "device"]
+            if changed:
+                raise PLEError(
+                    f"compare cell {method}/seed{seed} finished with another config ({', '.join(changed)}); "
+                    f"delete {cell} to rerun it, or choose another output_dir"
+                )
             continue
         trainer = make_trainer(config)
         final = trainer.train(resume=(cell / "config.yaml").is_file())

@@ -431,11 +431,7 @@ class PLETrainer:
         return done + 1
 
     def _check_resumable(self, saved: Path) -> None:
-        import yaml
-
-        before = yaml.safe_load(saved.read_text())
-        now = self.config.to_dict()
-        changed = [k for k in now if k not in ("iterations", "device") and before.get(k) != now[k]]
+        changed = [k for k in config_changes(saved, self.config) if k not in ("iterations", "device")]
         if changed:
             raise PLEError(
                 f"cannot resume {self.run_dir}: the config changed ({', '.join(changed)}); "
@@ -492,6 +488,15 @@ class PLETrainer:
         if self.config.keep_checkpoints:
             for _, old in self._checkpoints()[: -self.config.keep_checkpoints]:
                 shutil.rmtree(old)
+
+
+def config_changes(saved: Path, config: Config) -> list[str]:
+    """The fields of `config` that differ from the config.yaml a run directory holds (a field the saved file
+    lacks, from an older version, counts as its default)."""
+    import yaml
+
+    before = {**Config().to_dict(), **yaml.safe_load(saved.read_text())}
+    return [k for k, v in config.to_dict().items() if before.get(k) != v]
 
 
 BUDGET_KEYS = ("samples", "reward_calls", "gen_tokens", "seconds")
