@@ -17,7 +17,6 @@ distill and rlcd are presets of the PLE trainer (ple.config.METHOD_PRESETS).
 
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -27,10 +26,16 @@ import torch
 
 from ple.config import Config
 from ple.errors import PLEError
-from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir
-from ple.model import save_model
+from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from ple.progress import Progress
-from ple.trainer import PLETrainer, _iteration_seed, _mean, query_order, write_budget
+from ple.trainer import (
+    PLETrainer,
+    _iteration_seed,
+    _mean,
+    _merge_generation_stats,
+    query_order,
+    write_budget,
+)
 
 
 def make_trainer(config: Config, reward_fn=None) -> PLETrainer:
@@ -90,10 +95,7 @@ class RaftTrainer(PLETrainer):
         samples, _, gen_stats = self.sample([self.builder.render(r["prompt"]) for r in my_rows])
         scores, score_seconds = self.score_rows(my_rows, [x.text for x in samples])
         gathered = sorted(self.dist.gather(list(zip(mine, _chunks(samples, k), _chunks(scores, k)))))
-        gen_stats = {
-            "gen_seconds": max(s["gen_seconds"] for s in self.dist.gather([gen_stats])),
-            "gen_tokens": sum(s["gen_tokens"] for s in self.dist.gather([gen_stats])),
-        }
+        gen_stats = _merge_generation_stats(self.dist.gather([gen_stats]))
 
         best = []  # (query index, sample, reward) of each query's best valid answer
         for i, candidates, rewards in gathered:
@@ -161,10 +163,7 @@ class _TRLBaseline(PLETrainer):
         for name in list(getattr(self.model, "peft_config", {})):
             if name != "default":  # TRL's frozen reference copy of the adapter, not part of the policy
                 self.model.delete_adapter(name)
-        tmp = self.run_dir / ".final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(self.model, self.tokenizer, tmp)
-        replace_dir(tmp, final)
+        self._save_final()
         write_budget(self.run_dir, {**budget, "seconds": time.perf_counter() - started})
         return final
 

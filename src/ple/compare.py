@@ -19,6 +19,7 @@ one, the training reward otherwise.
 import csv
 import dataclasses
 import gc
+import io
 import json
 import platform
 import statistics
@@ -109,7 +110,10 @@ def cell_config(spec: dict, method: str, seed: int) -> Config:
 def run_compare(spec: dict) -> Path:
     from ple import eval_cmd
     from ple.baselines import make_trainer
+    from ple.cli import _quiet_libraries
     from ple.trainer import config_changes
+
+    _quiet_libraries()  # also when called from Python rather than the CLI: our progress bars are the ones to watch
 
     out = spec["output_dir"]
     out.mkdir(parents=True, exist_ok=True)
@@ -166,24 +170,27 @@ def _judge(config: Config, tie_margin: float):
     from ple.rewards import config_reward
 
     specs = _reward_specs(config)
-    name = next((k for k in specs if k.startswith("heldout:")), "reward")
+    name = _judge_reward(config)
     if name not in specs:
         raise PLEError("compare needs a reward or an eval_rewards entry to judge win rates")
-    judge = RewardJudge(config_reward(specs[name], config, resolve_device(config.device)), tie_margin)
-    judge.name = name
-    return judge
+    return RewardJudge(config_reward(specs[name], config, resolve_device(config.device)), tie_margin)
+
+
+def _judge_reward(config: Config) -> str:
+    """The reward that judges win rates: the first held-out one, else the training reward."""
+    from ple.eval_cmd import _reward_specs
+
+    return next((k for k in _reward_specs(config) if k.startswith("heldout:")), "reward")
 
 
 def _evaluate_once(
     model: str, config: Config, prompts: list, out: Path, label: str, reference_model: str | None = None
 ) -> None:
-    from ple.cli import _quiet_libraries
     from ple.eval_cmd import evaluate_model
     from ple.progress import Progress
 
     if (out / "eval.json").is_file():
         return
-    _quiet_libraries()
     with Progress(total=1, description=f"eval {label}") as progress:
         evaluate_model(model, config, prompts, False, out, reference_model, progress)
         progress.advance()
@@ -272,14 +279,8 @@ def write_results(spec: dict) -> Path:
     out = spec["output_dir"]
     base, rows = collect(spec)
     summary = summarise(rows, spec["methods"])
-    with open(out / "results.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(summary[0]) if summary else ["method"])
-        writer.writeheader()
-        writer.writerows(summary)
-    with open(out / "cells.csv", "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["method"])
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(out / "results.csv", summary)
+    _write_csv(out / "cells.csv", rows)
     _plot_win_rates(summary, out / "win_rates.png")
     _plot_reward_vs_samples(summary, base, out / "heldout_vs_samples.png")
     shown = [
@@ -305,14 +306,8 @@ def write_results(spec: dict) -> Path:
         "|---|" + "---:|" * len(shown),
     ]
     if base:
-        metrics = base["metrics"]
-        values = {
-            "reward": metrics.get("reward", {}).get("value"),
-            "heldout": _heldout(base),
-            "distinct_2": metrics["distinct_2"]["value"],
-            "perplexity": metrics["generation_perplexity"]["value"],
-            "samples": 0,
-        }
+        values = {k: COLUMNS[k][1]({"eval": base}) for k in ("reward", "heldout", "distinct_2", "perplexity")}
+        values["samples"] = 0
         lines.append("| base model | " + " | ".join(_cell(values.get(k), None, k) for k in shown) + " |")
     for s in summary:
         lines.append(f"| {s['method']} | " + " | ".join(_cell(s[f"{k}_mean"], s[f"{k}_std"], k) for k in shown) + " |")
@@ -333,11 +328,17 @@ def write_results(spec: dict) -> Path:
     return report
 
 
-def _judge_name(config: Config) -> str:
-    from ple.eval_cmd import _reward_specs
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["method"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
-    name = next((k for k in _reward_specs(config) if k.startswith("heldout:")), None)
-    return f"held-out reward `{name.split(':', 1)[1]}`" if name else "training reward"
+
+def _judge_name(config: Config) -> str:
+    name = _judge_reward(config)
+    return f"held-out reward `{name.split(':', 1)[1]}`" if name != "reward" else "training reward"
 
 
 def _threads() -> int:

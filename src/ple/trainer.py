@@ -117,15 +117,18 @@ class PLETrainer:
                 metrics = self.iteration(t)
                 progress.advance()
                 progress.log(self.summary_line(metrics))
-        final = self.run_dir / "final"
         if self.dist.main:
-            tmp = self.run_dir / ".final.tmp"
-            shutil.rmtree(tmp, ignore_errors=True)
-            save_model(self.model, self.tokenizer, tmp, merge=config.merge_lora)
-            replace_dir(tmp, final)
+            self._save_final()
             write_budget(self.run_dir)
         self.dist.barrier()
-        return final
+        return self.run_dir / "final"
+
+    def _save_final(self) -> None:
+        """final/: written beside it and renamed, so a kill never leaves a half-saved model."""
+        tmp = self.run_dir / ".final.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_model(self.model, self.tokenizer, tmp, merge=self.config.merge_lora)
+        replace_dir(tmp, self.run_dir / "final")
 
     def iteration(self, t: int) -> dict[str, Any]:
         config = self.config
