@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,25 +17,44 @@ def _metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_two_processes_match_one(tmp_path, tiny_chat_model, queries_file, reward_module):
-    # Greedy decoding, so each query's answers do not depend on which process samples them.
-    common = dict(
-        iterations=2, queries_per_iteration=8, temperature=0.0, gradient_accumulation_steps=1, keep_checkpoints=0
-    )
-    reward = f"{reward_module}:positivity"
+REPO = Path(__file__).resolve().parents[1]
+COMMON = dict(iterations=2, queries_per_iteration=8, temperature=0.0, gradient_accumulation_steps=1, keep_checkpoints=0)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def _run_one_process(tmp_path, model, queries, reward):
+    """The reference: one process, global batch 4, greedy decoding (so an answer does not depend on which
+    process samples it)."""
     one = tmp_path / "one"
-    config_one = tmp_path / "one.yaml"
-    config_one.write_text(
-        yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, one, reward, batch_size=4, **common))
-    )
+    config = tmp_path / "one.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(model, queries, one, reward, batch_size=4, **COMMON)))
+    subprocess.run([sys.executable, "-m", "ple", "train", "--config", str(config)], check=True, env=ENV)
+    return one
+
+
+def _assert_same_run(one, two, processes, atol):
+    assert {m["processes"] for m in _metrics(one)} == {1} and {m["processes"] for m in _metrics(two)} == {processes}
+    keys = ("iteration", "tau", "n_rank", "n_wsft", "n_skip", "mean_s", "mean_s_p", "optimizer_steps")
+    assert [[m[k] for k in keys] for m in _metrics(one)] == [[m[k] for k in keys] for m in _metrics(two)]
+    rows_one = (one / "generations" / "iter_001.jsonl").read_text().splitlines()
+    rows_two = (two / "generations" / "iter_001.jsonl").read_text().splitlines()
+    assert [json.loads(r)["index"] for r in rows_one] == [json.loads(r)["index"] for r in rows_two]
+    final_one = load_file(one / "final" / "adapter_model.safetensors")
+    final_two = load_file(two / "final" / "adapter_model.safetensors")
+    assert final_one.keys() == final_two.keys()
+    for key in final_one:
+        assert torch.allclose(final_one[key], final_two[key], atol=atol), key
+    initial_b = [v for k, v in final_one.items() if "lora_B" in k]
+    assert any(v.abs().sum() > 0 for v in initial_b)  # training happened at all
+
+
+def test_two_processes_match_one(tmp_path, tiny_chat_model, queries_file, reward_module):
+    reward = f"{reward_module}:positivity"
+    one = _run_one_process(tmp_path, tiny_chat_model, queries_file, reward)
     two = tmp_path / "two"
     config_two = tmp_path / "two.yaml"
     config_two.write_text(
-        yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, two, reward, batch_size=2, **common))
-    )
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(
-        [sys.executable, "-m", "ple", "train", "--config", str(config_one)], check=True, env=env, capture_output=True
+        yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, two, reward, batch_size=2, **COMMON))
     )
     launched = subprocess.run(
         [
@@ -50,35 +70,59 @@ def test_two_processes_match_one(tmp_path, tiny_chat_model, queries_file, reward
             "--config",
             str(config_two),
         ],
-        env=env,
+        env=ENV,
         capture_output=True,
         text=True,
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
-
-    assert {m["processes"] for m in _metrics(one)} == {1} and {m["processes"] for m in _metrics(two)} == {2}
-    keys = ("iteration", "tau", "n_rank", "n_wsft", "n_skip", "mean_s", "mean_s_p", "optimizer_steps")
-    assert [[m[k] for k in keys] for m in _metrics(one)] == [[m[k] for k in keys] for m in _metrics(two)]
-    rows_one = (one / "generations" / "iter_001.jsonl").read_text().splitlines()
-    rows_two = (two / "generations" / "iter_001.jsonl").read_text().splitlines()
-    assert [json.loads(r)["index"] for r in rows_one] == [json.loads(r)["index"] for r in rows_two]
-    final_one = load_file(one / "final" / "adapter_model.safetensors")
-    final_two = load_file(two / "final" / "adapter_model.safetensors")
-    assert final_one.keys() == final_two.keys()
-    for key in final_one:
-        assert torch.allclose(final_one[key], final_two[key], atol=1e-5), key
-    initial_b = [v for k, v in final_one.items() if "lora_B" in k]
-    assert any(v.abs().sum() > 0 for v in initial_b)  # training happened at all
+    _assert_same_run(one, two, 2, atol=1e-5)
 
 
-def test_a_deepspeed_or_fsdp_launch_is_refused_not_ignored(monkeypatch):
+def _accelerate_launch(config_file: Path, port: int, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(config_file)]
+    command += ["--num_processes", "2", "--main_process_port", str(port), "-m", "ple", *args]
+    return subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_deepspeed_zero_matches_one_process_and_resumes(tmp_path, tiny_chat_model, queries_file, reward_module, stage):
+    """The shipped ZeRO config, launched with 2 CPU processes and killed after its first iteration, resumes from
+    its sharded optimizer state to the same run as one process with the same global batch."""
+    pytest.importorskip("deepspeed", reason='DeepSpeed is in the test extra: pip install -e ".[test]"')
+    reward = f"{reward_module}:positivity"
+    # 5 queries in steps of 2: the last step has 1 pair, so one process runs an idle micro-batch in lockstep.
+    settings = dict(COMMON, queries_per_iteration=5)
+    one = tmp_path / "one"
+    config_one = tmp_path / "one.yaml"
+    config_one.write_text(
+        yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, one, reward, batch_size=2, **settings))
+    )
+    subprocess.run([sys.executable, "-m", "ple", "train", "--config", str(config_one)], check=True, env=ENV)
+
+    zero = tmp_path / "zero"
+    config_zero = tmp_path / "zero.yaml"
+    accelerate_config = REPO / "configs" / "accelerate" / f"zero{stage}.yaml"
+    for iterations, extra in ((1, ()), (2, ("--resume",))):  # the first launch stands for a killed run
+        config_zero.write_text(
+            yaml.safe_dump(
+                tiny_config(
+                    tiny_chat_model, queries_file, zero, reward, batch_size=1, **dict(settings, iterations=iterations)
+                )
+            )
+        )
+        launched = _accelerate_launch(
+            accelerate_config, 29600 + 10 * stage + iterations, "train", "--config", str(config_zero), *extra
+        )
+        assert launched.returncode == 0, launched.stderr[-3000:]
+        assert (zero / "checkpoints" / f"iter_{iterations - 1:03d}" / "deepspeed").is_dir()
+    assert [m["n_skip"] for m in _metrics(one)] == [0, 0]  # so that every step of 2 pairs ends in a step of 1
+    _assert_same_run(one, zero, 2, atol=1e-5)
+
+
+def test_an_fsdp_launch_is_refused_not_ignored(monkeypatch):
     from ple.dist import Dist
     from ple.errors import PLEError
 
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(PLEError, match="DeepSpeed, which PLE does not support yet"):
-        Dist()
-    monkeypatch.delenv("ACCELERATE_USE_DEEPSPEED")
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "1")
-    with pytest.raises(PLEError, match="FSDP"):
+    with pytest.raises(PLEError, match="FSDP, which PLE does not support"):
         Dist()

@@ -135,6 +135,15 @@ def test_resume_refuses_a_changed_config(tmp_path, tiny_chat_model, queries_file
     assert more.model is not None
 
 
+def test_resume_names_a_checkpoint_from_a_deepspeed_run(tmp_path, tiny_chat_model, queries_file, reward_module):
+    config = tiny_config(tiny_chat_model, queries_file, tmp_path / "run", f"{reward_module}:positivity", iterations=1)
+    run(config)
+    checkpoint = tmp_path / "run" / "checkpoints" / "iter_000"
+    (checkpoint / "optimizer.pt").unlink()  # what a ZeRO run leaves: its optimizer state is in deepspeed/
+    with pytest.raises(PLEError, match="iter_000: it holds no optimizer.pt \\(was it a DeepSpeed run\\?\\)"):
+        run({**config, "iterations": 2}, resume=True)
+
+
 def test_nan_reward_skips_everything_and_trains_nothing(
     tmp_path, tiny_chat_model, queries_file, reward_module, track_params
 ):

@@ -152,8 +152,10 @@ class _TRLBaseline(PLETrainer):
         final = self.run_dir / "final"
         if resume and (self.run_dir / "budget.json").is_file() and final.is_dir():
             return final
-        if self.dist.world > 1:
-            raise PLEError(f"method={self.config.method} runs in one process; launch it without torchrun/accelerate")
+        if self.dist.world > 1 or self.dist.accelerator is not None:
+            raise PLEError(
+                f"method={self.config.method} runs in one process without DeepSpeed; launch it with plain python"
+            )
         self._prepare_run_dir(resume)
         started = time.perf_counter()
         with Progress(total=1, description=self.config.method) as progress:

@@ -2,8 +2,9 @@
 
 Each process generates and scores its share of the iteration's queries; the records are
 gathered so every process sees the whole iteration (the same taus, branches and pairs); each
-optimizer step's pairs are split across processes and their gradients summed. Only the
-main process writes files. With one process every call is a no-op.
+optimizer step's pairs are split across processes and their gradients summed (by the trainer,
+or by DeepSpeed under a ZeRO launch, see ple.zero). Only the main process writes files, apart
+from DeepSpeed's optimizer shards. With one process every call is a no-op.
 """
 
 import os
@@ -13,22 +14,27 @@ import torch.distributed as dist
 
 from ple.errors import PLEError
 
-# accelerate sets these for a DeepSpeed or FSDP launch; PLE would silently train full replicas under them.
-_SHARDED_LAUNCHES = {"ACCELERATE_USE_DEEPSPEED": "DeepSpeed", "ACCELERATE_USE_FSDP": "FSDP"}
+
+def _launch_asks_for(variable: str) -> bool:
+    return os.environ.get(variable, "").lower() in ("1", "true")  # set by accelerate launch from its config
 
 
 class Dist:
     def __init__(self):
-        for variable, name in _SHARDED_LAUNCHES.items():
-            if os.environ.get(variable, "").lower() in ("1", "true"):
-                raise PLEError(
-                    f"this launch asks for {name}, which PLE does not support yet: every process would hold a "
-                    "full replica. Launch with plain data parallelism (accelerate launch --multi_gpu, or torchrun)."
-                )
+        if _launch_asks_for("ACCELERATE_USE_FSDP"):
+            raise PLEError(
+                "this launch asks for FSDP, which PLE does not support: every process would hold a full replica. "
+                "Use DeepSpeed ZeRO (configs/accelerate/zero3.yaml) or plain data parallelism."
+            )
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        if self.world > 1 and not dist.is_initialized():
+        self.accelerator = None  # set under DeepSpeed, whose engine then owns gradients and optimizer
+        if _launch_asks_for("ACCELERATE_USE_DEEPSPEED"):
+            from ple.zero import make_accelerator
+
+            self.accelerator = make_accelerator()
+        elif self.world > 1 and not dist.is_initialized():
             # NCCL needs a GPU per process; with fewer GPUs (a 2-process check on one GPU) gloo still works.
             enough_gpus = torch.cuda.is_available() and torch.cuda.device_count() >= self.world
             dist.init_process_group(os.environ.get("PLE_DIST_BACKEND") or ("nccl" if enough_gpus else "gloo"))

@@ -8,6 +8,7 @@ branch = rank | wsft | skip                 by gap = s_p - s and tau_t
 train on (x -> y_p, y) with the branch's loss, then log, write and checkpoint
 """
 
+import contextlib
 import json
 import math
 import shutil
@@ -34,6 +35,7 @@ from ple.schedule import threshold
 from ple.vllm_backend import select_backend
 
 WARMUP = -1  # iteration index of the SFT warm-up checkpoint
+ZERO_STATE = "deepspeed"  # a checkpoint's subdirectory of DeepSpeed optimizer shards
 
 
 @dataclass
@@ -117,18 +119,21 @@ class PLETrainer:
                 metrics = self.iteration(t)
                 progress.advance()
                 progress.log(self.summary_line(metrics))
+        self._save_final()
         if self.dist.main:
-            self._save_final()
             write_budget(self.run_dir)
         self.dist.barrier()
         return self.run_dir / "final"
 
     def _save_final(self) -> None:
-        """final/: written beside it and renamed, so a kill never leaves a half-saved model."""
+        """final/: written beside it and renamed, so a kill never leaves a half-saved model. Every process
+        calls it (under ZeRO-3 they all take part in gathering the weights); the main one writes."""
         tmp = self.run_dir / ".final.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(self.model, self.tokenizer, tmp, merge=self.config.merge_lora)
-        replace_dir(tmp, self.run_dir / "final")
+        with self.full_model() as model:
+            if self.dist.main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                save_model(model, self.tokenizer, tmp, merge=self.config.merge_lora)
+                replace_dir(tmp, self.run_dir / "final")
 
     def iteration(self, t: int) -> dict[str, Any]:
         config = self.config
@@ -219,28 +224,35 @@ class PLETrainer:
         """One sampled response per rendered prompt, in one batched call: (samples, prompt ids, stats)."""
         config = self.config
         self.progress.phase("generating")
-        if not texts:  # more processes than queries
-            return [], [], {"gen_seconds": 0.0, "gen_tokens": 0}
-        ids = encode_prompts(self.tokenizer, texts, not self.builder.chat, config.max_prompt_tokens)
+        ids = encode_prompts(self.tokenizer, texts, not self.builder.chat, config.max_prompt_tokens) if texts else []
         started = time.perf_counter()
+        # A process with no prompts (more processes than queries) still enters full_model: gathering the
+        # weights under ZeRO-3 is collective.
         if self.vllm is not None:
-            self.vllm.sync(self.model, self.policy_version)
+            with self.full_model() as model:
+                self.vllm.sync(model, self.policy_version)
             seed = int(torch.randint(0, 2**31 - 1, ()).item())  # drawn from the iteration's seeded stream
-            samples = self.vllm.generate(
-                ids, config.max_new_tokens, config.temperature, config.top_p, config.top_k, seed
+            samples = (
+                self.vllm.generate(ids, config.max_new_tokens, config.temperature, config.top_p, config.top_k, seed)
+                if ids
+                else []
             )
-            return samples, ids, _generation_stats(samples, time.perf_counter() - started)
-        with autocast(config.dtype, self.device):
-            samples = generate(
-                self.model,
-                self.tokenizer,
-                ids,
-                config.max_new_tokens,
-                config.temperature,
-                config.top_p,
-                config.top_k,
-                config.generation_batch_size,
-            )
+        else:
+            with self.full_model() as model, autocast(config.dtype, self.device):
+                samples = (
+                    generate(
+                        model,
+                        self.tokenizer,
+                        ids,
+                        config.max_new_tokens,
+                        config.temperature,
+                        config.top_p,
+                        config.top_k,
+                        config.generation_batch_size,
+                    )
+                    if ids
+                    else []
+                )
         return samples, ids, _generation_stats(samples, time.perf_counter() - started)
 
     def score_pairs(self, rows: list[dict], plain: list[str], guided: list[str]):
@@ -295,7 +307,7 @@ class PLETrainer:
         config = self.config
         batch = [(p.prompt_ids, p.guided_ids) for p in pairs] + [(p.prompt_ids, p.plain_ids) for p in pairs]
         with autocast(config.dtype, self.device):
-            sum_logp, n_tokens = response_logprobs(self.model, batch, self.tokenizer.pad_token_id)
+            sum_logp, n_tokens = response_logprobs(self.train_model, batch, self.tokenizer.pad_token_id)
         n = len(pairs)
         logp_g, logp_y = sum_logp[:n], sum_logp[n:]
         n_g, n_y = n_tokens[:n].clamp(min=1), n_tokens[n:].clamp(min=1)
@@ -346,7 +358,7 @@ class PLETrainer:
 
         def micro_loss(micro: list[tuple], step: list[tuple]) -> torch.Tensor:
             with autocast(config.dtype, self.device):
-                sum_logp, _ = response_logprobs(self.model, micro, self.tokenizer.pad_token_id)
+                sum_logp, _ = response_logprobs(self.train_model, micro, self.tokenizer.pad_token_id)
             nll = -sum_logp.sum()
             losses.append(nll.item() / sum(len(r) for _, r in micro))
             return nll / sum(len(response) for _, response in step)  # mean token NLL over the step
@@ -367,21 +379,39 @@ class PLETrainer:
             order = rng.permutation(len(items))
             for start in range(0, len(items), per_step):
                 step = [items[i] for i in order[start : start + per_step]]
-                mine = self.dist.shard(step)
-                for micro_start in range(0, len(mine), config.batch_size):
-                    micro_loss(mine[micro_start : micro_start + config.batch_size], step).backward()
-                self.dist.sum_gradients(self.trainable)
-                self._optimizer_step()
+                self._optimizer_step(step, micro_loss)
                 self.progress.step()
         return steps
 
     # ------------------------------------------------------------------ helpers
-    def _optimizer_step(self) -> None:
-        if self.config.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.trainable, self.config.max_grad_norm)
-        self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+    def _optimizer_step(self, step: list, micro_loss) -> None:
+        """This process's share of `step` in micro-batches, then one optimizer step on every process."""
+        config = self.config
+        mine = self.dist.shard(step)
+        if self.zero is not None:
+            micro_batches = self.zero.micro_batches(mine, step, config.batch_size)
+            for k, micro in enumerate(micro_batches):
+                loss = micro_loss(micro, step) if micro else self.zero.idle_loss(self.tokenizer.pad_token_id)
+                self.zero.backward(loss, last=k == len(micro_batches) - 1)
+            self.zero.step()
+        else:
+            for start in range(0, len(mine), config.batch_size):
+                micro_loss(mine[start : start + config.batch_size], step).backward()
+            self.dist.sum_gradients(self.trainable)
+            if config.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
         self.policy_version += 1
+
+    def full_model(self):
+        """A context giving the policy with all its weights present, for generation and saving."""
+        return self.zero.full_model() if self.zero is not None else contextlib.nullcontext(self.model)
+
+    @property
+    def train_model(self):
+        """What the losses call: the DeepSpeed engine under ZeRO, else the policy itself."""
+        return self.zero.engine if self.zero is not None else self.model
 
     def _reward_scale(self, rewards: list[float | None]) -> float:
         if self.config.reward_scaling == "raw":
@@ -399,7 +429,16 @@ class PLETrainer:
         self.builder = PromptBuilder.from_config(self.tokenizer, config, self.principle)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-        if checkpoint is not None:
+        self.zero = None
+        if self.dist.accelerator is not None:
+            from ple.zero import ZeroEngine
+
+            self.zero = ZeroEngine(self.dist.accelerator, self.model, self.optimizer, config, self.dist.world)
+            if checkpoint is not None:
+                self.zero.load_state(checkpoint / ZERO_STATE)
+        elif checkpoint is not None:
+            if not (checkpoint / "optimizer.pt").is_file():
+                raise PLEError(f"cannot resume from {checkpoint}: it holds no optimizer.pt (was it a DeepSpeed run?)")
             self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         self.policy_version = 0  # optimizer steps taken in this process: what the vLLM engine syncs against
         self.vllm = None
@@ -469,21 +508,30 @@ class PLETrainer:
                 path.unlink()
 
     def _write_iteration(self, t: int, rows: list[dict], metrics: dict) -> None:
-        if not self.dist.main:
-            return
-        atomic_write_jsonl(self.run_dir / "generations" / f"iter_{t:03d}.jsonl", rows)
-        with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(metrics) + "\n")
+        if self.dist.main:
+            atomic_write_jsonl(self.run_dir / "generations" / f"iter_{t:03d}.jsonl", rows)
+            with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                f.write(json.dumps(metrics) + "\n")
         self._checkpoint(t)
 
     def _checkpoint(self, t: int) -> None:
-        if not self.dist.main:
-            return
+        """Written to a hidden directory and renamed once complete. Every process calls it: under ZeRO each
+        writes its optimizer shard, and the main process writes the rest."""
         root = self.run_dir / "checkpoints"
         tmp = root / f".{_checkpoint_name(t)}.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        save_model(self.model, self.tokenizer, tmp)
-        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        if self.dist.main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.dist.barrier()
+        with self.full_model() as model:
+            if self.dist.main:
+                save_model(model, self.tokenizer, tmp)
+        if self.zero is not None:
+            self.zero.save_state(tmp / ZERO_STATE)
+        elif self.dist.main:
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        self.dist.barrier()
+        if not self.dist.main:
+            return
         atomic_write_text(
             tmp / "trainer_state.json", json.dumps({"iteration": t, "reward_std": self.reward_std.state()})
         )
