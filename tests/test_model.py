@@ -18,3 +18,48 @@ def test_left_padded_response_logprobs_equal_a_plain_forward_per_sequence(tiny_c
             expected, count = sequence_logprobs(model(input_ids=ids).logits, labels)
             assert n[i].item() == count.item() == len(response)
             assert torch.allclose(sum_logp[i], expected[0], atol=1e-5)
+
+
+def test_merged_lora_gives_the_adapted_model_and_restores_the_base_bit_for_bit(tiny_chat_model):
+    from peft import LoraConfig, get_peft_model
+
+    from ple.model import load_causal_lm, merged_lora
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_causal_lm(tiny_chat_model), LoraConfig(r=4, target_modules="all-linear")).eval()
+    for name, param in model.named_parameters():
+        if "lora_B" in name:  # B starts at zero; a trained adapter does not
+            param.data.normal_(0, 0.5)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    adapted = model(input_ids=ids).logits
+    with model.disable_adapter():
+        assert not torch.allclose(model(input_ids=ids).logits, adapted, atol=1e-3)  # the adapter matters
+    with merged_lora(model) as merged:
+        assert all(layer.merged for layer in merged.modules() if hasattr(layer, "merged_adapters"))
+        merged_logits = merged(input_ids=ids).logits
+        base_changed = [n for n, p in merged.named_parameters() if "base_layer" in n and not torch.equal(p, before[n])]
+    assert torch.allclose(merged_logits, adapted, atol=1e-5)
+    assert base_changed  # the adapter really was folded in
+    assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
+    assert not any(layer.merged for layer in model.modules() if hasattr(layer, "merged_adapters"))
+
+
+def test_an_adapter_loads_merged_in_fp32_and_separate_in_bf16(tmp_path, tiny_chat_model):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    from ple.model import load_causal_lm
+
+    torch.manual_seed(0)
+    adapted = get_peft_model(load_causal_lm(tiny_chat_model), LoraConfig(r=4, target_modules="all-linear")).eval()
+    for name, param in adapted.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    adapted.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.no_grad():
+        expected = adapted(input_ids=ids).logits
+        merged = load_causal_lm(str(tmp_path / "adapter")).eval()
+        assert not isinstance(merged, PeftModel)
+        assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)
+    assert isinstance(load_causal_lm(str(tmp_path / "adapter"), "bfloat16"), PeftModel)

@@ -13,6 +13,7 @@ import torch
 
 from ple.errors import PLEError
 from ple.generation import Sample
+from ple.model import merged_lora
 
 
 def vllm_installed() -> bool:
@@ -39,14 +40,11 @@ def policy_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
         for name, param in model.named_parameters():
             yield name, param.data
         return
-    model.merge_adapter()
-    try:
+    with merged_lora(model):
         for name, param in model.named_parameters():
             if "lora_" in name:  # merged into the base weights already
                 continue
             yield name.removeprefix("base_model.model.").replace(".base_layer", ""), param.data
-    finally:
-        model.unmerge_adapter()
 
 
 class VLLMGenerator:
