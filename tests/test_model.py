@@ -63,3 +63,32 @@ def test_an_adapter_loads_merged_in_fp32_and_separate_in_bf16(tmp_path, tiny_cha
         assert not isinstance(merged, PeftModel)
         assert torch.allclose(merged(input_ids=ids).logits, expected, atol=1e-5)
     assert isinstance(load_causal_lm(str(tmp_path / "adapter"), "bfloat16"), PeftModel)
+
+
+def test_shared_prompt_logprobs_and_gradients_equal_separate_sequences(tiny_chat_model):
+    from peft import LoraConfig, get_peft_model
+
+    from ple.model import load_causal_lm, shared_prompt_logprobs
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_causal_lm(tiny_chat_model), LoraConfig(r=4, target_modules="all-linear"))
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    prompts = [[5, 6, 7], [10], [5, 6, 7, 8, 9, 10]]
+    guided = [[8, 9], [11, 12, 13, 14], [11]]
+    plain = [[20, 21, 22], [23], [24, 25]]
+
+    def grads(loss):
+        model.zero_grad()
+        loss.backward()
+        return [p.grad.clone() for p in model.parameters() if p.requires_grad]
+
+    separate, n_separate = response_logprobs(model, list(zip(prompts + prompts, guided + plain)), pad_id=0)
+    separate_grads = grads((separate * torch.arange(1.0, 7.0)).sum())
+    shared, n_shared = shared_prompt_logprobs(model, prompts, [guided, plain], pad_id=0)
+    shared_grads = grads((shared * torch.arange(1.0, 7.0)).sum())
+    assert n_shared.tolist() == n_separate.tolist() == [2, 4, 1, 3, 1, 2]
+    assert torch.allclose(shared, separate, atol=1e-4)
+    assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(shared_grads, separate_grads))
+    assert any(g.abs().sum() > 0 for g in shared_grads)

@@ -181,3 +181,64 @@ def response_logprobs(model, batch: list[tuple[list[int], list[int]]], pad_id: i
     )
     logits = model(**inputs, logits_to_keep=keep).logits[:, -keep:]
     return sequence_logprobs(logits, labels[:, -keep:].to(device))
+
+
+def shared_prompt_logprobs(model, prompts: list[list[int]], response_sets: list[list[list[int]]], pad_id: int):
+    """What `response_logprobs` gives for every (prompts[i], response_sets[j][i]), with each prompt run once.
+
+    PLE scores two responses (y_p and y) to the same plain prompt x, so x's keys and values are computed
+    in one forward pass and reused by both continuations; gradients flow back through them, so the
+    losses and their gradients equal those of the separate sequences. Results are ordered set by set.
+    """
+    from transformers import DynamicCache
+
+    from ple.generation import left_pad
+    from ple.losses import IGNORE_INDEX, sequence_logprobs
+
+    device = next(model.parameters()).device
+    k = len(response_sets)
+    prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
+    cache = DynamicCache()
+    cache_kwarg = _cache_kwarg(model)
+    last = model(
+        input_ids=prompt_ids,
+        attention_mask=prompt_mask,
+        position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
+        **{cache_kwarg: cache},
+        use_cache=True,
+        logits_to_keep=1,  # left padding puts every prompt's last token here: it predicts the first response token
+    ).logits
+    cache.batch_repeat_interleave(k)  # row i * k + j continues prompt i with response_sets[j][i]
+    responses = [response_sets[j][i] for i in range(len(prompts)) for j in range(k)]
+    width = max(1, max(len(r) for r in responses))
+    response_ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((len(responses), width), dtype=torch.long)
+    for row, response in enumerate(responses):
+        response_ids[row, : len(response)] = torch.tensor(response, dtype=torch.long)
+        response_mask[row, : len(response)] = 1
+    response_ids, response_mask = response_ids.to(device), response_mask.to(device)
+    prompt_mask = prompt_mask.repeat_interleave(k, dim=0)
+    continuation = model(
+        input_ids=response_ids,
+        attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
+        position_ids=prompt_mask.sum(-1, keepdim=True) + torch.arange(width, device=device),
+        **{cache_kwarg: cache},
+        use_cache=True,
+    ).logits
+    logits = torch.cat([last.repeat_interleave(k, dim=0), continuation], dim=1)
+    labels = torch.full((len(responses), width + 1), IGNORE_INDEX, dtype=torch.long, device=device)
+    labels[:, 1:] = torch.where(response_mask.bool(), response_ids, IGNORE_INDEX)
+    sum_logp, n_tokens = sequence_logprobs(logits, labels)
+    return sum_logp.view(-1, k).t().reshape(-1), n_tokens.view(-1, k).t().reshape(-1)
+
+
+def _cache_kwarg(model) -> str:
+    """The name under which the model's forward takes a KV cache: transformers renamed past_key_values to
+    cache during 5.x (the old name is removed in 5.40), and PLE supports both sides of the rename."""
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    hf_model = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)  # under PEFT/DeepSpeed
+    parameters = inspect.signature(hf_model.forward).parameters if hf_model is not None else {}
+    return "cache" if "cache" in parameters else "past_key_values"

@@ -27,7 +27,15 @@ from ple.errors import PLEError
 from ple.generation import encode_prompts, generate
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir
 from ple.losses import assign_branch, rank_loss, sft_weights, weighted_sft_loss
-from ple.model import autocast, load_policy, merged_lora, resolve_device, response_logprobs, save_model
+from ple.model import (
+    autocast,
+    load_policy,
+    merged_lora,
+    resolve_device,
+    response_logprobs,
+    save_model,
+    shared_prompt_logprobs,
+)
 from ple.principles import PromptBuilder, load_principle
 from ple.progress import Progress
 from ple.rewards import RunningStd, config_reward, score
@@ -284,7 +292,9 @@ class PLETrainer:
 
         def micro_loss(micro: list[Pair], step: list[Pair]) -> torch.Tensor:
             nonlocal tokens
-            losses, n_tokens = self.pair_losses(micro)
+            losses, n_tokens = self.pair_losses(micro or step[:1])
+            if not micro:  # idle under ZeRO: the computation of a real micro-batch, at zero weight
+                return losses["loss"].sum() * 0.0
             tokens += n_tokens
             for key, values in losses.items():
                 totals[key] += values.detach().tolist()
@@ -306,11 +316,16 @@ class PLETrainer:
         }
 
     def pair_losses(self, pairs: list[Pair]) -> tuple[dict[str, torch.Tensor], int]:
-        """Per-query losses of a micro-batch: one forward pass over [x + y_p] and [x + y]."""
+        """Per-query losses of a micro-batch: l(y_p|x) and l(y|x), with x run once for both."""
         config = self.config
-        batch = [(p.prompt_ids, p.guided_ids) for p in pairs] + [(p.prompt_ids, p.plain_ids) for p in pairs]
+        prompts = [p.prompt_ids for p in pairs]
         with autocast(config.dtype, self.device):
-            sum_logp, n_tokens = response_logprobs(self.train_model, batch, self.tokenizer.pad_token_id)
+            sum_logp, n_tokens = shared_prompt_logprobs(
+                self.train_model,
+                prompts,
+                [[p.guided_ids for p in pairs], [p.plain_ids for p in pairs]],
+                self.tokenizer.pad_token_id,
+            )
         n = len(pairs)
         logp_g, logp_y = sum_logp[:n], sum_logp[n:]
         n_g, n_y = n_tokens[:n].clamp(min=1), n_tokens[n:].clamp(min=1)
@@ -337,7 +352,7 @@ class PLETrainer:
             "loss": loss,
             "rank_loss": torch.where(is_rank, rank_term, nan),
             "wsft_loss": torch.where(is_rank, nan, wsft_term),
-        }, sum(len(prompt) + len(response) for prompt, response in batch)
+        }, sum(2 * len(p.prompt_ids) + len(p.guided_ids) + len(p.plain_ids) for p in pairs)
 
     def sft_warmup(self) -> None:
         """SFT on the SFT set for sft_epochs epochs, loss on response tokens only."""
@@ -361,7 +376,9 @@ class PLETrainer:
 
         def micro_loss(micro: list[tuple], step: list[tuple]) -> torch.Tensor:
             with autocast(config.dtype, self.device):
-                sum_logp, _ = response_logprobs(self.train_model, micro, self.tokenizer.pad_token_id)
+                sum_logp, _ = response_logprobs(self.train_model, micro or step[:1], self.tokenizer.pad_token_id)
+            if not micro:  # idle under ZeRO: the computation of a real micro-batch, at zero weight
+                return sum_logp.sum() * 0.0
             nll = -sum_logp.sum()
             losses.append(nll.item() / sum(len(r) for _, r in micro))
             return nll / sum(len(response) for _, response in step)  # mean token NLL over the step
@@ -393,9 +410,8 @@ class PLETrainer:
         mine = self.dist.shard(step)
         if self.zero is not None:
             micro_batches = self.zero.micro_batches(mine, step, config.batch_size)
-            for k, micro in enumerate(micro_batches):
-                loss = micro_loss(micro, step) if micro else self.zero.idle_loss(self.tokenizer.pad_token_id)
-                self.zero.backward(loss, last=k == len(micro_batches) - 1)
+            for k, micro in enumerate(micro_batches):  # an empty micro-batch is an idle one (see ple.zero)
+                self.zero.backward(micro_loss(micro, step), last=k == len(micro_batches) - 1)
             self.zero.step()
         else:
             for start in range(0, len(mine), config.batch_size):

@@ -4,8 +4,9 @@ The trainer's loop is unchanged: each process still computes its share of an opt
 micro-batches. Under ZeRO the DeepSpeed engine, not the trainer, reduces the gradients (into
 each process's shard), clips them and steps its sharded optimizer. Because ZeRO communicates
 inside forward (stage 3 gathers parameters) and backward (every stage reduces gradients), every
-process must run the same number of micro-batches per step: a process whose share ran out runs
-a zero-loss one. Generation and saving see the full weights, gathered as TRL's
+process must run the same number of micro-batches per step: a process whose share ran out gets
+an empty micro-batch, for which the trainer's loss runs the computation of a real one at zero
+weight. Generation and saving see the full weights, gathered as TRL's
 `unwrap_model_for_generation` does.
 """
 
@@ -55,11 +56,6 @@ class ZeroEngine:
         most = max(len(step[rank :: self.world]) for rank in range(self.world))
         count = -(-most // batch_size)
         return [mine[i * batch_size : (i + 1) * batch_size] for i in range(count)]
-
-    def idle_loss(self, pad_id: int) -> torch.Tensor:
-        """A loss of exactly zero that still runs the forward and backward collectives of a real micro-batch."""
-        ids = torch.tensor([[pad_id]], device=self.engine.device)
-        return self.engine(input_ids=ids).logits.sum() * 0.0
 
     def backward(self, loss: torch.Tensor, last: bool) -> None:
         # ZeRO averages gradients over processes; the trainer's losses are already means over the whole
