@@ -1,4 +1,4 @@
-"""DeepSpeed ZeRO (stages 1-3) for the PLE trainer, through `accelerate launch --config_file <zero config>`.
+"""DeepSpeed ZeRO for the PLE trainer: `accelerate launch --config_file configs/accelerate/zero{2,3}.yaml`.
 
 The trainer's loop is unchanged: each process still computes its share of an optimizer step's
 micro-batches. Under ZeRO the DeepSpeed engine, not the trainer, reduces the gradients (into
@@ -46,7 +46,6 @@ class ZeroEngine:
             gradient_clipping=config.max_grad_norm,
         )
         self.accelerator = accelerator
-        self.stage = plugin.zero_stage
         self.world = world
         self.engine, _ = accelerator.prepare(model, optimizer)
         self.engine.train()
