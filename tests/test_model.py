@@ -92,3 +92,13 @@ def test_shared_prompt_logprobs_and_gradients_equal_separate_sequences(tiny_chat
     assert torch.allclose(shared, separate, atol=1e-4)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(shared_grads, separate_grads))
     assert any(g.abs().sum() > 0 for g in shared_grads)
+
+
+def test_a_process_with_no_prompts_samples_nothing(tiny_chat_model):
+    """More processes than queries leaves one with no prompts; it still takes part, with empty results."""
+    from ple.generation import encode_prompts, generate
+    from ple.model import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_chat_model)
+    assert encode_prompts(tokenizer, [], True, 16) == []
+    assert generate(load_causal_lm(tiny_chat_model), tokenizer, [], max_new_tokens=4) == []

@@ -14,6 +14,8 @@ class Sample:
 
 def encode_prompts(tokenizer, prompts: list[str], add_special_tokens: bool, max_tokens: int) -> list[list[int]]:
     """Token ids of each prompt; overlong prompts keep their last `max_tokens` tokens."""
+    if not prompts:  # a process with no share of the queries
+        return []
     ids = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
     return [p[-max_tokens:] for p in ids]
 
@@ -47,12 +49,12 @@ def generate(
     top_k: int = 0,
     batch_size: int = 0,
 ) -> list[Sample]:
-    """Sample one response per prompt. batch_size=0 puts every prompt in one call."""
+    """Sample one response per prompt (none for no prompts). batch_size=0 puts every prompt in one call."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
-    batch_size = batch_size or len(prompt_ids)
+    batch_size = batch_size or max(1, len(prompt_ids))
     sampling = (
         dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)
         if temperature > 0

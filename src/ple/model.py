@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 
 from ple.errors import PLEError
+from ple.generation import left_pad
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -165,21 +166,16 @@ def response_logprobs(model, batch: list[tuple[list[int], list[int]]], pad_id: i
     from ple.losses import IGNORE_INDEX, sequence_logprobs
 
     device = next(model.parameters()).device
-    width = max(len(p) + len(r) for p, r in batch)
+    input_ids, attention_mask = left_pad([p + r for p, r in batch], pad_id, device)
+    width = input_ids.shape[1]
     keep = min(width, max(len(r) for _, r in batch) + 1)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    for i, (prompt, response) in enumerate(batch):
-        ids = torch.tensor(prompt + response, dtype=torch.long)
-        input_ids[i, width - len(ids) :] = ids
-        attention_mask[i, width - len(ids) :] = 1
-        labels[i, width - len(response) :] = ids[len(prompt) :]
+    for i, (_, response) in enumerate(batch):
+        labels[i, width - len(response) :] = torch.tensor(response, dtype=torch.long)
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    inputs = dict(
-        input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), position_ids=position_ids.to(device)
-    )
-    logits = model(**inputs, logits_to_keep=keep).logits[:, -keep:]
+    logits = model(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep
+    ).logits[:, -keep:]
     return sequence_logprobs(logits, labels[:, -keep:].to(device))
 
 
@@ -192,7 +188,6 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], response_sets: list[
     """
     from transformers import DynamicCache
 
-    from ple.generation import left_pad
     from ple.losses import IGNORE_INDEX, sequence_logprobs
 
     device = next(model.parameters()).device

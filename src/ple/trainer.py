@@ -232,7 +232,7 @@ class PLETrainer:
         """One sampled response per rendered prompt, in one batched call: (samples, prompt ids, stats)."""
         config = self.config
         self.progress.phase("generating")
-        ids = encode_prompts(self.tokenizer, texts, not self.builder.chat, config.max_prompt_tokens) if texts else []
+        ids = encode_prompts(self.tokenizer, texts, not self.builder.chat, config.max_prompt_tokens)
         started = time.perf_counter()
         # A process with no prompts (more processes than queries) still enters full_model: gathering the
         # weights under ZeRO-3 is collective.
@@ -240,29 +240,23 @@ class PLETrainer:
             with self.full_model() as model:
                 self.vllm.sync(model, self.policy_version)
             seed = int(torch.randint(0, 2**31 - 1, ()).item())  # drawn from the iteration's seeded stream
-            samples = (
-                self.vllm.generate(ids, config.max_new_tokens, config.temperature, config.top_p, config.top_k, seed)
-                if ids
-                else []
+            samples = self.vllm.generate(
+                ids, config.max_new_tokens, config.temperature, config.top_p, config.top_k, seed
             )
         else:
             # On a CPU the adapter is merged for the call (one matmul per layer instead of three); on a GPU the
             # copy of the base weights that keeps this exact would cost memory that vLLM puts to better use.
             merge = merged_lora if self.device.type == "cpu" else contextlib.nullcontext
             with self.full_model() as model, merge(model) as model, autocast(config.dtype, self.device):
-                samples = (
-                    generate(
-                        model,
-                        self.tokenizer,
-                        ids,
-                        config.max_new_tokens,
-                        config.temperature,
-                        config.top_p,
-                        config.top_k,
-                        config.generation_batch_size,
-                    )
-                    if ids
-                    else []
+                samples = generate(
+                    model,
+                    self.tokenizer,
+                    ids,
+                    config.max_new_tokens,
+                    config.temperature,
+                    config.top_p,
+                    config.top_k,
+                    config.generation_batch_size,
                 )
         return samples, ids, _generation_stats(samples, time.perf_counter() - started)
 
@@ -452,7 +446,7 @@ class PLETrainer:
         if self.dist.accelerator is not None:
             from ple.zero import ZeroEngine
 
-            self.zero = ZeroEngine(self.dist.accelerator, self.model, self.optimizer, config, self.dist.world)
+            self.zero = ZeroEngine(self.dist.accelerator, self.model, self.optimizer, config)
             if checkpoint is not None:
                 self.zero.load_state(checkpoint / ZERO_STATE)
         elif checkpoint is not None:

@@ -83,6 +83,8 @@ class VLLMGenerator:
     def generate(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, seed) -> list[Sample]:
         from vllm import SamplingParams
 
+        if not prompt_ids:  # a process with no share of the queries
+            return []
         params = [  # a seed per request: one shared seed would give repeated prompts (RAFT's K) the same answer
             SamplingParams(
                 n=1,

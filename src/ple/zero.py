@@ -36,8 +36,9 @@ def make_accelerator():
 
 
 class ZeroEngine:
-    def __init__(self, accelerator, model, optimizer, config, world: int):
+    def __init__(self, accelerator, model, optimizer, config):
         plugin = accelerator.state.deepspeed_plugin
+        world = accelerator.num_processes
         # PLE's config owns the batch sizes and clipping; the accelerate file picks the stage and offloading.
         plugin.deepspeed_config.update(
             train_micro_batch_size_per_gpu=config.batch_size,
