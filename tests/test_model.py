@@ -36,13 +36,14 @@ def test_merged_lora_gives_the_adapted_model_and_restores_the_base_bit_for_bit(t
     with model.disable_adapter():
         assert not torch.allclose(model(input_ids=ids).logits, adapted, atol=1e-3)  # the adapter matters
     with merged_lora(model) as merged:
-        assert all(layer.merged for layer in merged.modules() if hasattr(layer, "merged_adapters"))
+        assert all(layer.disable_adapters for layer in merged.modules() if hasattr(layer, "merged_adapters"))
         merged_logits = merged(input_ids=ids).logits
         base_changed = [n for n, p in merged.named_parameters() if "base_layer" in n and not torch.equal(p, before[n])]
     assert torch.allclose(merged_logits, adapted, atol=1e-5)
     assert base_changed  # the adapter really was folded in
     assert all(torch.equal(p, before[n]) for n, p in model.named_parameters())
-    assert not any(layer.merged for layer in model.modules() if hasattr(layer, "merged_adapters"))
+    assert not any(layer.disable_adapters for layer in model.modules() if hasattr(layer, "merged_adapters"))
+    assert torch.equal(model(input_ids=ids).logits, adapted)  # the adapter is back in the forward
 
 
 def test_an_adapter_loads_merged_in_fp32_and_separate_in_bf16(tmp_path, tiny_chat_model):

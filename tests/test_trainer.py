@@ -201,9 +201,12 @@ def test_options_follow_the_spec(tmp_path, tiny_chat_model, queries_file, reward
         by_query = {}
         for r in rows:
             assert by_query.setdefault(r["index"], r["y"]) == r["y"]
-    if m["n_skip"] < len(rows):
-        params = dict(trainer.model.named_parameters())
-        assert any(not torch.equal(p0, params[n]) for n, p0 in trainer.initial.items())
+    params = dict(trainer.model.named_parameters())
+    changed = any(not torch.equal(p0, params[n]) for n, p0 in trainer.initial.items())
+    if m["loss"] != 0:
+        assert changed
+    if config.rank_coef * m["n_rank"] + config.sft_coef * m["n_wsft"] == 0:  # no pair in a branch the method keeps
+        assert not changed and m["loss"] == 0
 
 
 def test_rank_only_ignores_wsft_pairs(tmp_path, tiny_chat_model, queries_file, track_params):

@@ -125,27 +125,30 @@ def load_policy(config, checkpoint: Path | None = None):
 
 @contextlib.contextmanager
 def merged_lora(model):
-    """Inside: every LoRA adapter folded into its base weight, so a layer costs one matmul instead of three.
-
-    On the way out the base weights are restored from a copy, bit for bit: merging and unmerging alone
-    leaves float round-off in them, and a resumed run would then no longer continue exactly like an
-    uninterrupted one. The copy costs memory the size of the adapted weights while inside.
+    """Inside: every LoRA layer computes with its base weight plus its adapter's update, one matmul instead of
+    three. The merged weights are new tensors swapped in for the call, with the adapters switched off (peft's
+    `disable_adapter`); on the way out the original base weights are swapped back untouched. Merging in
+    place and unmerging would leave float round-off in them, and a resumed run, which reloads the base
+    weights from disk, would no longer continue exactly like an uninterrupted one. The merged copies cost
+    memory the size of the adapted weights while inside.
     """
-    if not (hasattr(model, "merge_adapter") and getattr(model, "peft_config", None)):
+    if not (hasattr(model, "disable_adapter") and getattr(model, "peft_config", None)):
         yield model
         return
-    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.tuners.lora import LoraLayer
 
-    bases = [m.get_base_layer() for m in model.modules() if isinstance(m, BaseTunerLayer)]
-    originals = [base.weight.detach().clone() for base in bases]
-    model.merge_adapter()
-    try:
-        yield model
-    finally:
-        model.unmerge_adapter()
-        with torch.no_grad():
-            for base, original in zip(bases, originals):
-                base.weight.copy_(original)
+    swapped = []
+    with model.disable_adapter(), torch.no_grad():
+        try:
+            for layer in (m for m in model.modules() if isinstance(m, LoraLayer)):
+                weight = layer.get_base_layer().weight
+                update = sum(layer.get_delta_weight(name) for name in layer.active_adapters if name in layer.lora_A)
+                swapped.append((weight, weight.data))
+                weight.data = weight.data + update
+            yield model
+        finally:
+            for weight, original in swapped:
+                weight.data = original
 
 
 def save_model(model, tokenizer, path: Path, merge: bool = False) -> None:

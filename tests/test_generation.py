@@ -1,0 +1,82 @@
+import pytest
+import torch
+
+from ple.generation import encode_prompts, generate, inverse_cdf_sample, left_pad, sampling_kwargs
+
+
+def chisquare_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
+    """Goodness of fit of draw counts to probabilities; cells expecting under five draws are pooled into one."""
+    counts, probs = counts.double(), probs.double()
+    expected = probs / probs.sum() * counts.sum()
+    keep = expected >= 5
+    observed, expected = counts[keep], expected[keep]
+    if not keep.all():
+        observed = torch.cat([observed, counts[~keep].sum()[None]])
+        expected = torch.cat([expected, (counts.sum() - expected.sum())[None]])
+    statistic = ((observed - expected) ** 2 / expected).sum()
+    half_dof = torch.tensor((len(observed) - 1) / 2, dtype=torch.float64)
+    return torch.special.gammaincc(half_dof, statistic / 2).item()  # the chi-square distribution's upper tail
+
+
+@pytest.mark.parametrize(
+    "probs, uniforms, expected",
+    [
+        # cumulative sums 0.1, 0.3, 0.6, 1.0: the first token whose sum exceeds u
+        ([0.1, 0.2, 0.3, 0.4], [0.0, 0.05, 0.1, 0.35, 0.65, 0.99, 1 - 1e-17], [0, 0, 1, 2, 3, 3, 3]),
+        # zero-probability tokens are never drawn, nor is the zero-probability tail at u -> 1
+        ([0.5, 0.0, 0.0, 0.5, 0.0], [0.0, 0.4999, 0.5, 1 - 1e-17], [0, 0, 3, 3]),
+        ([0.5, 0.5, 0.0, 0.0, 0.0], [0.75, 1 - 1e-17], [1, 1]),
+        # unnormalised rows are drawn in proportion: 2 / 8 and 6 / 8
+        ([2.0, 0.0, 6.0], [0.2, 0.25, 0.9], [0, 2, 2]),
+    ],
+)
+def test_inverse_cdf_sample_picks_by_hand(probs, uniforms, expected):
+    rows = torch.tensor([probs] * len(uniforms))
+    assert inverse_cdf_sample(rows, torch.tensor(uniforms, dtype=torch.float64), block=2).tolist() == expected
+
+
+def test_inverse_cdf_sample_frequencies_match_the_probabilities():
+    torch.manual_seed(0)
+    vocab = 300  # not a multiple of the block
+    probs = torch.softmax(torch.randn(vocab) * 2, dim=0)
+    counts = torch.zeros(vocab)
+    for _ in range(10):
+        uniform = torch.rand(20_000, dtype=torch.float64)
+        counts += torch.bincount(inverse_cdf_sample(probs.expand(20_000, vocab), uniform, block=64), minlength=vocab)
+    assert chisquare_pvalue(counts, probs) > 1e-3
+    assert chisquare_pvalue(torch.roll(counts, 1), probs) < 1e-6  # an off-by-one pick fails the same test
+
+
+def test_generate_samples_the_models_tempered_distribution(tiny_chat_model):
+    from ple.model import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_chat_model)
+    model = load_causal_lm(tiny_chat_model).eval()
+    prompt = encode_prompts(tokenizer, ["hello there"], True, 32)[0]
+    ids, mask = left_pad([prompt], tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        probs = torch.softmax(model(input_ids=ids, attention_mask=mask).logits[0, -1] / 0.1, dim=-1).double()
+
+    torch.manual_seed(0)
+    draws = generate(model, tokenizer, [prompt] * 4000, max_new_tokens=1, temperature=0.1)
+    counts = torch.bincount(torch.tensor([s.response_ids[0] for s in draws]), minlength=len(probs))
+    assert chisquare_pvalue(counts, probs) > 1e-3
+
+    def seeded(seed):
+        torch.manual_seed(seed)
+        return [s.response_ids for s in generate(model, tokenizer, [prompt] * 8, 6, temperature=0.1)]
+
+    assert seeded(0) == seeded(0) != seeded(1)
+
+
+def test_top_k_one_samples_the_greedy_answer(tiny_chat_model):
+    from ple.model import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_chat_model)
+    model = load_causal_lm(tiny_chat_model).eval()
+    prompts = encode_prompts(tokenizer, ["hello there", "a much longer prompt than that"], True, 32)
+    greedy = generate(model, tokenizer, prompts, max_new_tokens=8, temperature=0)
+    torch.manual_seed(1)
+    sampled = generate(model, tokenizer, prompts, max_new_tokens=8, temperature=1.3, top_k=1)
+    assert [s.response_ids for s in sampled] == [s.response_ids for s in greedy]
+    assert sampling_kwargs(0, 1.0, 0) == {"do_sample": False}
