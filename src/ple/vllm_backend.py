@@ -34,12 +34,8 @@ def select_backend(name: str, device: torch.device) -> str:
 
 
 def policy_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
-    """The policy's weights under the base checkpoint's names, with any LoRA adapter merged in."""
-    peft = hasattr(model, "merge_adapter") and hasattr(model, "peft_config")
-    if not peft:
-        for name, param in model.named_parameters():
-            yield name, param.data
-        return
+    """The policy's weights under the base checkpoint's names, with any LoRA adapter merged in (a model
+    without one passes through `merged_lora` and the renaming unchanged)."""
     with merged_lora(model):
         for name, param in model.named_parameters():
             if "lora_" in name:  # merged into the base weights already
