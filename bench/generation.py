@@ -4,10 +4,12 @@
     python bench/generation.py --tiny     # a tiny model built in code
 
 The floor is the time the batch's matmul FLOPs (2 x parameters x tokens, prefill included)
-would take at the fp32 matmul rate measured here, in this run. Two batch sizes: 8 queries (16
-sequences, the size of the TRL RLOO measurement in bench/iteration.py) and 32 queries (64
-sequences, one demo iteration). The fastest of --repeats runs counts. Prints a table last.
-Optimisations tried, kept or not, with their numbers: bench/NOTES.md.
+would take at the fp32 matmul rate measured here, in this run. It counts every prompt token, as
+if each prompt ran in full; `generate` runs the beginning that a group of prompts shares once
+(`ple.generation.shared_prefixes`), and the table shows how many prompt tokens it ran. Two batch
+sizes of distinct queries: 8 (16 sequences, the size of the TRL RLOO measurement in
+bench/iteration.py) and 32 (64 sequences, one demo iteration). The fastest of --repeats runs
+counts. Prints a table last. Optimisations tried, kept or not, with their numbers: bench/NOTES.md.
 """
 
 import argparse
@@ -18,9 +20,9 @@ from pathlib import Path
 
 import torch
 import transformers
-from common import PRINCIPLE, PROMPTS, model_path
+from common import ALL_PROMPTS, PRINCIPLE, model_path
 
-from ple.generation import encode_prompts, generate
+from ple.generation import encode_prompts, generate, prompt_inputs, shared_prefixes
 from ple.model import load_causal_lm, load_tokenizer
 from ple.principles import PromptBuilder
 
@@ -49,8 +51,10 @@ def main() -> int:
     params = sum(p.numel() for p in model.parameters())  # tied lm_head counted once, as one matmul
     rate = matmul_gflops()
     rows = []
+    if max(args.prompts) > len(ALL_PROMPTS):
+        parser.error(f"--prompts: at most {len(ALL_PROMPTS)} distinct queries")
     for n in args.prompts:
-        queries = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
+        queries = ALL_PROMPTS[:n]
         texts = [builder.render(q) for q in queries] + [builder.render(q, guided=True) for q in queries]
         ids = encode_prompts(tokenizer, texts, not builder.chat, 512)
         generate(model, tokenizer, ids, max_new_tokens=4)  # warm-up at this batch's shapes
@@ -62,19 +66,24 @@ def main() -> int:
             runs.append((time.perf_counter() - started, sum(len(s.response_ids) for s in samples)))
         seconds, new_tokens = min(runs)  # the fastest repeat: the least disturbed by the rest of the machine
         prompt_tokens = sum(len(i) for i in ids)
+        shared = len(prompt_inputs(model, ids, tokenizer.pad_token_id, "cpu")) > 2  # a cache came with the ids
+        run = prompt_tokens - sum((len(m) - 1) * n for n, m in shared_prefixes(ids)) if shared else prompt_tokens
         floor = 2 * params * (prompt_tokens + new_tokens) / (rate * 1e9)
-        rows.append((len(ids), new_tokens, prompt_tokens, seconds, floor))
+        rows.append((len(ids), new_tokens, prompt_tokens, run, seconds, floor))
 
     print(
         f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads | torch {torch.__version__} | "
         f"transformers {transformers.__version__} | model {Path(name).name} ({params / 1e6:.1f}M params) | "
         f"matmul {rate:.0f} GFLOP/s"
     )
-    print("| sequences (plain+guided) | new tokens | prompt tokens | seconds | new tokens/s | floor s | of floor |")
-    print("|---:|---:|---:|---:|---:|---:|---:|")
-    for seqs, new_tokens, prompt_tokens, seconds, floor in rows:
+    print(
+        "| sequences (plain+guided) | new tokens | prompt tokens | prompt tokens run | seconds | new tokens/s "
+        "| floor s | of floor |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for seqs, new_tokens, prompt_tokens, run, seconds, floor in rows:
         print(
-            f"| {seqs} | {new_tokens} | {prompt_tokens} | {seconds:.2f} | {new_tokens / seconds:.1f} "
+            f"| {seqs} | {new_tokens} | {prompt_tokens} | {run} | {seconds:.2f} | {new_tokens / seconds:.1f} "
             f"| {floor:.2f} | {floor / seconds:.0%} |"
         )
     return 0

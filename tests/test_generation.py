@@ -1,7 +1,15 @@
 import pytest
 import torch
 
-from ple.generation import encode_prompts, generate, inverse_cdf_sample, left_pad, sampling_kwargs
+from ple.generation import (
+    encode_prompts,
+    generate,
+    inverse_cdf_sample,
+    left_pad,
+    prompt_inputs,
+    sampling_kwargs,
+    shared_prefixes,
+)
 
 
 def chisquare_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
@@ -80,3 +88,45 @@ def test_top_k_one_samples_the_greedy_answer(tiny_chat_model):
     sampled = generate(model, tokenizer, prompts, max_new_tokens=8, temperature=1.3, top_k=1)
     assert [s.response_ids for s in sampled] == [s.response_ids for s in greedy]
     assert sampling_kwargs(0, 1.0, 0) == {"do_sample": False}
+
+
+def test_shared_prefixes_by_hand():
+    a, b, c = [1, 2, 3, 4, 5, 6], [1, 2, 3, 4, 9], [7, 8, 9]
+    # sorted: a, a, b, c; neighbours share 5 (a's last token left out), 4, then nothing
+    assert shared_prefixes([a, b, c, a], min_shared=3) == [(4, [0, 3, 1])]
+    assert shared_prefixes([a, b, c, a], min_shared=5) == [(5, [0, 3])]
+    assert shared_prefixes([a, b, c, a], min_shared=6) == []
+    d, e = [7, 8, 9, 1], [7, 8, 2]
+    # sorted: a, b | e, c, d; e and c share 2 tokens (each keeps its last), c and d 2 (c keeps its last)
+    assert shared_prefixes([a, d, b, e, c], min_shared=2) == [(4, [0, 2]), (2, [3, 4, 1])]
+    assert shared_prefixes([], min_shared=1) == [] and shared_prefixes([a], min_shared=1) == []
+
+
+def test_shared_prefix_inputs_give_the_plain_batch_logits(tiny_chat_model):
+    from ple.model import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_chat_model)
+    model = load_causal_lm(tiny_chat_model).eval()
+    torch.manual_seed(0)
+    head, other_head = torch.randint(5, 40, (20,)).tolist(), torch.randint(5, 40, (18,)).tolist()
+    prompts = [head + [5, 6, 7], other_head + [3, 4], head + [8], [1, 2, 3], head + [9, 10, 11, 12, 13], other_head]
+    assert shared_prefixes(prompts) == [(20, [0, 2, 4]), (17, [5, 1])]
+
+    inputs = prompt_inputs(model, prompts, tokenizer.pad_token_id, "cpu")
+    ids, mask = left_pad(prompts, tokenizer.pad_token_id, "cpu")
+    assert "cache" in inputs or "past_key_values" in inputs  # the shared beginnings were computed once
+
+    def greedy(**kwargs):
+        return model.generate(
+            **kwargs,
+            max_new_tokens=5,
+            do_sample=False,
+            output_logits=True,
+            return_dict_in_generate=True,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=None,
+        )
+
+    shared, plain = greedy(**inputs), greedy(input_ids=ids, attention_mask=mask)
+    assert torch.equal(shared.sequences[:, -5:], plain.sequences[:, -5:])
+    torch.testing.assert_close(torch.stack(shared.logits), torch.stack(plain.logits), atol=1e-5, rtol=1e-5)

@@ -39,6 +39,82 @@ def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Ten
     return ids.to(device), mask.to(device)
 
 
+def shared_prefixes(prompts: list[list[int]], min_shared: int = 16) -> list[tuple[int, list[int]]]:
+    """Groups of prompts that begin with the same `min_shared` or more tokens, as (shared length, members);
+    prompts that share less with every other are in no group. A shared length leaves out at least each
+    member's last token, which generation has to run to get the first response token's logits.
+
+    Sorted, prompts with a common beginning sit next to each other, and a run's common beginning is the
+    shortest one between neighbours; the runs are split where that drops below `min_shared`."""
+    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+    runs, lengths = [order[:1]], [float("inf")]
+    for previous, current in zip(order, order[1:]):
+        a, b = prompts[previous], prompts[current]
+        common = next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        common = min(common, len(a) - 1, len(b) - 1)
+        if common >= min_shared:
+            runs[-1].append(current)
+            lengths[-1] = min(lengths[-1], common)
+        else:
+            runs.append([current])
+            lengths.append(float("inf"))
+    return [(length, members) for length, members in zip(lengths, runs) if len(members) > 1]
+
+
+def prompt_inputs(model, prompts: list[list[int]], pad_id: int, device) -> dict:
+    """`generate` inputs for a batch of prompts: left-padded ids and mask and, where groups of prompts begin
+    alike (`shared_prefixes`), a KV cache that already holds each group's common beginning, computed once.
+
+    Chat templates and task instructions make most of a prompt the same across a batch: the plain prompts
+    of an iteration share their system prompt and instruction, and so do the guided ones. Row i is laid out
+    as [padding, its group's shared tokens, padding, the rest of prompt i]; the mask and the position ids
+    that `generate` derives from it skip the padding, so each row sees exactly its own prompt."""
+    ids, mask = left_pad(prompts, pad_id, device)
+    groups = shared_prefixes(prompts)
+    shared, group_of = [0] * len(prompts), [0] * len(prompts)
+    for group, (length, members) in enumerate(groups):
+        for i in members:
+            shared[i], group_of[i] = length, group
+    suffixes = [p[n:] for p, n in zip(prompts, shared)]
+    prefix_width, suffix_width = max([n for n, _ in groups], default=0), max(map(len, suffixes))
+    if len(groups) * prefix_width + len(prompts) * suffix_width >= ids.numel():  # sharing would not save work
+        return dict(input_ids=ids, attention_mask=mask)
+    from transformers import DynamicCache
+
+    prefix_ids, prefix_mask = left_pad([prompts[members[0]][:n] for n, members in groups], pad_id, device)
+    cache, name = DynamicCache(), cache_kwarg(model)
+    model(
+        input_ids=prefix_ids,
+        attention_mask=prefix_mask,
+        position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0),
+        **{name: cache},
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    # A prompt in no group takes some group's cached rows, all masked out for it.
+    rows = torch.tensor(group_of, device=device)
+    cache.batch_select_indices(rows)
+    in_group = torch.tensor([n > 0 for n in shared], device=device)[:, None]
+    suffix_ids, suffix_mask = left_pad(suffixes, pad_id, device)
+    return dict(
+        input_ids=torch.cat([prefix_ids[rows], suffix_ids], dim=1),
+        attention_mask=torch.cat([prefix_mask[rows] * in_group, suffix_mask], dim=1),
+        **{name: cache},
+    )
+
+
+def cache_kwarg(model) -> str:
+    """The name under which the model's forward takes a KV cache: transformers renamed past_key_values to
+    cache during 5.x (the old name is removed in 5.40), and PLE supports both sides of the rename."""
+    import inspect
+
+    from transformers import PreTrainedModel
+
+    hf_model = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)  # under PEFT/DeepSpeed
+    parameters = inspect.signature(hf_model.forward).parameters if hf_model is not None else {}
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
 def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor, block: int = 256) -> torch.Tensor:
     """One token per row of `probs` (rows x vocab, not necessarily normalised): the first token whose cumulative
     probability exceeds `uniform` (in [0, 1)) times the row's total, so token i is drawn with probability
@@ -109,16 +185,15 @@ def generate(
     samples: list[Sample] = []
     for start in range(0, len(prompt_ids), batch_size):
         batch = prompt_ids[start : start + batch_size]
-        ids, mask = left_pad(batch, tokenizer.pad_token_id, device)
+        inputs = prompt_inputs(model, batch, tokenizer.pad_token_id, device)
         out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
+            **inputs,
             max_new_tokens=max_new_tokens,
             pad_token_id=tokenizer.pad_token_id,
             eos_token_id=sorted(eos) or None,
             **sampling,
         )
-        for prompt, row in zip(batch, out[:, ids.shape[1] :].tolist()):
+        for prompt, row in zip(batch, out[:, inputs["input_ids"].shape[1] :].tolist()):
             end = next((i + 1 for i, tok in enumerate(row) if tok in eos), len(row))
             response = row[:end]
             text = tokenizer.decode(response, skip_special_tokens=True)

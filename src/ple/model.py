@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ple.errors import PLEError
-from ple.generation import left_pad
+from ple.generation import cache_kwarg, left_pad
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -197,12 +197,11 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], response_sets: list[
     k = len(response_sets)
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
     cache = DynamicCache()
-    cache_kwarg = _cache_kwarg(model)
     last = model(
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
         position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
-        **{cache_kwarg: cache},
+        **{cache_kwarg(model): cache},
         use_cache=True,
         logits_to_keep=1,  # left padding puts every prompt's last token here: it predicts the first response token
     ).logits
@@ -220,7 +219,7 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], response_sets: list[
         input_ids=response_ids,
         attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
         position_ids=prompt_mask.sum(-1, keepdim=True) + torch.arange(width, device=device),
-        **{cache_kwarg: cache},
+        **{cache_kwarg(model): cache},
         use_cache=True,
     ).logits
     logits = torch.cat([last.repeat_interleave(k, dim=0), continuation], dim=1)
@@ -228,15 +227,3 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], response_sets: list[
     labels[:, 1:] = torch.where(response_mask.bool(), response_ids, IGNORE_INDEX)
     sum_logp, n_tokens = sequence_logprobs(logits, labels)
     return sum_logp.view(-1, k).t().reshape(-1), n_tokens.view(-1, k).t().reshape(-1)
-
-
-def _cache_kwarg(model) -> str:
-    """The name under which the model's forward takes a KV cache: transformers renamed past_key_values to
-    cache during 5.x (the old name is removed in 5.40), and PLE supports both sides of the rename."""
-    import inspect
-
-    from transformers import PreTrainedModel
-
-    hf_model = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)  # under PEFT/DeepSpeed
-    parameters = inspect.signature(hf_model.forward).parameters if hf_model is not None else {}
-    return "cache" if "cache" in parameters else "past_key_values"
