@@ -1,7 +1,10 @@
+import types
+
 import pytest
 import torch
 
 from ple.generation import (
+    decode_step_matmuls,
     encode_prompts,
     generate,
     inverse_cdf_sample,
@@ -130,3 +133,26 @@ def test_shared_prefix_inputs_give_the_plain_batch_logits(tiny_chat_model):
     shared, plain = greedy(**inputs), greedy(input_ids=ids, attention_mask=mask)
     assert torch.equal(shared.sequences[:, -5:], plain.sequences[:, -5:])
     torch.testing.assert_close(torch.stack(shared.logits), torch.stack(plain.logits), atol=1e-5, rtol=1e-5)
+
+
+def test_decode_step_matmuls_compute_the_same_steps_and_restore_the_layers(tiny_chat_model):
+    from ple.model import load_causal_lm
+
+    model = load_causal_lm(tiny_chat_model).eval()
+    hooked = model.lm_head
+    hooked.forward = types.MethodType(lambda layer, x: torch.nn.functional.linear(x, layer.weight), hooked)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 40, (3, 7))
+    greedy = dict(max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True, pad_token_id=0)
+    plain = model.generate(input_ids=ids, **greedy)
+    calls = []
+    with decode_step_matmuls(model):
+        layers = [m for m in model.modules() if "forward" in vars(m) and m is not hooked]
+        assert len(layers) == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 layers; the hooked head kept
+        for layer in layers:
+            layer.register_forward_hook(lambda m, args, out: calls.append(args[0].shape[1]))
+        inside = model.generate(input_ids=ids, **greedy)
+    assert set(calls) == {7, 1}  # the prefill's 7 positions, then one position a decode step
+    assert torch.equal(inside.sequences, plain.sequences)
+    torch.testing.assert_close(torch.stack(inside.logits), torch.stack(plain.logits), atol=1e-5, rtol=1e-5)
+    assert [m for m in model.modules() if "forward" in vars(m)] == [hooked]
