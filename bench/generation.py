@@ -43,6 +43,8 @@ def main() -> int:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    if max(args.prompts) > len(ALL_PROMPTS):
+        parser.error(f"--prompts: at most {len(ALL_PROMPTS)} distinct queries")
 
     name = model_path(args.tiny)
     tokenizer = load_tokenizer(name)
@@ -51,8 +53,6 @@ def main() -> int:
     params = sum(p.numel() for p in model.parameters())  # tied lm_head counted once, as one matmul
     rate = matmul_gflops()
     rows = []
-    if max(args.prompts) > len(ALL_PROMPTS):
-        parser.error(f"--prompts: at most {len(ALL_PROMPTS)} distinct queries")
     for n in args.prompts:
         queries = ALL_PROMPTS[:n]
         texts = [builder.render(q) for q in queries] + [builder.render(q, guided=True) for q in queries]
