@@ -30,9 +30,9 @@ from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from ple.progress import Progress
 from ple.trainer import (
     PLETrainer,
-    _iteration_seed,
-    _mean,
-    _merge_generation_stats,
+    iteration_seed,
+    mean_of_known,
+    merge_generation_stats,
     query_order,
     write_budget,
 )
@@ -54,7 +54,7 @@ class SFTBaseline(PLETrainer):
 
     def iteration(self, t: int) -> dict[str, Any]:
         config = self.config
-        torch.manual_seed(_iteration_seed(config.seed, t))
+        torch.manual_seed(iteration_seed(config.seed, t))
         started = time.perf_counter()
         n = samples_per_iteration(config)
         rows = [self.sft_set[i] for i in query_order(len(self.sft_set), t, n, config.seed, config.shuffle)]
@@ -84,7 +84,7 @@ class RaftTrainer(PLETrainer):
     def iteration(self, t: int) -> dict[str, Any]:
         config = self.config
         k = config.raft_k
-        torch.manual_seed(_iteration_seed(config.seed, t))
+        torch.manual_seed(iteration_seed(config.seed, t))
         started = time.perf_counter()
         n_queries = max(1, samples_per_iteration(config) // k)
         indices = query_order(len(self.queries), t, n_queries, config.seed, config.shuffle)
@@ -95,7 +95,7 @@ class RaftTrainer(PLETrainer):
         samples, _, gen_stats = self.sample([self.builder.render(r["prompt"]) for r in my_rows])
         scores, score_seconds = self.score_rows(my_rows, [x.text for x in samples])
         gathered = sorted(self.dist.gather(list(zip(mine, _chunks(samples, k), _chunks(scores, k)))))
-        gen_stats = _merge_generation_stats(self.dist.gather([gen_stats]))
+        gen_stats = merge_generation_stats(self.dist.gather([gen_stats]))
 
         best = []  # (query index, sample, reward) of each query's best valid answer
         for i, candidates, rewards in gathered:
@@ -123,8 +123,8 @@ class RaftTrainer(PLETrainer):
         metrics = {
             "iteration": t,
             "queries": len(rows),
-            "mean_s": _mean(all_rewards),
-            "mean_best": _mean(r for _, _, r in best),
+            "mean_s": mean_of_known(all_rewards),
+            "mean_best": mean_of_known(r for _, _, r in best),
             "n_trained": len(best),
             "n_invalid_reward": sum(r is None for r in all_rewards),
             "samples": len(rows) * k,
@@ -241,7 +241,7 @@ class DPOBaseline(_TRLBaseline):
         else:
             if self.reward_fn is None:
                 raise PLEError("dpo needs a reward to rank base-model samples (or data with chosen/rejected)")
-            torch.manual_seed(_iteration_seed(self.config.seed, 0))
+            torch.manual_seed(iteration_seed(self.config.seed, 0))
             texts = [self.builder.render(r["prompt"]) for r in rows]
             samples, _, stats = self.sample(texts + texts)
             scores, _ = self.score_rows(rows + rows, [x.text for x in samples])

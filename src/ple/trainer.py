@@ -69,11 +69,13 @@ def query_order(n: int, t: int, per_iteration: int, seed: int, shuffle: bool = T
     return indices
 
 
-def _iteration_seed(seed: int, t: int) -> int:
+def iteration_seed(seed: int, t: int) -> int:
+    """The torch seed of iteration t of a run seeded with `seed`, so that a resumed run draws the same."""
     return seed * 1_000_003 + t + 2  # t = -1 (warm-up) stays distinct from iteration 0
 
 
-def _mean(values) -> float | None:
+def mean_of_known(values) -> float | None:
+    """The mean of the values that are not None (unscored rows); None when there are none."""
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
@@ -145,7 +147,7 @@ class PLETrainer:
 
     def iteration(self, t: int) -> dict[str, Any]:
         config = self.config
-        torch.manual_seed(_iteration_seed(config.seed, t))
+        torch.manual_seed(iteration_seed(config.seed, t))
         started = time.perf_counter()
         indices = query_order(len(self.queries), t, config.queries_per_iteration, config.seed, config.shuffle)
         rows = [self.queries[i] for i in indices]
@@ -158,7 +160,7 @@ class PLETrainer:
         # Every process needs the whole iteration, so that taus, branches and pairs agree everywhere.
         gathered = sorted(self.dist.gather(list(zip(mine, plain, guided, plain_ids, s, s_p))), key=lambda r: r[0])
         _, plain, guided, plain_ids, s, s_p = (list(column) for column in zip(*gathered))
-        gen_stats = _merge_generation_stats(self.dist.gather([gen_stats]))
+        gen_stats = merge_generation_stats(self.dist.gather([gen_stats]))
         scale = self._reward_scale(s + s_p)
         gaps = [None if a is None or b is None else (b - a) / scale for a, b in zip(s, s_p)]
         tau = threshold(t, config.schedule, config.tau0, config.alpha, config.tau_quantile, gaps)
@@ -196,9 +198,9 @@ class PLETrainer:
         metrics = {
             "iteration": t,
             "tau": tau,
-            "mean_s": _mean(s),
-            "mean_s_p": _mean(s_p),
-            "mean_gap": _mean(gaps),
+            "mean_s": mean_of_known(s),
+            "mean_s_p": mean_of_known(s_p),
+            "mean_gap": mean_of_known(gaps),
             **{f"frac_{k}": v / len(rows) for k, v in counts.items()},
             **{f"n_{k}": v for k, v in counts.items()},
             "n_rank_plain_wins": sum(w == "plain" for _, w in branches),
@@ -301,9 +303,9 @@ class PLETrainer:
         seconds = time.perf_counter() - started
         totals = {key: self.dist.gather(values) for key, values in totals.items()}
         return {
-            "loss": _mean(totals["loss"]),
-            "rank_loss": _mean(v for v in totals["rank_loss"] if not math.isnan(v)),
-            "wsft_loss": _mean(v for v in totals["wsft_loss"] if not math.isnan(v)),
+            "loss": mean_of_known(totals["loss"]),
+            "rank_loss": mean_of_known(v for v in totals["rank_loss"] if not math.isnan(v)),
+            "wsft_loss": mean_of_known(v for v in totals["wsft_loss"] if not math.isnan(v)),
             "optimizer_steps": steps,
             "train_seconds": seconds,
             "train_tokens_per_s": sum(self.dist.gather([tokens])) / max(seconds, 1e-9),
@@ -351,7 +353,7 @@ class PLETrainer:
     def sft_warmup(self) -> None:
         """SFT on the SFT set for sft_epochs epochs, loss on response tokens only."""
         config = self.config
-        torch.manual_seed(_iteration_seed(config.seed, WARMUP))
+        torch.manual_seed(iteration_seed(config.seed, WARMUP))
         examples = self.sft_examples(
             [self.builder.render(r["prompt"]) for r in self.sft_set], [r["response"] for r in self.sft_set]
         )
@@ -379,7 +381,7 @@ class PLETrainer:
 
         started = time.perf_counter()
         steps = self._train_epochs(examples, epochs, rng, micro_loss, phase)
-        return {"loss": _mean(losses), "optimizer_steps": steps, "train_seconds": time.perf_counter() - started}
+        return {"loss": mean_of_known(losses), "optimizer_steps": steps, "train_seconds": time.perf_counter() - started}
 
     def _train_epochs(self, items: list, epochs: int, rng: np.random.Generator, micro_loss, phase: str) -> int:
         """Shuffled passes over `items` in optimizer steps of batch_size * gradient_accumulation_steps items per
@@ -580,7 +582,7 @@ def _generation_stats(samples: list, seconds: float) -> dict[str, float]:
     return {"gen_seconds": seconds, "gen_tokens": sum(len(x.response_ids) for x in samples)}
 
 
-def _merge_generation_stats(parts: list[dict]) -> dict[str, float]:
+def merge_generation_stats(parts: list[dict]) -> dict[str, float]:
     """Generation across processes: tokens add up, the slowest process sets the time."""
     seconds = max(p["gen_seconds"] for p in parts)
     tokens = sum(p["gen_tokens"] for p in parts)
