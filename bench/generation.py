@@ -6,7 +6,7 @@
 The floor is the time the batch's matmul FLOPs (2 x parameters x tokens, prefill included)
 would take at the fp32 matmul rate measured here, in this run. It counts every prompt token, as
 if each prompt ran in full; `generate` runs the beginning that a group of prompts shares once
-(`ple.generation.shared_prefixes`), and the table shows how many prompt tokens it ran. Two batch
+(`ple.generation.prefill_groups`), and the table shows how many prompt tokens it ran. Two batch
 sizes of distinct queries: 8 (16 sequences, the size of the TRL RLOO measurement in
 bench/iteration.py) and 32 (64 sequences, one demo iteration). The fastest of --repeats runs
 counts. Prints a table last. Optimisations tried, kept or not, with their numbers: bench/NOTES.md.
@@ -22,7 +22,7 @@ import torch
 import transformers
 from common import ALL_PROMPTS, PRINCIPLE, model_path
 
-from ple.generation import encode_prompts, generate, prompt_inputs, shared_prefixes
+from ple.generation import encode_prompts, generate, prefill_groups
 from ple.model import load_causal_lm, load_tokenizer
 from ple.principles import PromptBuilder
 
@@ -66,8 +66,7 @@ def main() -> int:
             runs.append((time.perf_counter() - started, sum(len(s.response_ids) for s in samples)))
         seconds, new_tokens = min(runs)  # the fastest repeat: the least disturbed by the rest of the machine
         prompt_tokens = sum(len(i) for i in ids)
-        shared = len(prompt_inputs(model, ids, tokenizer.pad_token_id, "cpu")) > 2  # a cache came with the ids
-        run = prompt_tokens - sum((len(m) - 1) * n for n, m in shared_prefixes(ids)) if shared else prompt_tokens
+        run = prompt_tokens - sum((len(members) - 1) * n for n, members in prefill_groups(ids))
         floor = 2 * params * (prompt_tokens + new_tokens) / (rate * 1e9)
         rows.append((len(ids), new_tokens, prompt_tokens, run, seconds, floor))
 

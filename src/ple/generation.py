@@ -63,24 +63,41 @@ def shared_prefixes(prompts: list[list[int]], min_shared: int = 16) -> list[tupl
     return [(length, members) for length, members in zip(lengths, runs) if len(members) > 1]
 
 
+def prefill_groups(prompts: list[list[int]]) -> list[tuple[int, list[int]]]:
+    """The `shared_prefixes` groups whose common beginnings `prompt_inputs` runs once, or none where that
+    would not save work: the groups' padded prefix block plus every row's padded rest must be smaller than
+    the plain padded batch."""
+    groups = shared_prefixes(prompts)
+    shared = [n for _, n in _membership(groups, len(prompts))]
+    prefix_width = max([n for n, _ in groups], default=0)
+    suffix_width = max((len(p) - n for p, n in zip(prompts, shared)), default=0)
+    plain_width = max(map(len, prompts), default=0)
+    return groups if len(groups) * prefix_width + len(prompts) * suffix_width < len(prompts) * plain_width else []
+
+
+def _membership(groups: list[tuple[int, list[int]]], n_prompts: int) -> list[tuple[int, int]]:
+    """Each prompt's (group index, shared length); (0, 0) for a prompt in no group."""
+    found = [(0, 0)] * n_prompts
+    for group, (length, members) in enumerate(groups):
+        for i in members:
+            found[i] = (group, length)
+    return found
+
+
 def prompt_inputs(model, prompts: list[list[int]], pad_id: int, device) -> dict:
     """`generate` inputs for a batch of prompts: left-padded ids and mask and, where groups of prompts begin
-    alike (`shared_prefixes`), a KV cache that already holds each group's common beginning, computed once.
+    alike (`prefill_groups`), a KV cache that already holds each group's common beginning, computed once.
 
     Chat templates and task instructions make most of a prompt the same across a batch: the plain prompts
     of an iteration share their system prompt and instruction, and so do the guided ones. Row i is laid out
     as [padding, its group's shared tokens, padding, the rest of prompt i]; the mask and the position ids
     that `generate` derives from it skip the padding, so each row sees exactly its own prompt."""
-    ids, mask = left_pad(prompts, pad_id, device)
-    groups = shared_prefixes(prompts)
-    shared, group_of = [0] * len(prompts), [0] * len(prompts)
-    for group, (length, members) in enumerate(groups):
-        for i in members:
-            shared[i], group_of[i] = length, group
-    suffixes = [p[n:] for p, n in zip(prompts, shared)]
-    prefix_width, suffix_width = max([n for n, _ in groups], default=0), max(map(len, suffixes))
-    if len(groups) * prefix_width + len(prompts) * suffix_width >= ids.numel():  # sharing would not save work
+    groups = prefill_groups(prompts)
+    if not groups:
+        ids, mask = left_pad(prompts, pad_id, device)
         return dict(input_ids=ids, attention_mask=mask)
+    group_of, shared = zip(*_membership(groups, len(prompts)))
+    suffixes = [p[n:] for p, n in zip(prompts, shared)]
     from transformers import DynamicCache
 
     prefix_ids, prefix_mask = left_pad([prompts[members[0]][:n] for n, members in groups], pad_id, device)

@@ -196,12 +196,12 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], response_sets: list[
     device = next(model.parameters()).device
     k = len(response_sets)
     prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
-    cache = DynamicCache()
+    cache, name = DynamicCache(), cache_kwarg(model)
     last = model(
         input_ids=prompt_ids,
         attention_mask=prompt_mask,
         position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
-        **{cache_kwarg(model): cache},
+        **{name: cache},
         use_cache=True,
         logits_to_keep=1,  # left padding puts every prompt's last token here: it predicts the first response token
     ).logits
@@ -219,7 +219,7 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], response_sets: list[
         input_ids=response_ids,
         attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
         position_ids=prompt_mask.sum(-1, keepdim=True) + torch.arange(width, device=device),
-        **{cache_kwarg(model): cache},
+        **{name: cache},
         use_cache=True,
     ).logits
     logits = torch.cat([last.repeat_interleave(k, dim=0), continuation], dim=1)
