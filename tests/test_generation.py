@@ -8,7 +8,7 @@ from ple.generation import (
     encode_prompts,
     generate,
     inverse_cdf_sample,
-    left_pad,
+    pad_batch,
     prompt_inputs,
     sampling_kwargs,
     shared_prefixes,
@@ -64,7 +64,7 @@ def test_generate_samples_the_models_tempered_distribution(tiny_chat_model):
     tokenizer = load_tokenizer(tiny_chat_model)
     model = load_causal_lm(tiny_chat_model).eval()
     prompt = encode_prompts(tokenizer, ["hello there"], True, 32)[0]
-    ids, mask = left_pad([prompt], tokenizer.pad_token_id, "cpu")
+    ids, mask = pad_batch([prompt], tokenizer.pad_token_id, "cpu")
     with torch.no_grad():
         probs = torch.softmax(model(input_ids=ids, attention_mask=mask).logits[0, -1] / 0.1, dim=-1).double()
 
@@ -116,7 +116,7 @@ def test_shared_prefix_inputs_give_the_plain_batch_logits(tiny_chat_model):
     assert shared_prefixes(prompts) == [(20, [0, 2, 4]), (17, [5, 1])]
 
     inputs = prompt_inputs(model, prompts, tokenizer.pad_token_id, "cpu")
-    ids, mask = left_pad(prompts, tokenizer.pad_token_id, "cpu")
+    ids, mask = pad_batch(prompts, tokenizer.pad_token_id, "cpu")
     assert "cache" in inputs or "past_key_values" in inputs  # the shared beginnings were computed once
 
     def greedy(**kwargs):

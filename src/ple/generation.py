@@ -31,13 +31,16 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return eos
 
 
-def left_pad(sequences: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in sequences)
+def pad_batch(sequences: list[list[int]], pad_id: int, device, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask of `sequences` padded to one width (at least 1, so that a batch of empty
+    responses still has a column) on the given side."""
+    width = max(1, max(len(s) for s in sequences))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
     for i, s in enumerate(sequences):
-        ids[i, width - len(s) :] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s) :] = 1
+        cols = slice(width - len(s), width) if side == "left" else slice(0, len(s))
+        ids[i, cols] = torch.tensor(s, dtype=torch.long)
+        mask[i, cols] = 1
     return ids.to(device), mask.to(device)
 
 
@@ -94,13 +97,13 @@ def prompt_inputs(model, prompts: list[list[int]], pad_id: int, device) -> dict:
     that `generate` derives from it skip the padding, so each row sees exactly its own prompt."""
     groups = prefill_groups(prompts)
     if not groups:
-        ids, mask = left_pad(prompts, pad_id, device)
+        ids, mask = pad_batch(prompts, pad_id, device)
         return dict(input_ids=ids, attention_mask=mask)
     group_of, shared = zip(*_membership(groups, len(prompts)))
     suffixes = [p[n:] for p, n in zip(prompts, shared)]
     from transformers import DynamicCache
 
-    prefix_ids, prefix_mask = left_pad([prompts[members[0]][:n] for n, members in groups], pad_id, device)
+    prefix_ids, prefix_mask = pad_batch([prompts[members[0]][:n] for n, members in groups], pad_id, device)
     cache, name = DynamicCache(), cache_kwarg(model)
     model(
         input_ids=prefix_ids,
@@ -114,7 +117,7 @@ def prompt_inputs(model, prompts: list[list[int]], pad_id: int, device) -> dict:
     rows = torch.tensor(group_of, device=device)
     cache.batch_select_indices(rows)
     in_group = torch.tensor([n > 0 for n in shared], device=device)[:, None]
-    suffix_ids, suffix_mask = left_pad(suffixes, pad_id, device)
+    suffix_ids, suffix_mask = pad_batch(suffixes, pad_id, device)
     return dict(
         input_ids=torch.cat([prefix_ids[rows], suffix_ids], dim=1),
         attention_mask=torch.cat([prefix_mask[rows] * in_group, suffix_mask], dim=1),

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ple.errors import PLEError
-from ple.generation import cache_kwarg, left_pad
+from ple.generation import cache_kwarg, pad_batch
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -169,7 +169,7 @@ def response_logprobs(model, batch: list[tuple[list[int], list[int]]], pad_id: i
     from ple.losses import IGNORE_INDEX, sequence_logprobs
 
     device = next(model.parameters()).device
-    input_ids, attention_mask = left_pad([p + r for p, r in batch], pad_id, device)
+    input_ids, attention_mask = pad_batch([p + r for p, r in batch], pad_id, device)
     width = input_ids.shape[1]
     keep = min(width, max(len(r) for _, r in batch) + 1)
     labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
@@ -195,7 +195,7 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], response_sets: list[
 
     device = next(model.parameters()).device
     k = len(response_sets)
-    prompt_ids, prompt_mask = left_pad(prompts, pad_id, device)
+    prompt_ids, prompt_mask = pad_batch(prompts, pad_id, device)
     cache, name = DynamicCache(), cache_kwarg(model)
     last = model(
         input_ids=prompt_ids,
@@ -207,13 +207,8 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], response_sets: list[
     ).logits
     cache.batch_repeat_interleave(k)  # row i * k + j continues prompt i with response_sets[j][i]
     responses = [response_sets[j][i] for i in range(len(prompts)) for j in range(k)]
-    width = max(1, max(len(r) for r in responses))
-    response_ids = torch.full((len(responses), width), pad_id, dtype=torch.long)
-    response_mask = torch.zeros((len(responses), width), dtype=torch.long)
-    for row, response in enumerate(responses):
-        response_ids[row, : len(response)] = torch.tensor(response, dtype=torch.long)
-        response_mask[row, : len(response)] = 1
-    response_ids, response_mask = response_ids.to(device), response_mask.to(device)
+    response_ids, response_mask = pad_batch(responses, pad_id, device, side="right")
+    width = response_ids.shape[1]
     prompt_mask = prompt_mask.repeat_interleave(k, dim=0)
     continuation = model(
         input_ids=response_ids,
