@@ -34,6 +34,8 @@ def _eos_ids(model, tokenizer) -> set[int]:
 def pad_batch(sequences: list[list[int]], pad_id: int, device, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask of `sequences` padded to one width (at least 1, so that a batch of empty
     responses still has a column) on the given side."""
+    if side not in ("left", "right"):
+        raise ValueError(f"side must be 'left' or 'right', not {side!r}")
     width = max(1, max(len(s) for s in sequences))
     ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(sequences), width), dtype=torch.long)
