@@ -103,18 +103,9 @@ def prompt_inputs(model, prompts: list[list[int]], pad_id: int, device) -> dict:
         return dict(input_ids=ids, attention_mask=mask)
     group_of, shared = zip(*_membership(groups, len(prompts)))
     suffixes = [p[n:] for p, n in zip(prompts, shared)]
-    from transformers import DynamicCache
-
-    prefix_ids, prefix_mask = pad_batch([prompts[members[0]][:n] for n, members in groups], pad_id, device)
-    cache, name = DynamicCache(), cache_kwarg(model)
-    model(
-        input_ids=prefix_ids,
-        attention_mask=prefix_mask,
-        position_ids=(prefix_mask.cumsum(-1) - 1).clamp(min=0),
-        **{name: cache},
-        use_cache=True,
-        logits_to_keep=1,
-    )
+    name = cache_kwarg(model)
+    prefixes = [prompts[members[0]][:n] for n, members in groups]
+    prefix_ids, prefix_mask, cache, _ = prefill_cache(model, prefixes, pad_id, device, name)
     # A prompt in no group takes some group's cached rows, all masked out for it.
     rows = torch.tensor(group_of, device=device)
     cache.batch_select_indices(rows)
@@ -125,6 +116,25 @@ def prompt_inputs(model, prompts: list[list[int]], pad_id: int, device) -> dict:
         attention_mask=torch.cat([prefix_mask[rows] * in_group, suffix_mask], dim=1),
         **{name: cache},
     )
+
+
+def prefill_cache(model, prompts: list[list[int]], pad_id: int, device, cache_name: str):
+    """`prompts`, left-padded, run into a fresh KV cache: (ids, mask, cache, the logits of each prompt's last
+    token). The position ids skip the padding, so each row is computed as if it ran alone. `cache_name` is
+    `cache_kwarg(model)`, which callers look up once for this call and the ones that continue the cache."""
+    from transformers import DynamicCache
+
+    ids, mask = pad_batch(prompts, pad_id, device)
+    cache = DynamicCache()
+    last = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+        **{cache_name: cache},
+        use_cache=True,
+        logits_to_keep=1,  # left padding puts every prompt's last token here: it predicts the first response token
+    ).logits
+    return ids, mask, cache, last
 
 
 def cache_kwarg(model) -> str:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ple.errors import PLEError
-from ple.generation import cache_kwarg, pad_batch
+from ple.generation import cache_kwarg, pad_batch, prefill_cache
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -189,22 +189,12 @@ def shared_prompt_logprobs(model, prompts: list[list[int]], response_sets: list[
     in one forward pass and reused by both continuations; gradients flow back through them, so the
     losses and their gradients equal those of the separate sequences. Results are ordered set by set.
     """
-    from transformers import DynamicCache
-
     from ple.losses import IGNORE_INDEX, sequence_logprobs
 
     device = next(model.parameters()).device
     k = len(response_sets)
-    prompt_ids, prompt_mask = pad_batch(prompts, pad_id, device)
-    cache, name = DynamicCache(), cache_kwarg(model)
-    last = model(
-        input_ids=prompt_ids,
-        attention_mask=prompt_mask,
-        position_ids=(prompt_mask.cumsum(-1) - 1).clamp(min=0),
-        **{name: cache},
-        use_cache=True,
-        logits_to_keep=1,  # left padding puts every prompt's last token here: it predicts the first response token
-    ).logits
+    name = cache_kwarg(model)
+    _, prompt_mask, cache, last = prefill_cache(model, prompts, pad_id, device, name)
     cache.batch_repeat_interleave(k)  # row i * k + j continues prompt i with response_sets[j][i]
     responses = [response_sets[j][i] for i in range(len(prompts)) for j in range(k)]
     response_ids, response_mask = pad_batch(responses, pad_id, device, side="right")
