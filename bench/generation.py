@@ -22,7 +22,7 @@ import torch
 import transformers
 from common import ALL_PROMPTS, PRINCIPLE, model_path
 
-from ple.generation import encode_prompts, generate, prefill_groups
+from ple.generation import generate, prefill_groups
 from ple.model import load_causal_lm, load_tokenizer
 from ple.principles import PromptBuilder
 
@@ -55,8 +55,7 @@ def main() -> int:
     rows = []
     for n in args.prompts:
         queries = ALL_PROMPTS[:n]
-        texts = [builder.render(q) for q in queries] + [builder.render(q, guided=True) for q in queries]
-        ids = encode_prompts(tokenizer, texts, not builder.chat, 512)
+        ids = builder.encode(queries, False, 512)[0] + builder.encode(queries, True, 512)[0]
         generate(model, tokenizer, ids, max_new_tokens=4)  # warm-up at this batch's shapes
         runs = []
         for repeat in range(args.repeats):

@@ -120,3 +120,57 @@ def test_a_finished_trl_baseline_is_not_retrained(tmp_path, tiny_chat_model, que
     config = load_config(overrides=tiny_config(tiny_chat_model, queries_file, tmp_path / "rloo", reward, method="rloo"))
     assert make_trainer(config).train(resume=True) == final
     assert (final / "adapter_model.safetensors").stat().st_mtime_ns == stamp
+
+
+class _Stop(Exception):
+    """Raised by a stand-in TRL trainer once it has seen what it was given."""
+
+
+@pytest.mark.parametrize("method, trainer_name", [("dpo", "DPOTrainer"), ("rloo", "RLOOTrainer")])
+def test_trl_baselines_get_the_configs_learning_rate_beta_and_warm_up(
+    method, trainer_name, tmp_path, tiny_chat_model, queries_file, reward_module, sft_file, monkeypatch
+):
+    """TRL receives the run's learning rate, KL beta and clipping, and, with sft_epochs > 0, the warmed-up adapter
+    (which TRL copies as its reference)."""
+    import trl
+    from safetensors.torch import load_file
+
+    seen = {}
+
+    class Capture:
+        def __init__(self, model, args, **kwargs):
+            seen["args"] = args
+            seen["lora_B"] = {n: p.detach().clone() for n, p in model.named_parameters() if "lora_B" in n}
+            raise _Stop
+
+    monkeypatch.setattr(trl, trainer_name, Capture)
+    out = tmp_path / method
+    config = load_config(
+        overrides=tiny_config(
+            tiny_chat_model,
+            queries_file,
+            out,
+            f"{reward_module}:positivity",
+            method=method,
+            iterations=2,
+            queries_per_iteration=6,
+            batch_size=3,
+            learning_rate=3.7e-4,
+            max_grad_norm=0.6,
+            dpo_beta=0.37,
+            rloo_beta=0.021,
+            sft_dataset=str(sft_file),
+            sft_epochs=1,
+        )
+    )
+    with pytest.raises(_Stop):
+        make_trainer(config).train()
+    args = seen["args"]
+    assert (args.learning_rate, args.max_grad_norm, args.seed) == (3.7e-4, 0.6, 0)
+    assert args.beta == (0.37 if method == "dpo" else 0.021)
+    warm = load_file(out / "checkpoints" / "warmup" / "adapter_model.safetensors")
+    warm_b = {k: v for k, v in warm.items() if "lora_B" in k}
+    assert warm_b and any(v.abs().sum() > 0 for v in warm_b.values())
+    trained = {k.replace(".default", ""): v for k, v in seen["lora_B"].items()}
+    assert trained.keys() == warm_b.keys()
+    assert all(torch.equal(trained[k], warm_b[k]) for k in warm_b)

@@ -12,6 +12,8 @@ BASE = {"model": "m", "dataset": "q.jsonl", "principle": "be kind", "reward": "v
 def test_defaults_are_the_papers():
     config = load_config(overrides=BASE)
     assert (config.tau0, config.alpha, config.schedule) == (0.2, 0.9, "exponential")
+    # Lemma 5.2 is one-sided, and the weighted-SFT weights carry the rewards (temperature tau_t).
+    assert (config.negative_gap, config.wsft_temperature) == ("wsft", "auto")
     assert (config.use_lora, config.lora_r, config.lora_alpha, config.lora_target_modules) == (
         True,
         8,
@@ -26,6 +28,8 @@ def test_cli_strings_are_coerced():
     )
     assert config.learning_rate == 1e-4 and config.tau0 == -math.inf
     assert config.use_lora is False and config.iterations == 5
+    assert load_config(overrides={**BASE, **parse_overrides(["wsft_temperature=0.5"])}).wsft_temperature == 0.5
+    assert load_config(overrides={**BASE, **parse_overrides(["wsft_temperature=auto"])}).wsft_temperature == "auto"
 
 
 def test_unknown_key_is_named_with_a_suggestion():
@@ -45,6 +49,20 @@ def test_unknown_key_is_named_with_a_suggestion():
         ({"tau0": float("nan")}, "tau0 must be a number"),
         ({"model": None}, "model is required"),
         ({"merge_lora": True, "use_lora": False}, "merge_lora needs use_lora"),
+        ({"wsft_temperature": 0}, "wsft_temperature must be auto or a number > 0, got 0.0"),
+        ({"wsft_temperature": "hot"}, "wsft_temperature must be auto or a number > 0, got 'hot'"),
+        (
+            {"method": "raft", "queries_per_iteration": 5, "raft_k": 4},
+            "2\\*queries_per_iteration=10 must be a multiple",
+        ),
+        (
+            {"method": "rloo", "queries_per_iteration": 5, "iterations": 3, "batch_size": 4},
+            "queries_per_iteration\\*iterations=15 must be a multiple",
+        ),
+        (
+            {"method": "dpo", "sft_epochs": 1, "sft_dataset": "s.jsonl", "use_lora": False},
+            "method=dpo with sft_epochs > 0 needs use_lora: true",
+        ),
     ],
 )
 def test_bad_values_and_inconsistent_combinations(override, message):
@@ -56,6 +74,7 @@ def test_method_presets_reach_every_ablation():
     assert load_config(overrides={**BASE, "method": "ple-rank-only"}).sft_coef == 0
     assert load_config(overrides={**BASE, "method": "ple-wsft-only"}).rank_coef == 0
     assert load_config(overrides={**BASE, "method": "ple-no-decay"}).schedule == "constant"
+    assert load_config(overrides={**BASE, "method": "ple-symmetric"}).negative_gap == "rank"
     rlcd = load_config(overrides={**BASE, "method": "rlcd"})
     assert rlcd.tau0 == -math.inf and rlcd.schedule == "constant"
     distill = load_config(overrides={**BASE, "reward": None, "method": "distill"})

@@ -5,7 +5,6 @@ import torch
 
 from ple.generation import (
     decode_step_matmuls,
-    encode_prompts,
     generate,
     inverse_cdf_sample,
     pad_batch,
@@ -63,7 +62,7 @@ def test_generate_samples_the_models_tempered_distribution(tiny_chat_model):
 
     tokenizer = load_tokenizer(tiny_chat_model)
     model = load_causal_lm(tiny_chat_model).eval()
-    prompt = encode_prompts(tokenizer, ["hello there"], True, 32)[0]
+    prompt = tokenizer("hello there")["input_ids"]
     ids, mask = pad_batch([prompt], tokenizer.pad_token_id, "cpu")
     with torch.no_grad():
         probs = torch.softmax(model(input_ids=ids, attention_mask=mask).logits[0, -1] / 0.1, dim=-1).double()
@@ -85,7 +84,7 @@ def test_top_k_one_samples_the_greedy_answer(tiny_chat_model):
 
     tokenizer = load_tokenizer(tiny_chat_model)
     model = load_causal_lm(tiny_chat_model).eval()
-    prompts = encode_prompts(tokenizer, ["hello there", "a much longer prompt than that"], True, 32)
+    prompts = tokenizer(["hello there", "a much longer prompt than that"])["input_ids"]
     greedy = generate(model, tokenizer, prompts, max_new_tokens=8, temperature=0)
     torch.manual_seed(1)
     sampled = generate(model, tokenizer, prompts, max_new_tokens=8, temperature=1.3, top_k=1)

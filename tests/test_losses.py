@@ -3,7 +3,16 @@ import math
 import pytest
 import torch
 
-from ple.losses import IGNORE_INDEX, assign_branch, rank_loss, sequence_logprobs, sft_weights, weighted_sft_loss
+from ple.losses import (
+    IGNORE_INDEX,
+    assign_branch,
+    ple_loss,
+    rank_loss,
+    sequence_logprobs,
+    sft_weights,
+    weighted_sft_loss,
+    wsft_temperature,
+)
 
 
 def test_sequence_logprobs_counts_only_response_tokens():
@@ -94,6 +103,8 @@ def test_weighted_sft_loss_by_hand():
 @pytest.mark.parametrize(
     "gap, negative_gap, expected",
     [
+        (0.5, "wsft", ("rank", "guided")),
+        (-0.5, "wsft", ("wsft", None)),  # the default is one-sided: a clear win of y is not ranked
         (0.5, "rank", ("rank", "guided")),
         (0.2, "rank", ("wsft", None)),  # |gap| <= tau is a tie
         (0.0, "rank", ("wsft", None)),
@@ -119,3 +130,58 @@ def test_minus_infinite_tau_ranks_every_finite_gap():
 def test_infinite_tau_sends_everything_to_wsft():
     for gap in (-5.0, 0.0, 3.0):
         assert assign_branch(gap, math.inf) == ("wsft", None)
+
+
+def test_the_default_branch_rule_is_one_sided():
+    assert assign_branch(-0.5, 0.2) == ("wsft", None)
+    assert assign_branch(0.5, 0.2) == ("rank", "guided")
+
+
+def test_auto_temperature_is_tau_so_a_gap_at_the_threshold_weighs_sigmoid_one():
+    assert wsft_temperature("auto", 0.18) == 0.18
+    assert wsft_temperature(0.7, 0.18) == 0.7
+    w_p, w = sft_weights(torch.tensor([0.3 + 0.18]), torch.tensor([0.3]), wsft_temperature("auto", 0.18))
+    assert w_p.item() == pytest.approx(1 / (1 + math.exp(-1))) and w.item() == pytest.approx(1 / (1 + math.e))
+    # tau = 0 or RLCD's -inf is floored to a tiny positive temperature: finite weights that pick the better answer.
+    for tau in (0.0, -math.inf):
+        w_p, w = sft_weights(torch.tensor([0.2]), torch.tensor([0.1]), wsft_temperature("auto", tau))
+        assert w_p.item() == pytest.approx(1.0) and w.item() == pytest.approx(0.0)
+    w_p, w = sft_weights(torch.tensor([0.2]), torch.tensor([0.1]), wsft_temperature("auto", math.inf))
+    assert w_p.item() == w.item() == 0.5
+
+
+def test_ple_loss_by_hand():
+    # Two queries. log p(y_p|x) = -2 over 2 tokens, log p(y|x) = -6 over 3 tokens (l_p = -1, l = -2), and the
+    # reverse for the second. Query 0 is ranked (y_p wins), query 1 is in weighted SFT with s_p = 0.1, s = 0.4.
+    sum_p, n_p = torch.tensor([-2.0, -6.0]), torch.tensor([2, 3])
+    sum_y, n_y = torch.tensor([-6.0, -2.0]), torch.tensor([3, 2])
+    s_p, s = torch.tensor([0.9, 0.1]), torch.tensor([0.1, 0.4])
+    is_rank, guided_wins = torch.tensor([True, False]), torch.tensor([True, False])
+    out = ple_loss(sum_p, n_p, sum_y, n_y, s_p, s, is_rank, guided_wins, margin=1.5, temperature=0.2, rank_coef=2.0)
+    # rank: 2 * max(0, 1.5 - (-1 - -2)) = 1.0
+    assert out["rank_loss"][0].item() == pytest.approx(0.5)
+    # wsft: w_p = 1 / (1 + e^((0.4 - 0.1) / 0.2)), loss = (w_p * 6 + w * 2) / (w_p * 3 + w * 2)
+    w_p = 1 / (1 + math.exp(1.5))
+    wsft = (w_p * 6 + (1 - w_p) * 2) / (w_p * 3 + (1 - w_p) * 2)
+    assert out["wsft_loss"][1].item() == pytest.approx(wsft)
+    assert out["loss"].tolist() == pytest.approx([1.0, wsft])
+    assert math.isnan(out["rank_loss"][1].item()) and math.isnan(out["wsft_loss"][0].item())
+
+    # The symmetric variant's winner is y; logistic loss with an extra NLL on the winner; all weight on y_p.
+    out = ple_loss(
+        sum_p,
+        n_p,
+        sum_y,
+        n_y,
+        s_p,
+        s,
+        torch.tensor([True, True]),
+        torch.tensor([True, False]),
+        rank_kind="logistic",
+        beta=3.0,
+        rank_sft_coef=0.5,
+    )
+    # query 1: winner y (l = -1), loser y_p (l = -2): -log sigmoid(3 * 1) - 0.5 * -1
+    assert out["loss"][1].item() == pytest.approx(math.log(1 + math.exp(-3.0)) + 0.5)
+    out = ple_loss(sum_p, n_p, sum_y, n_y, s_p, s, torch.tensor([False, False]), guided_wins, all_weight_on_guided=True)
+    assert out["loss"].tolist() == pytest.approx([1.0, 2.0])  # the mean token NLL of y_p

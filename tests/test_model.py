@@ -97,9 +97,10 @@ def test_shared_prompt_logprobs_and_gradients_equal_separate_sequences(tiny_chat
 
 def test_a_process_with_no_prompts_samples_nothing(tiny_chat_model):
     """More processes than queries leaves one with no prompts; it still takes part, with empty results."""
-    from ple.generation import encode_prompts, generate
+    from ple.generation import generate
     from ple.model import load_causal_lm, load_tokenizer
+    from ple.principles import PromptBuilder
 
     tokenizer = load_tokenizer(tiny_chat_model)
-    assert encode_prompts(tokenizer, [], True, 16) == []
+    assert PromptBuilder(tokenizer, "be kind").encode([], True, 16) == ([], 0)
     assert generate(load_causal_lm(tiny_chat_model), tokenizer, [], max_new_tokens=4) == []

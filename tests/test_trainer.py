@@ -62,7 +62,8 @@ def test_two_iterations_end_to_end(tmp_path, tiny_chat_model, queries_file, rewa
         assert row["principle_prompt"].startswith("<|system|> be good and great and wonderful")
         assert "be good" not in row["prompt"]
         assert row["gap"] == pytest.approx(row["s_p"] - row["s"])
-        assert (row["branch"], row["winner"]) == assign_branch(row["gap"], row["tau"], "rank")
+        assert (row["branch"], row["winner"]) == assign_branch(row["gap"], row["tau"], "wsft")
+        assert row["winner"] != "plain"  # one-sided by default: a clear win of y is weighted SFT, not ranked
     for m in metrics:
         mine = [r for r in rows if r["iteration"] == m["iteration"]]
         for branch in ("rank", "wsft", "skip"):
@@ -70,6 +71,8 @@ def test_two_iterations_end_to_end(tmp_path, tiny_chat_model, queries_file, rewa
             assert m[f"frac_{branch}"] == pytest.approx(m[f"n_{branch}"] / len(mine))
         assert m["mean_s"] == pytest.approx(sum(r["s"] for r in mine) / len(mine))
         assert m["optimizer_steps"] == math.ceil((6 - m["n_skip"]) / 4)
+        assert m["n_trained"] == 6 - m["n_skip"] and m["n_truncated_prompts"] == 0
+        assert m["wsft_temperature"] == m["tau"]  # auto
     assert (out / "config.yaml").is_file() and (out / "final" / "adapter_model.safetensors").is_file()
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["iter_000", "iter_001"]
 
@@ -84,13 +87,14 @@ def test_query_order_walks_passes_and_wraps():
     assert query_order(5, 0, 7, seed=1, shuffle=False) == [0, 1, 2, 3, 4, 0, 1]
 
 
-def test_resume_matches_uninterrupted_run(tmp_path, tiny_chat_model, queries_file, reward_module, monkeypatch):
+@pytest.mark.parametrize("scaling", ["raw", "standardized"])
+def test_resume_matches_uninterrupted_run(tmp_path, tiny_chat_model, queries_file, reward_module, monkeypatch, scaling):
     reward = f"{reward_module}:positivity"
     full = tmp_path / "full"
-    run(tiny_config(tiny_chat_model, queries_file, full, reward, iterations=3))
+    run(tiny_config(tiny_chat_model, queries_file, full, reward, iterations=3, reward_scaling=scaling))
 
     killed = tmp_path / "killed"
-    config = tiny_config(tiny_chat_model, queries_file, killed, reward, iterations=3)
+    config = tiny_config(tiny_chat_model, queries_file, killed, reward, iterations=3, reward_scaling=scaling)
     original = PLETrainer.iteration
 
     def kill_at_2(self, t):
@@ -113,8 +117,10 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_chat_model, queries_fil
     resumed = run(config, resume=True)
 
     a, b = read_metrics(full), read_metrics(killed)
-    keys = ("iteration", "tau", "n_rank", "n_wsft", "n_skip", "mean_s", "mean_s_p")
+    keys = ("iteration", "tau", "n_rank", "n_wsft", "n_skip", "mean_s", "mean_s_p", "reward_scale", "mean_gap")
     assert [[m[k] for k in keys] for m in a] == [[m[k] for k in keys] for m in b]
+    if scaling == "standardized":  # the running std carried over the kill, not restarted from iteration 2's rewards
+        assert len({m["reward_scale"] for m in b}) == 3
     rows_a, rows_b = read_rows(full), read_rows(killed)
     assert [(r["index"], r["y"], r["y_p"]) for r in rows_a] == [(r["index"], r["y"], r["y_p"]) for r in rows_b]
     from safetensors.torch import load_file
@@ -173,11 +179,13 @@ def test_partly_missing_rewards_are_counted(tmp_path, tiny_chat_model, queries_f
     [
         {"rank_loss": "logistic", "rank_sft_coef": 0.5, "negative_gap": "skip"},
         {"schedule": "quantile", "tau_quantile": 0.5, "reward_scaling": "standardized"},
-        {"negative_gap": "wsft", "epochs_per_iteration": 2, "wsft_temperature": 0.5},
+        {"negative_gap": "rank", "epochs_per_iteration": 2, "wsft_temperature": 0.5},
+        {"method": "ple-symmetric"},
         {"use_lora": False, "learning_rate": 1e-3},
         {"method": "rlcd"},
         {"method": "ple-wsft-only"},
         {"generation_batch_size": 5, "temperature": 0.0},
+        {"max_prompt_tokens": 14},
     ],
 )
 def test_options_follow_the_spec(tmp_path, tiny_chat_model, queries_file, reward_module, track_params, options):
@@ -191,6 +199,7 @@ def test_options_follow_the_spec(tmp_path, tiny_chat_model, queries_file, reward
     for row in rows:
         assert row["gap"] == pytest.approx((row["s_p"] - row["s"]) / m["reward_scale"])
         assert (row["branch"], row["winner"]) == assign_branch(row["gap"], row["tau"], config.negative_gap)
+    assert (m["n_truncated_prompts"] > 0) == (config.max_prompt_tokens == 14)
     if config.schedule == "quantile":
         import numpy as np
 
@@ -206,7 +215,7 @@ def test_options_follow_the_spec(tmp_path, tiny_chat_model, queries_file, reward
     if m["loss"] != 0:
         assert changed
     if config.rank_coef * m["n_rank"] + config.sft_coef * m["n_wsft"] == 0:  # no pair in a branch the method keeps
-        assert not changed and m["loss"] == 0
+        assert not changed and m["loss"] is None and m["n_trained"] == 0
 
 
 def test_rank_only_ignores_wsft_pairs(tmp_path, tiny_chat_model, queries_file, track_params):
@@ -216,18 +225,27 @@ def test_rank_only_ignores_wsft_pairs(tmp_path, tiny_chat_model, queries_file, t
     out = tmp_path / "run"
     trainer = run(tiny_config(tiny_chat_model, queries_file, out, f"{reward}:f", iterations=1, method="ple-rank-only"))
     (m,) = read_metrics(out)
-    assert m["n_wsft"] == 6 and m["loss"] == 0
+    assert m["n_wsft"] == 6 and m["n_trained"] == 0 and m["optimizer_steps"] == 0 and m["loss"] is None
     params = dict(trainer.model.named_parameters())
     assert all(torch.equal(p0, params[n]) for n, p0 in trainer.initial.items())
 
 
 def test_context_distillation_needs_no_reward(tmp_path, tiny_chat_model, queries_file, track_params):
+    from ple.baselines import make_trainer
+
     out = tmp_path / "run"
-    trainer = run(tiny_config(tiny_chat_model, queries_file, out, None, iterations=1, method="distill"))
+    trainer = make_trainer(
+        load_config(overrides=tiny_config(tiny_chat_model, queries_file, out, None, method="distill"))
+    )
+    trainer.train()
     rows = read_rows(out)
-    assert all(r["branch"] == "wsft" and r["s"] is None for r in rows)
+    # No y is needed, so each iteration draws y_p for 2 * 6 queries: PLE's 12 samples, and no reward at all.
+    assert len(rows) == 24 and all(
+        set(r) == {"iteration", "index", "query", "prompt", "principle_prompt", "y_p"} for r in rows
+    )
+    assert [r["index"] for r in rows] == query_order(12, 0, 24, seed=0)
     budget = json.loads((out / "budget.json").read_text())
-    assert budget["samples"] == 12 and budget["reward_calls"] == 0  # PLE's samples, and no reward at all
+    assert budget["samples"] == 24 and budget["reward_calls"] == 0
     params = dict(trainer.model.named_parameters())
     assert all(not torch.equal(p0, params[n]) for n, p0 in trainer.initial.items())
 

@@ -11,8 +11,11 @@ Every baseline that samples draws the same number over the run, from the same qu
         (HH); otherwise they are built once from 2 base-model samples for each of Q * iterations
         queries, the higher reward chosen (the DPO paper's IMDb setup).
 - rloo: TRL's RLOOTrainer, online, 2 samples for each of Q * iterations queries.
+- distill: context distillation, SFT on (plain x -> y_p) for 2 * Q queries per iteration (no y, no reward).
 
-distill and rlcd are presets of the PLE trainer (ple.config.METHOD_PRESETS).
+Every method gets the same SFT warm-up when sft_epochs > 0; for dpo and rloo TRL's reference model is
+then a copy of the warmed-up adapter. rlcd and the ple-* ablations are presets of the PLE trainer
+(ple.config.METHOD_PRESETS).
 """
 
 import json
@@ -29,6 +32,7 @@ from ple.errors import PLEError
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from ple.progress import Progress
 from ple.trainer import (
+    WARMUP,
     PLETrainer,
     iteration_seed,
     mean_of_known,
@@ -40,7 +44,13 @@ from ple.trainer import (
 
 def make_trainer(config: Config, reward_fn=None) -> PLETrainer:
     """The trainer for config.method."""
-    trainers = {"sft": SFTBaseline, "raft": RaftTrainer, "dpo": DPOBaseline, "rloo": RLOOBaseline}
+    trainers = {
+        "sft": SFTBaseline,
+        "raft": RaftTrainer,
+        "distill": DistillTrainer,
+        "dpo": DPOBaseline,
+        "rloo": RLOOBaseline,
+    }
     return trainers.get(config.method, PLETrainer)(config, reward_fn)
 
 
@@ -58,7 +68,7 @@ class SFTBaseline(PLETrainer):
         started = time.perf_counter()
         n = samples_per_iteration(config)
         rows = [self.sft_set[i] for i in query_order(len(self.sft_set), t, n, config.seed, config.shuffle)]
-        examples = self.sft_examples([self.builder.render(r["prompt"]) for r in rows], [r["response"] for r in rows])
+        examples = self.sft_examples([r["prompt"] for r in rows], [r["response"] for r in rows])
         stats = self.train_sft(
             examples, config.epochs_per_iteration, np.random.default_rng([config.seed, t + 2]), "SFT"
         )
@@ -86,13 +96,13 @@ class RaftTrainer(PLETrainer):
         k = config.raft_k
         torch.manual_seed(iteration_seed(config.seed, t))
         started = time.perf_counter()
-        n_queries = max(1, samples_per_iteration(config) // k)
+        n_queries = samples_per_iteration(config) // k  # config.validate: k divides it
         indices = query_order(len(self.queries), t, n_queries, config.seed, config.shuffle)
         rows = [self.queries[i] for i in indices]
 
         mine = self.dist.shard(list(range(len(rows))))
         my_rows = [rows[i] for i in mine for _ in range(k)]
-        samples, _, gen_stats = self.sample([self.builder.render(r["prompt"]) for r in my_rows])
+        samples, gen_stats = self.sample(self.encode([r["prompt"] for r in my_rows]))
         scores, score_seconds = self.score_rows(my_rows, [x.text for x in samples])
         gathered = sorted(self.dist.gather(list(zip(mine, _chunks(samples, k), _chunks(scores, k)))))
         gen_stats = merge_generation_stats(self.dist.gather([gen_stats]))
@@ -144,6 +154,58 @@ class RaftTrainer(PLETrainer):
         )
 
 
+class DistillTrainer(PLETrainer):
+    """Context distillation: SFT on (plain x -> y_p), y_p ~ pi(.|p + x), with no reward at all. It needs no y, so
+    under the equal-sample budget it draws y_p for 2 * queries_per_iteration queries."""
+
+    def iteration(self, t: int) -> dict[str, Any]:
+        config = self.config
+        torch.manual_seed(iteration_seed(config.seed, t))
+        started = time.perf_counter()
+        self.truncated_prompts = 0
+        indices = query_order(len(self.queries), t, samples_per_iteration(config), config.seed, config.shuffle)
+        rows = [self.queries[i] for i in indices]
+
+        mine = self.dist.shard(list(range(len(rows))))
+        queries = [rows[i]["prompt"] for i in mine]
+        samples, gen_stats = self.sample(self.encode(queries, guided=True))
+        gathered = sorted(self.dist.gather(list(zip(mine, self.encode(queries), samples))), key=lambda r: r[0])
+        gen_stats = merge_generation_stats(self.dist.gather([gen_stats]))
+        examples = [(plain_ids, y_p.response_ids) for _, plain_ids, y_p in gathered]
+        stats = self.train_sft(
+            examples, config.epochs_per_iteration, np.random.default_rng([config.seed, t + 2]), "training"
+        )
+
+        generation_rows = [
+            {
+                "iteration": t,
+                "index": indices[i],
+                "query": rows[i]["prompt"],
+                "prompt": self.builder.render(rows[i]["prompt"]),
+                "principle_prompt": self.builder.render(rows[i]["prompt"], True),
+                "y_p": y_p.text,
+            }
+            for i, _, y_p in gathered
+        ]
+        metrics = {
+            "iteration": t,
+            "queries": len(rows),
+            "n_truncated_prompts": sum(self.dist.gather([self.truncated_prompts])),
+            "samples": len(rows),
+            "reward_calls": 0,
+            **gen_stats,
+            **stats,
+            "seconds": time.perf_counter() - started,
+        }
+        self._write_iteration(t, generation_rows, metrics)
+        return metrics
+
+    def summary_line(self, m: dict) -> str:
+        return (
+            f"iter {m['iteration']}: SFT on y_p of {m['queries']} queries, loss={_fmt(m['loss'])} {m['seconds']:.1f}s"
+        )
+
+
 class _TRLBaseline(PLETrainer):
     """A baseline trained by a TRL trainer on the policy PLE would train (same LoRA, optimiser settings and
     seed). A killed run restarts its TRL training; work cached in the run directory (DPO's pairs) is kept."""
@@ -156,10 +218,13 @@ class _TRLBaseline(PLETrainer):
             raise PLEError(
                 f"method={self.config.method} runs in one process without DeepSpeed; launch it with plain python"
             )
-        self._prepare_run_dir(resume)
+        start = self._prepare_run_dir(resume)
         started = time.perf_counter()
         with Progress(total=1, description=self.config.method) as progress:
             self.progress = progress
+            if start == WARMUP:  # as every method gets it; TRL's reference is then a copy of the warmed-up adapter
+                self.sft_warmup()
+                self._checkpoint(WARMUP)
             budget = self.run_trl()
             progress.advance()
         for name in list(getattr(self.model, "peft_config", {})):
@@ -243,7 +308,8 @@ class DPOBaseline(_TRLBaseline):
                 raise PLEError("dpo needs a reward to rank base-model samples (or data with chosen/rejected)")
             torch.manual_seed(iteration_seed(self.config.seed, 0))
             texts = [self.builder.render(r["prompt"]) for r in rows]
-            samples, _, stats = self.sample(texts + texts)
+            ids = self.encode([r["prompt"] for r in rows])
+            samples, stats = self.sample(ids + ids)
             scores, _ = self.score_rows(rows + rows, [x.text for x in samples])
             n = len(rows)
             pairs = []

@@ -30,6 +30,8 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "ple-rank-only": {"sft_coef": 0.0},
     "ple-wsft-only": {"rank_coef": 0.0},
     "ple-no-decay": {"schedule": "constant"},
+    # Symmetric ranking: a clear win of the plain answer is ranked too (y over y_p), instead of weighted SFT.
+    "ple-symmetric": {"negative_gap": "rank"},
     # RLCD: always rank the guided answer over the plain one, whatever the reward says.
     "rlcd": {"schedule": "constant", "tau0": -math.inf},
     # Context distillation: SFT on (plain query -> guided answer), no reward at all.
@@ -171,9 +173,11 @@ class Config:
     alpha: float = _f(0.9, "Decay factor of the exponential schedule.", section="algorithm")
     tau_quantile: float = _f(0.5, "Quantile q of the quantile schedule.", section="algorithm")
     negative_gap: str = _f(
-        "rank",
-        "When the plain answer wins by more than tau: rank it over the guided one, treat the pair as a tie, or skip.",
-        ("rank", "wsft", "skip"),
+        "wsft",
+        "When the plain answer wins by more than tau: weighted SFT on both, whose weights favour the plain answer "
+        "(the paper's one-sided rule, Lemma 5.2), rank the plain answer over the guided one (method ple-symmetric), "
+        "or skip the pair.",
+        ("wsft", "rank", "skip"),
         "algorithm",
     )
     rank_loss: str = _f(
@@ -187,8 +191,11 @@ class Config:
     rank_coef: float = _f(1.0, "Weight of the ranking term (0 = weighted-SFT only).", section="algorithm")
     sft_coef: float = _f(1.0, "Weight of the weighted-SFT term (0 = rank only).", section="algorithm")
     rank_sft_coef: float = _f(0.0, "Extra NLL on the winner of a ranked pair.", section="algorithm")
-    wsft_temperature: float = _f(
-        1.0, "Temperature of the softmax over [s_p, s] that weights the SFT term.", section="algorithm"
+    wsft_temperature: float | str = _f(
+        "auto",
+        "Temperature T of the softmax over [s_p, s] / T that weights the SFT term. auto: T = tau_t, so a gap at "
+        "the threshold weighs 0.73 against 0.27; a number fixes T.",
+        section="algorithm",
     )
     sft_weights: str = _f(
         "reward",
@@ -294,7 +301,11 @@ class Config:
         need(0 < self.alpha <= 1, f"alpha must be in (0, 1], got {self.alpha}")
         need(0 <= self.tau_quantile <= 1, f"tau_quantile must be in [0, 1], got {self.tau_quantile}")
         need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
-        need(self.wsft_temperature > 0, f"wsft_temperature must be > 0, got {self.wsft_temperature}")
+        need(
+            self.wsft_temperature == "auto"
+            or (not isinstance(self.wsft_temperature, str) and self.wsft_temperature > 0),
+            f"wsft_temperature must be auto or a number > 0, got {self.wsft_temperature!r}",
+        )
         need(self.beta > 0, f"beta must be > 0, got {self.beta}")
         need(self.rank_coef > 0 or self.sft_coef > 0, "rank_coef and sft_coef are both 0: nothing would be trained")
         need(
@@ -312,6 +323,24 @@ class Config:
         need(
             0 < self.vllm_gpu_memory_utilization < 1,
             f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}",
+        )
+        # Equal budgets (ple.baselines): refuse the numbers that the baselines' sample counts cannot match.
+        need(
+            self.method != "raft" or (2 * self.queries_per_iteration) % self.raft_k == 0,
+            f"method=raft draws raft_k={self.raft_k} answers for each of 2*queries_per_iteration/raft_k queries; "
+            f"2*queries_per_iteration={2 * self.queries_per_iteration} must be a multiple of raft_k for PLE's budget",
+        )
+        prompts_per_step = self.batch_size * self.gradient_accumulation_steps
+        need(
+            self.method != "rloo" or (self.queries_per_iteration * self.iterations) % prompts_per_step == 0,
+            f"method=rloo takes batch_size*gradient_accumulation_steps={prompts_per_step} prompts per step; "
+            f"queries_per_iteration*iterations={self.queries_per_iteration * self.iterations} must be a multiple "
+            "of it for PLE's budget",
+        )
+        need(
+            self.method not in ("dpo", "rloo") or self.sft_epochs == 0 or self.use_lora,
+            f"method={self.method} with sft_epochs > 0 needs use_lora: true (TRL's reference model is then a copy "
+            "of the warmed-up adapter; without LoRA it would be the un-warmed base model)",
         )
         need(self.dpo_beta > 0, f"dpo_beta must be > 0, got {self.dpo_beta}")
         need(self.rloo_beta >= 0, f"rloo_beta must be >= 0, got {self.rloo_beta}")
@@ -345,6 +374,11 @@ def _coerce(name: str, value: Any) -> Any:
             value = yaml.safe_load(value)  # --set reward='[vader, {name: m:f, weight: 2}]'
         except yaml.YAMLError:
             raise PLEError(f"{name}={value!r} is not a valid YAML list or mapping") from None
+    if isinstance(value, str) and str in allowed and float in allowed:
+        try:
+            return float(value)  # wsft_temperature=0.5 from the CLI; 'auto' stays text
+        except ValueError:
+            pass
     if isinstance(value, str) and str not in allowed:
         parsed = yaml.safe_load(value) if value.strip() else value
         if isinstance(parsed, str) and float in allowed:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ple.generation import encode_prompts, generate
+from ple.generation import generate
 from ple.model import response_logprobs
 
 Rows = Sequence[dict[str, Any]]
@@ -23,9 +23,7 @@ def generate_rows(
     model, tokenizer, builder, prompts: list, config, guided: bool = False, progress=None, phase: str = "generating"
 ) -> list[dict]:
     """One completion per prompt (plain by default), with the token ids kept for perplexity."""
-    ids = encode_prompts(
-        tokenizer, [builder.render(p, guided) for p in prompts], not builder.chat, config.max_prompt_tokens
-    )
+    ids, _ = builder.encode(prompts, guided, config.max_prompt_tokens)
     batch = config.generation_batch_size or 64
     if progress is not None:
         progress.phase(phase, total=-(-len(ids) // batch))

@@ -15,14 +15,6 @@ class Sample:
     text: str
 
 
-def encode_prompts(tokenizer, prompts: list[str], add_special_tokens: bool, max_tokens: int) -> list[list[int]]:
-    """Token ids of each prompt; overlong prompts keep their last `max_tokens` tokens."""
-    if not prompts:  # a process with no share of the queries
-        return []
-    ids = tokenizer(prompts, add_special_tokens=add_special_tokens)["input_ids"]
-    return [p[-max_tokens:] for p in ids]
-
-
 def _eos_ids(model, tokenizer) -> set[int]:
     eos = model.generation_config.eos_token_id
     eos = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])

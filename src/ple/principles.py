@@ -86,6 +86,45 @@ class PromptBuilder:
             messages = [{"role": "system", "content": system}, *messages]
         return messages
 
+    def encode(self, prompts: list[Prompt], guided: bool, max_tokens: int) -> tuple[list[list[int]], int]:
+        """Token ids of each rendered prompt, and how many had to be cut to `max_tokens`.
+
+        An overlong prompt loses its query's oldest tokens (whole oldest turns first, then the start of the
+        oldest remaining one), never the principle, a system message or the template's tokens.
+        """
+        if not prompts:  # a process with no share of the queries
+            return [], 0
+        ids = self._tokens([self.render(p, guided) for p in prompts])
+        overlong = [i for i, row in enumerate(ids) if len(row) > max_tokens]
+        for i in overlong:
+            ids[i] = self._fit(prompts[i], guided, max_tokens)
+        return ids, len(overlong)
+
+    def _tokens(self, texts: list[str]) -> list[list[int]]:
+        return self.tokenizer(texts, add_special_tokens=not self.chat)["input_ids"]
+
+    def _fit(self, prompt: Prompt, guided: bool, max_tokens: int) -> list[int]:
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+        for _ in range(64):  # each pass drops at least one token; re-tokenising a cut text rarely needs a second
+            shortened = messages[0]["content"] if isinstance(prompt, str) else messages
+            ids = self._tokens([self.render(shortened, guided)])[0]
+            overflow = len(ids) - max_tokens
+            if overflow <= 0:
+                return ids
+            body = [i for i, m in enumerate(messages) if m["role"] != "system" and m["content"]]
+            if not body:
+                break
+            oldest = body[0]
+            content = self.tokenizer(messages[oldest]["content"], add_special_tokens=False)["input_ids"]
+            if len(content) <= overflow and len(body) > 1:
+                del messages[oldest]
+            else:
+                messages[oldest]["content"] = self.tokenizer.decode(content[overflow:]).lstrip()
+        raise PLEError(
+            f"max_prompt_tokens={max_tokens} leaves no room for the query: the {'guided' if guided else 'plain'} "
+            f"prompt's template{' and principle' if guided else ''} alone take {len(ids)} tokens"
+        )
+
     def render(self, prompt: Prompt, guided: bool = False) -> str:
         if self.chat:
             return self.tokenizer.apply_chat_template(

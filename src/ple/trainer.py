@@ -24,9 +24,9 @@ from ple.config import Config, save_config
 from ple.data import load_task_rows, query_rows, sft_rows
 from ple.dist import Dist
 from ple.errors import PLEError
-from ple.generation import encode_prompts, generate
+from ple.generation import generate
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir
-from ple.losses import assign_branch, rank_loss, sft_weights, weighted_sft_loss
+from ple.losses import assign_branch, ple_loss, sft_weights, wsft_temperature
 from ple.model import (
     autocast,
     load_policy,
@@ -108,6 +108,7 @@ class PLETrainer:
             reward_fn = config_reward(config.reward, config, self.device)
         self.reward_fn = reward_fn
         self.reward_std = RunningStd()
+        self.truncated_prompts = 0  # prompts this process cut to max_prompt_tokens in the current iteration
         self.model = self.tokenizer = self.optimizer = None
 
     # ------------------------------------------------------------------ main loop
@@ -149,6 +150,7 @@ class PLETrainer:
         config = self.config
         torch.manual_seed(iteration_seed(config.seed, t))
         started = time.perf_counter()
+        self.truncated_prompts = 0
         indices = query_order(len(self.queries), t, config.queries_per_iteration, config.seed, config.shuffle)
         rows = [self.queries[i] for i in indices]
 
@@ -164,17 +166,18 @@ class PLETrainer:
         scale = self._reward_scale(s + s_p)
         gaps = [None if a is None or b is None else (b - a) / scale for a, b in zip(s, s_p)]
         tau = threshold(t, config.schedule, config.tau0, config.alpha, config.tau_quantile, gaps)
-        if self.reward_fn is None:  # context distillation: every pair is SFT on y_p
-            branches = [("wsft", None)] * len(rows)
-        else:
-            branches = [assign_branch(g, tau, config.negative_gap) for g in gaps]
+        temperature = wsft_temperature(config.wsft_temperature, tau)
+        branches = [assign_branch(g, tau, config.negative_gap) for g in gaps]
 
+        # A query whose branch has coefficient 0 (an ablation) carries no loss, so it is not trained on and not
+        # counted in the step's mean: the ablation keeps the full step size.
+        coefficient = {"rank": config.rank_coef, "wsft": config.sft_coef, "skip": 0.0}
         pairs = [
-            Pair(x_ids, y_p.response_ids, y.response_ids, branch, winner, (a or 0.0) / scale, (b or 0.0) / scale)
+            Pair(x_ids, y_p.response_ids, y.response_ids, branch, winner, a / scale, b / scale)
             for x_ids, y, y_p, a, b, (branch, winner) in zip(plain_ids, plain, guided, s, s_p, branches)
-            if branch != "skip"
+            if coefficient[branch] > 0
         ]
-        train_stats = self.train_on(pairs, t)
+        train_stats = self.train_on(pairs, t, temperature)
 
         generation_rows = [
             {
@@ -195,6 +198,7 @@ class PLETrainer:
             for i, row, y, y_p, a, b, g, (branch, winner) in zip(indices, rows, plain, guided, s, s_p, gaps, branches)
         ]
         counts = {name: sum(b == name for b, _ in branches) for name in ("rank", "wsft", "skip")}
+        larger_weight = self._larger_wsft_weights([(p.s_p, p.s) for p in pairs if p.branch == "wsft"], temperature)
         metrics = {
             "iteration": t,
             "tau": tau,
@@ -204,10 +208,15 @@ class PLETrainer:
             **{f"frac_{k}": v / len(rows) for k, v in counts.items()},
             **{f"n_{k}": v for k, v in counts.items()},
             "n_rank_plain_wins": sum(w == "plain" for _, w in branches),
-            "n_invalid_reward": sum(g is None for g in gaps) if self.reward_fn is not None else 0,
+            "n_trained": len(pairs),
+            "n_invalid_reward": sum(g is None for g in gaps),
+            "n_truncated_prompts": sum(self.dist.gather([self.truncated_prompts])),
             "reward_scale": scale,
+            "wsft_temperature": temperature,
+            "wsft_weight_max_mean": mean_of_known(larger_weight),
+            "wsft_weight_max_min": min(larger_weight, default=None),
             "samples": 2 * len(rows),
-            "reward_calls": 2 * len(rows) if self.reward_fn is not None else 0,
+            "reward_calls": 2 * len(rows),
             **gen_stats,
             "score_seconds": score_seconds,
             **train_stats,
@@ -223,18 +232,23 @@ class PLETrainer:
     # ------------------------------------------------------------------ steps
     def generate_pairs(self, rows: list[dict]):
         """y ~ pi(.|x) and y_p ~ pi(.|p + x) for every query, in one batched call."""
-        texts = [self.builder.render(r["prompt"]) for r in rows] + [
-            self.builder.render(r["prompt"], True) for r in rows
-        ]
-        samples, ids, stats = self.sample(texts)
+        queries = [r["prompt"] for r in rows]
+        plain_ids = self.encode(queries)
+        samples, stats = self.sample(plain_ids + self.encode(queries, guided=True))
         n = len(rows)
-        return samples[:n], samples[n:], ids[:n], stats
+        return samples[:n], samples[n:], plain_ids, stats
 
-    def sample(self, texts: list[str]):
-        """One sampled response per rendered prompt, in one batched call: (samples, prompt ids, stats)."""
+    def encode(self, queries: list, guided: bool = False) -> list[list[int]]:
+        """Prompt ids of the plain (or guided) queries; an overlong one loses its query's oldest tokens, never the
+        principle or the template. This process's cut prompts are counted in truncated_prompts."""
+        ids, truncated = self.builder.encode(queries, guided, self.config.max_prompt_tokens)
+        self.truncated_prompts += truncated
+        return ids
+
+    def sample(self, ids: list[list[int]]):
+        """One sampled response per prompt, in one batched call: (samples, stats)."""
         config = self.config
         self.progress.phase("generating")
-        ids = encode_prompts(self.tokenizer, texts, not self.builder.chat, config.max_prompt_tokens)
         started = time.perf_counter()
         # A process with no prompts (more processes than queries) still enters full_model: gathering the
         # weights under ZeRO-3 is collective.
@@ -260,13 +274,11 @@ class PLETrainer:
                     config.top_k,
                     config.generation_batch_size,
                 )
-        return samples, ids, _generation_stats(samples, time.perf_counter() - started)
+        return samples, _generation_stats(samples, time.perf_counter() - started)
 
     def score_pairs(self, rows: list[dict], plain: list[str], guided: list[str]):
         """s = r(x, y), s_p = r(x, y_p): both against the plain query, in one reward call."""
         n = len(rows)
-        if self.reward_fn is None:  # context distillation: no reward at all
-            return [None] * n, [None] * n, 0.0
         scores, seconds = self.score_rows(rows + rows, plain + guided)
         return scores[:n], scores[n:], seconds
 
@@ -280,15 +292,15 @@ class PLETrainer:
         scores = score(self.reward_fn, [r["prompt"] for r in rows], completions, **columns)
         return scores, time.perf_counter() - started
 
-    def train_on(self, pairs: list[Pair], t: int) -> dict[str, Any]:
-        """epochs_per_iteration passes over this iteration's pairs."""
+    def train_on(self, pairs: list[Pair], t: int, temperature: float) -> dict[str, Any]:
+        """epochs_per_iteration passes over this iteration's pairs; the weighted-SFT softmax at `temperature`."""
         config = self.config
         totals = {"loss": [], "rank_loss": [], "wsft_loss": []}
         tokens = 0
 
         def micro_loss(micro: list[Pair], step: list[Pair]) -> torch.Tensor:
             nonlocal tokens
-            losses, n_tokens = self.pair_losses(micro or step[:1])
+            losses, n_tokens = self.pair_losses(micro or step[:1], temperature)
             if not micro:  # idle under ZeRO: the computation of a real micro-batch, at zero weight
                 return losses["loss"].sum() * 0.0
             tokens += n_tokens
@@ -311,57 +323,54 @@ class PLETrainer:
             "train_tokens_per_s": sum(self.dist.gather([tokens])) / max(seconds, 1e-9),
         }
 
-    def pair_losses(self, pairs: list[Pair]) -> tuple[dict[str, torch.Tensor], int]:
-        """Per-query losses of a micro-batch: l(y_p|x) and l(y|x), with x run once for both."""
+    def pair_losses(self, pairs: list[Pair], temperature: float) -> tuple[dict[str, torch.Tensor], int]:
+        """Per-query losses of a micro-batch (ple.losses.ple_loss): l(y_p|x) and l(y|x), with x run once for both."""
         config = self.config
-        prompts = [p.prompt_ids for p in pairs]
         with autocast(config.dtype, self.device):
             sum_logp, n_tokens = shared_prompt_logprobs(
                 self.train_model,
-                prompts,
+                [p.prompt_ids for p in pairs],
                 [[p.guided_ids for p in pairs], [p.plain_ids for p in pairs]],
                 self.tokenizer.pad_token_id,
             )
-        n = len(pairs)
-        logp_g, logp_y = sum_logp[:n], sum_logp[n:]
-        n_g, n_y = n_tokens[:n].clamp(min=1), n_tokens[n:].clamp(min=1)
-        mean_g, mean_y = logp_g / n_g, logp_y / n_y
-
-        device = sum_logp.device
-        guided_wins = torch.tensor([p.winner == "guided" for p in pairs], device=device)
-        mean_w, mean_l = torch.where(guided_wins, mean_g, mean_y), torch.where(guided_wins, mean_y, mean_g)
-        rank_term = (
-            rank_loss(mean_w, mean_l, config.rank_loss, config.margin, config.beta) - config.rank_sft_coef * mean_w
+        n, device = len(pairs), sum_logp.device
+        losses = ple_loss(
+            sum_logp[:n],
+            n_tokens[:n],
+            sum_logp[n:],
+            n_tokens[n:],
+            torch.tensor([p.s_p for p in pairs], device=device, dtype=torch.float32),
+            torch.tensor([p.s for p in pairs], device=device, dtype=torch.float32),
+            torch.tensor([p.branch == "rank" for p in pairs], device=device),
+            torch.tensor([p.winner == "guided" for p in pairs], device=device),
+            rank_kind=config.rank_loss,
+            margin=config.margin,
+            beta=config.beta,
+            rank_coef=config.rank_coef,
+            sft_coef=config.sft_coef,
+            rank_sft_coef=config.rank_sft_coef,
+            temperature=temperature,
+            all_weight_on_guided=config.sft_weights == "guided",
         )
+        return losses, sum(2 * len(p.prompt_ids) + len(p.guided_ids) + len(p.plain_ids) for p in pairs)
 
-        if config.sft_weights == "guided":
-            w_g, w_y = torch.ones(n, device=device), torch.zeros(n, device=device)
-        else:
-            rewards = torch.tensor([[p.s_p, p.s] for p in pairs], device=device, dtype=torch.float32)
-            w_g, w_y = sft_weights(rewards[:, 0], rewards[:, 1], config.wsft_temperature)
-        wsft_term = weighted_sft_loss(-logp_g, n_g, -logp_y, n_y, w_g, w_y)
-
-        is_rank = torch.tensor([p.branch == "rank" for p in pairs], device=device)
-        loss = torch.where(is_rank, config.rank_coef * rank_term, config.sft_coef * wsft_term)
-        nan = torch.full_like(loss, float("nan"))
-        return {
-            "loss": loss,
-            "rank_loss": torch.where(is_rank, rank_term, nan),
-            "wsft_loss": torch.where(is_rank, nan, wsft_term),
-        }, sum(2 * len(p.prompt_ids) + len(p.guided_ids) + len(p.plain_ids) for p in pairs)
+    def _larger_wsft_weights(self, rewards: list[tuple[float, float]], temperature: float) -> list[float]:
+        """max(w_p, w) of each weighted-SFT pair's (s_p, s): how far the weights are from plain SFT (0.5)."""
+        if not rewards or self.config.sft_weights == "guided":
+            return [1.0] * len(rewards)
+        w_p, w = sft_weights(*torch.tensor(rewards, dtype=torch.float64).T, temperature)
+        return torch.maximum(w_p, w).tolist()
 
     def sft_warmup(self) -> None:
         """SFT on the SFT set for sft_epochs epochs, loss on response tokens only."""
         config = self.config
         torch.manual_seed(iteration_seed(config.seed, WARMUP))
-        examples = self.sft_examples(
-            [self.builder.render(r["prompt"]) for r in self.sft_set], [r["response"] for r in self.sft_set]
-        )
+        examples = self.sft_examples([r["prompt"] for r in self.sft_set], [r["response"] for r in self.sft_set])
         self.train_sft(examples, config.sft_epochs, np.random.default_rng([config.seed, 1]), "SFT warm-up")
 
-    def sft_examples(self, prompts: list[str], responses: list[str]) -> list[tuple[list[int], list[int]]]:
-        """(prompt ids, response ids + EOS) for rendered prompts and response texts."""
-        ids = encode_prompts(self.tokenizer, prompts, not self.builder.chat, self.config.max_prompt_tokens)
+    def sft_examples(self, queries: list, responses: list[str]) -> list[tuple[list[int], list[int]]]:
+        """(plain prompt ids, response ids + EOS) for queries and response texts."""
+        ids = self.encode(queries)
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         return [(p, self.tokenizer(r, add_special_tokens=False)["input_ids"] + eos) for p, r in zip(ids, responses)]
 
