@@ -93,7 +93,11 @@ class Config:
     )
     eval_split: str = _f("test", "Split of the eval set, for hub datasets.", section="data")
     eval_max_prompts: int = _f(0, "Evaluate at most this many eval prompts (0 = all).", section="data")
-    max_prompt_tokens: int = _f(512, "Longer prompts keep their last this-many tokens.", section="data")
+    max_prompt_tokens: int = _f(
+        512,
+        "Longer prompts lose their query's oldest tokens (never the principle or the chat template).",
+        section="data",
+    )
 
     # --- principle ---
     principle: str | None = _f(
