@@ -210,7 +210,7 @@ class _TRLBaseline(PLETrainer):
     """A baseline trained by a TRL trainer on the policy PLE would train (same LoRA, optimiser settings and
     seed). A killed run restarts its TRL training; work cached in the run directory (DPO's pairs) is kept."""
 
-    def train(self, resume: bool = False) -> Path:
+    def _train(self, resume: bool) -> Path:
         final = self.run_dir / "final"
         if resume and (self.run_dir / "budget.json").is_file() and final.is_dir():
             return final

@@ -248,6 +248,12 @@ class Config:
     epochs_per_iteration: int = _f(1, "Passes over each iteration's examples.", section="training")
     sft_epochs: int = _f(0, "Epochs of SFT warm-up on sft_dataset before the first iteration.", section="training")
     seed: int = _f(0, "Seed for data order, sampling and initialisation.", section="training")
+    max_nonfinite_steps: int = _f(
+        3,
+        "An optimizer step whose loss or gradient is NaN or infinite is skipped (and counted in skipped_steps); "
+        "this many in a row stop the run.",
+        section="training",
+    )
 
     # --- output ---
     output_dir: str = _f("runs/ple", "Run directory.", section="output")
@@ -282,6 +288,7 @@ class Config:
             "reward_batch_size",
             "max_prompt_tokens",
             "raft_k",
+            "max_nonfinite_steps",
         ):
             need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         for name in (
@@ -349,6 +356,7 @@ class Config:
         need(self.dpo_beta > 0, f"dpo_beta must be > 0, got {self.dpo_beta}")
         need(self.rloo_beta >= 0, f"rloo_beta must be >= 0, got {self.rloo_beta}")
         need(not self.use_lora or self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
+        need(bool(self.output_dir.strip()), "output_dir is empty; name the run directory")
         need(not self.merge_lora or self.use_lora, "merge_lora needs use_lora: true")
         need("{principle}" in self.chat_principle_template, "chat_principle_template must contain {principle}")
         need(

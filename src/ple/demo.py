@@ -99,12 +99,13 @@ def run_demo(overrides: dict) -> Path:
     judge = SentimentJudge()
     prompts = [r["prompt"] for r in query_rows(load_rows(str(eval_file)), str(eval_file))][:n_eval]
     trainer = PLETrainer(config)  # reads the data and the reward first, so bad input fails before any work
-    resume = (run_dir / "config.yaml").is_file()
+    # Training first: the run directory is the trainer's (ple.rundir), and the base model's evaluation does not
+    # depend on when it runs.
+    final = trainer.train(resume=(run_dir / "config.yaml").is_file())
+    del trainer  # the policy and optimizer are on disk now; free their memory before evaluating
     with Progress(total=1, description="baseline eval") as progress:
         before = evaluate(config.model, config, prompts, run_dir / "eval" / "before.jsonl", judge, progress)
         progress.advance()
-    final = trainer.train(resume=resume)
-    del trainer  # the policy and optimizer are on disk now; free their memory before evaluating
     with Progress(total=1, description="final eval") as progress:
         after = evaluate(str(final), config, prompts, run_dir / "eval" / "after.jsonl", judge, progress)
         progress.advance()

@@ -11,7 +11,7 @@ from ple.config import Config
 from ple.data import load_task_rows, prompt_text, query_rows
 from ple.errors import PLEError
 from ple.evaluation import bootstrap_ci, distinct_n, generate_rows, perplexity, response_nll
-from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl
+from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, strict_json
 from ple.judges import LLMJudge, RewardJudge, compare
 from ple.model import adapter_base, autocast, load_causal_lm, load_tokenizer, resolve_device
 from ple.principles import PromptBuilder
@@ -114,7 +114,7 @@ def evaluate_model(
         out_dir / "completions.jsonl",
         [{k: v for k, v in r.items() if k not in ("prompt_ids", "response_ids")} for r in rows],
     )
-    atomic_write_text(out_dir / "eval.json", json.dumps(result, indent=2))
+    atomic_write_text(out_dir / "eval.json", strict_json(result, indent=2))
     lines = [
         f"# Evaluation of `{model_name}`",
         "",
@@ -212,7 +212,7 @@ def compare_outputs(
         "only_in_a": len(a) - len(shared),
         "only_in_b": len(b) - len(shared),
     }
-    atomic_write_text(out_dir / "compare.json", json.dumps(result, indent=2))
+    atomic_write_text(out_dir / "compare.json", strict_json(result, indent=2))
     atomic_write_jsonl(
         out_dir / "compare_rows.jsonl",
         [

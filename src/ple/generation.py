@@ -199,6 +199,10 @@ class InverseCDFSampler:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(scores.float(), dim=-1)
+        if probs.isnan().any():
+            from ple.errors import PLEError
+
+            raise PLEError("the policy's next-token probabilities are NaN: its weights have diverged")
         uniform = torch.rand(scores.shape[0], device=scores.device, dtype=torch.float64)
         token = inverse_cdf_sample(probs, uniform)
         return torch.full_like(scores, -float("inf")).scatter_(1, token[:, None], 0.0)

@@ -1,6 +1,7 @@
 """Crash-safe file writes: write to a temporary file, then rename over the target."""
 
 import json
+import math
 import os
 import shutil
 from collections.abc import Iterable
@@ -19,8 +20,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def strict_json(value: Any, **kwargs) -> str:
+    """JSON that strict parsers accept: a NaN or infinite number is written as null."""
+    return json.dumps(_finite(value), ensure_ascii=False, allow_nan=False, **kwargs)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
+    atomic_write_text(path, "".join(strict_json(row) + "\n" for row in rows))
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

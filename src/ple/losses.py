@@ -133,7 +133,8 @@ def ple_loss(
     if all_weight_on_guided:
         w_guided, w_plain = torch.ones_like(mean_guided), torch.zeros_like(mean_plain)
     else:
-        w_guided, w_plain = sft_weights(reward_guided, reward_plain, temperature)
+        # In the rewards' own precision (float64 from the trainer), so that a huge reward gives weights (1, 0).
+        w_guided, w_plain = (w.to(mean_guided.dtype) for w in sft_weights(reward_guided, reward_plain, temperature))
     wsft_term = weighted_sft_loss(-sum_logp_guided, n_guided, -sum_logp_plain, n_plain, w_guided, w_plain)
 
     nan = torch.full_like(rank_term, float("nan"))

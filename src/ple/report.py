@@ -1,10 +1,9 @@
 """Before/after report for a run: summary.json, report.md and PNG plots."""
 
-import json
 from pathlib import Path
 from typing import Any
 
-from ple.io import atomic_write_text, read_jsonl
+from ple.io import atomic_write_text, read_jsonl, strict_json
 
 
 def _plot_iterations(metrics: list[dict], out: Path) -> list[str]:
@@ -79,7 +78,7 @@ def write_report(
     n_examples: int = 6,
 ) -> Path:
     """summary.json, the plots and report.md in run_dir; returns the report's path."""
-    atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2))
+    atomic_write_text(run_dir / "summary.json", strict_json(summary, indent=2))
     metrics = read_jsonl(run_dir / "metrics.jsonl")
     plots = _plot_iterations(metrics, run_dir) + [_plot_distributions(before, after, distribution_keys, run_dir)]
 

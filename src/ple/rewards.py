@@ -71,6 +71,10 @@ def load_callable(spec: str) -> RewardFn:
         raise
     except (ImportError, AttributeError) as e:
         raise PLEError(f"reward '{spec}' could not be loaded: {e}") from None
+    except SyntaxError as e:
+        raise PLEError(f"reward '{spec}' could not be loaded: {e.msg} ({e.filename}, line {e.lineno})") from None
+    except Exception as e:  # whatever the module raises while it is imported
+        raise PLEError(f"reward '{spec}' could not be loaded: {type(e).__name__}: {e}") from None
     if not callable(fn):
         raise PLEError(f"reward '{spec}' is not callable")
     return fn
@@ -200,15 +204,29 @@ def config_reward(spec: str | list, config, device="cpu") -> RewardFn:
 
 
 def score(fn: RewardFn, prompts: Sequence[Prompt], completions: Sequence[str], **columns: Any) -> list[float | None]:
-    """Call a reward and check its answer; NaN and inf become None (no reward)."""
-    out = fn(prompts=list(prompts), completions=list(completions), **columns)
+    """Call a reward and check its answer; NaN and inf become None (no reward). A reward that raises is one
+    PLEError naming it and what it raised (a reward without **kwargs on a dataset with extra columns, say)."""
+    name = getattr(fn, "__name__", fn)
+    try:
+        out = fn(prompts=list(prompts), completions=list(completions), **columns)
+    except PLEError:
+        raise
+    except TypeError as e:
+        if "unexpected keyword argument" in str(e):
+            raise PLEError(
+                f"reward {name!s} does not take the dataset's columns ({', '.join(columns) or 'none'}): "
+                f"give it a **kwargs parameter, as TRL's reward contract has ({e})"
+            ) from None
+        raise PLEError(f"reward {name!s} raised TypeError: {e}") from None
+    except Exception as e:
+        raise PLEError(
+            f"reward {name!s} raised {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+        ) from None
     if hasattr(out, "tolist"):
         out = out.tolist()
     if not isinstance(out, (list, tuple)) or len(out) != len(completions):
         got = len(out) if isinstance(out, (list, tuple)) else type(out).__name__
-        raise PLEError(
-            f"reward {getattr(fn, '__name__', fn)!s} returned {got} scores for {len(completions)} completions"
-        )
+        raise PLEError(f"reward {name!s} returned {got} scores for {len(completions)} completions")
     clean: list[float | None] = []
     for s in out:
         if s is None:
@@ -217,7 +235,7 @@ def score(fn: RewardFn, prompts: Sequence[Prompt], completions: Sequence[str], *
         try:
             s = float(s)
         except (TypeError, ValueError):
-            raise PLEError(f"reward {getattr(fn, '__name__', fn)!s} returned a non-number: {s!r}") from None
+            raise PLEError(f"reward {name!s} returned a non-number: {s!r}") from None
         clean.append(s if math.isfinite(s) else None)
     return clean
 

@@ -11,7 +11,9 @@ train on (x -> y_p, y) with the branch's loss, then log, write and checkpoint
 import contextlib
 import json
 import math
+import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,7 @@ from ple.data import load_task_rows, query_rows, sft_rows
 from ple.dist import Dist
 from ple.errors import PLEError
 from ple.generation import generate
-from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir
+from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir, strict_json
 from ple.losses import assign_branch, ple_loss, sft_weights, wsft_temperature
 from ple.model import (
     autocast,
@@ -39,6 +41,7 @@ from ple.model import (
 from ple.principles import PromptBuilder, load_principle
 from ple.progress import Progress
 from ple.rewards import RunningStd, config_reward, score
+from ple.rundir import check_inputs_unchanged, lock_run_dir, write_input_hashes
 from ple.schedule import threshold
 from ple.vllm_backend import select_backend
 
@@ -107,12 +110,23 @@ class PLETrainer:
         if reward_fn is None and config.reward is not None:
             reward_fn = config_reward(config.reward, config, self.device)
         self.reward_fn = reward_fn
+        if reward_fn is not None:  # a reward that cannot score a row fails now, not after the first generation
+            row = self.queries[0]
+            score(reward_fn, [row["prompt"]], ["A test answer."], **{k: [v] for k, v in row.items() if k != "prompt"})
         self.reward_std = RunningStd()
         self.truncated_prompts = 0  # prompts this process cut to max_prompt_tokens in the current iteration
+        self.skipped_steps = self.skipped_in_a_row = 0  # optimizer steps skipped for a non-finite loss or gradient
+        self.where = "training"  # what the optimizer steps are for, to name in an error
         self.model = self.tokenizer = self.optimizer = None
 
     # ------------------------------------------------------------------ main loop
     def train(self, resume: bool = False) -> Path:
+        try:
+            return self._train(resume)
+        finally:
+            self._unlock()
+
+    def _train(self, resume: bool) -> Path:
         config = self.config
         start = self._prepare_run_dir(resume)
         with Progress(
@@ -308,9 +322,13 @@ class PLETrainer:
                 totals[key] += values.detach().tolist()
             return losses["loss"].sum() / len(step)  # the mean over the optimizer step's queries
 
-        started = time.perf_counter()
+        started, skipped = time.perf_counter(), self.skipped_steps
         steps = self._train_epochs(
-            pairs, config.epochs_per_iteration, np.random.default_rng([config.seed, t + 2, 7]), micro_loss, "training"
+            pairs,
+            config.epochs_per_iteration,
+            np.random.default_rng([config.seed, t + 2, 7]),
+            micro_loss,
+            f"training (iteration {t})",
         )
         seconds = time.perf_counter() - started
         totals = {key: self.dist.gather(values) for key, values in totals.items()}
@@ -318,7 +336,8 @@ class PLETrainer:
             "loss": mean_of_known(totals["loss"]),
             "rank_loss": mean_of_known(v for v in totals["rank_loss"] if not math.isnan(v)),
             "wsft_loss": mean_of_known(v for v in totals["wsft_loss"] if not math.isnan(v)),
-            "optimizer_steps": steps,
+            "optimizer_steps": steps - (self.skipped_steps - skipped),
+            "skipped_steps": self.skipped_steps - skipped,
             "train_seconds": seconds,
             "train_tokens_per_s": sum(self.dist.gather([tokens])) / max(seconds, 1e-9),
         }
@@ -339,8 +358,8 @@ class PLETrainer:
             n_tokens[:n],
             sum_logp[n:],
             n_tokens[n:],
-            torch.tensor([p.s_p for p in pairs], device=device, dtype=torch.float32),
-            torch.tensor([p.s for p in pairs], device=device, dtype=torch.float32),
+            torch.tensor([p.s_p for p in pairs], device=device, dtype=torch.float64),
+            torch.tensor([p.s for p in pairs], device=device, dtype=torch.float64),
             torch.tensor([p.branch == "rank" for p in pairs], device=device),
             torch.tensor([p.winner == "guided" for p in pairs], device=device),
             rank_kind=config.rank_loss,
@@ -388,9 +407,15 @@ class PLETrainer:
             losses.append(nll.item() / sum(len(r) for _, r in micro))
             return nll / sum(len(response) for _, response in step)  # mean token NLL over the step
 
-        started = time.perf_counter()
+        started, skipped = time.perf_counter(), self.skipped_steps
         steps = self._train_epochs(examples, epochs, rng, micro_loss, phase)
-        return {"loss": mean_of_known(losses), "optimizer_steps": steps, "train_seconds": time.perf_counter() - started}
+        skipped = self.skipped_steps - skipped
+        return {
+            "loss": mean_of_known(losses),
+            "optimizer_steps": steps - skipped,
+            "skipped_steps": skipped,
+            "train_seconds": time.perf_counter() - started,
+        }
 
     def _train_epochs(self, items: list, epochs: int, rng: np.random.Generator, micro_loss, phase: str) -> int:
         """Shuffled passes over `items` in optimizer steps of batch_size * gradient_accumulation_steps items per
@@ -400,6 +425,7 @@ class PLETrainer:
         per_step = config.batch_size * config.gradient_accumulation_steps * self.dist.world
         steps = epochs * math.ceil(len(items) / per_step)
         self.progress.phase(phase, total=steps)
+        self.where = phase
         for _ in range(epochs):
             order = rng.permutation(len(items))
             for start in range(0, len(items), per_step):
@@ -415,18 +441,37 @@ class PLETrainer:
         mine = self.dist.shard(step)
         if self.zero is not None:
             micro_batches = self.zero.micro_batches(mine, step, config.batch_size)
+            finite = True
             for k, micro in enumerate(micro_batches):  # an empty micro-batch is an idle one (see ple.zero)
-                self.zero.backward(micro_loss(micro, step), last=k == len(micro_batches) - 1)
+                loss = micro_loss(micro, step)
+                finite &= bool(torch.isfinite(loss))
+                self.zero.backward(loss, last=k == len(micro_batches) - 1)
+            if not all(self.dist.gather([finite])):  # the engine steps as it reduces: stop before it does
+                raise PLEError(f"a non-finite loss ({self.where}) stopped the run before its step; {self._hint()}")
             self.zero.step()
         else:
             for start in range(0, len(mine), config.batch_size):
                 micro_loss(mine[start : start + config.batch_size], step).backward()
             self.dist.sum_gradients(self.trainable)
-            if config.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm)
+            # A NaN loss makes NaN gradients, so one finite norm vouches for both.
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm or math.inf)
+            if not torch.isfinite(norm):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                self.skipped_in_a_row += 1
+                if self.skipped_in_a_row >= config.max_nonfinite_steps:
+                    raise PLEError(
+                        f"{self.skipped_in_a_row} optimizer steps in a row had a non-finite loss or gradient "
+                        f"({self.where}); each was skipped, so none reached the weights; {self._hint()}"
+                    )
+                return
+            self.skipped_in_a_row = 0
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.policy_version += 1
+
+    def _hint(self) -> str:
+        return f"check the rewards' scale and the learning rate ({self.config.learning_rate:g})"
 
     def full_model(self):
         """A context giving the policy with all its weights present, for generation and saving."""
@@ -472,37 +517,67 @@ class PLETrainer:
             self.vllm = VLLMGenerator(config, self.tokenizer)
 
     def _prepare_run_dir(self, resume: bool) -> int:
-        """Start a run, or pick up a killed one. Returns the first iteration to run (WARMUP for the warm-up)."""
+        """Start a run, or pick up a killed one. Returns the first iteration to run (WARMUP for the warm-up).
+
+        The directory is locked for the run's life (ple.rundir). A run with a finished checkpoint continues only
+        with --resume and an unchanged config and data; one that failed before its first checkpoint restarts,
+        with the config given now. An unreadable newest checkpoint gives way to the one before it."""
         config = self.config
+        if self.dist.main:
+            self._lock = lock_run_dir(self.run_dir)
         saved_config = self.run_dir / "config.yaml"
-        if saved_config.exists() and not resume:
+        finished = self._checkpoints() if saved_config.is_file() else []
+        if (finished or (self.run_dir / "budget.json").is_file()) and not resume:
             raise PLEError(
                 f"{self.run_dir} already holds a run; pass --resume to continue it, or choose another output_dir"
             )
-        last = self._last_checkpoint() if resume else None
-        if resume and saved_config.exists():
-            self._check_resumable(saved_config)
-        checkpoint = None
-        if last is not None:
-            checkpoint = self.run_dir / "checkpoints" / _checkpoint_name(last)
-            state = _read_json(checkpoint / "trainer_state.json")
-            self.reward_std = RunningStd(**state["reward_std"])
-        self._setup_model(checkpoint)  # before writing anything, so a bad model leaves no half-made run
+        if finished:
+            self._check_resumable(saved_config, finished[-1][0])
+        last = self._load_newest_readable(finished)
         self.dist.barrier()  # every process has checked the run directory before the main one writes to it
         done = last if last is not None else (WARMUP - 1 if config.sft_epochs > 0 else WARMUP)
         if self.dist.main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
             save_config(config, saved_config)
+            write_input_hashes(self.run_dir, config)
             self._discard_after(done)
         return done + 1
 
-    def _check_resumable(self, saved: Path) -> None:
-        changed = [k for k in config_changes(saved, self.config) if k not in ("iterations", "device")]
+    def _load_newest_readable(self, finished: list[tuple[int, Path]]) -> int | None:
+        """Set up the model from the newest checkpoint that loads (from scratch when there is none); its iteration."""
+        for t, checkpoint in reversed(finished):
+            try:
+                state = _read_json(checkpoint / "trainer_state.json")
+                self._setup_model(checkpoint)
+            except PLEError:
+                raise
+            except Exception as e:  # a torn safetensors or optimizer file: what a full disk or a bad copy leaves
+                print(f"ple: warning: checkpoint {checkpoint} is unreadable ({_first_line(e)})", file=sys.stderr)
+                continue
+            self.reward_std = RunningStd(**state["reward_std"])
+            return t
+        if finished:
+            raise PLEError(f"no checkpoint in {self.run_dir / 'checkpoints'} could be read; start a new run")
+        self._setup_model(None)  # before writing anything, so a bad model leaves no half-made run
+        return None
+
+    def _unlock(self) -> None:
+        lock, self._lock = getattr(self, "_lock", None), None
+        if lock is not None:
+            lock.close()
+
+    def _check_resumable(self, saved: Path, last: int) -> None:
+        ignored = ("iterations", "device", "output_dir")  # output_dir: the run may have been moved or renamed
+        changed = [k for k in config_changes(saved, self.config) if k not in ignored]
         if changed:
             raise PLEError(
                 f"cannot resume {self.run_dir}: the config changed ({', '.join(changed)}); "
                 "only iterations and device may"
             )
+        if self.config.iterations < last + 1:
+            raise PLEError(
+                f"cannot resume {self.run_dir} with iterations={self.config.iterations}: it has finished {last + 1}"
+            )
+        check_inputs_unchanged(self.run_dir, self.config)
 
     def _checkpoints(self) -> list[tuple[int, Path]]:
         """Finished checkpoints as (iteration, dir), oldest first; half-written ones have no trainer_state.json."""
@@ -535,7 +610,7 @@ class PLETrainer:
         if self.dist.main:
             atomic_write_jsonl(self.run_dir / "generations" / f"iter_{t:03d}.jsonl", rows)
             with open(self.run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                f.write(json.dumps(metrics) + "\n")
+                f.write(strict_json(metrics) + "\n")
         self._checkpoint(t)
 
     def _checkpoint(self, t: int) -> None:
@@ -571,7 +646,19 @@ def config_changes(saved: Path, config: Config) -> list[str]:
     import yaml
 
     before = {**Config().to_dict(), **yaml.safe_load(saved.read_text())}
-    return [k for k, v in config.to_dict().items() if before.get(k) != v]
+    return [k for k, v in config.to_dict().items() if not _same_setting(k, before.get(k), v)]
+
+
+PATH_FIELDS = ("model", "dataset", "sft_dataset", "eval_dataset", "principle", "output_dir")
+
+
+def _same_setting(key: str, a, b) -> bool:
+    """Equal values, or two spellings of one path (runs/ref/ and runs/ref)."""
+    if a == b:
+        return True
+    if key in PATH_FIELDS and isinstance(a, str) and isinstance(b, str) and a and b:
+        return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+    return False
 
 
 BUDGET_KEYS = ("samples", "reward_calls", "gen_tokens", "seconds")
@@ -583,7 +670,7 @@ def write_budget(run_dir: Path, extra: dict | None = None) -> dict[str, float]:
     rows = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").is_file() else []
     budget = {key: sum(r.get(key) or 0 for r in rows) for key in BUDGET_KEYS}
     budget.update(extra or {})
-    atomic_write_text(run_dir / "budget.json", json.dumps(budget, indent=2))
+    atomic_write_text(run_dir / "budget.json", strict_json(budget, indent=2))
     return budget
 
 
@@ -600,6 +687,10 @@ def merge_generation_stats(parts: list[dict]) -> dict[str, float]:
 
 def _checkpoint_name(t: int) -> str:
     return "warmup" if t == WARMUP else f"iter_{t:03d}"
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _read_json(path: Path) -> dict:

@@ -1,0 +1,180 @@
+"""Nothing lost, nothing mixed: run-directory safety, resume checks, corrupt checkpoints, non-finite numbers and
+rewards that fail, each ending in one line that names the cause."""
+
+import json
+import math
+
+import pytest
+import torch
+from conftest import tiny_config
+from safetensors.torch import load_file
+
+from ple.cli import main
+from ple.config import load_config
+from ple.errors import PLEError
+from ple.rundir import lock_run_dir
+from ple.trainer import PLETrainer
+
+
+def run(config: dict, resume: bool = False) -> PLETrainer:
+    trainer = PLETrainer(load_config(overrides=config))
+    trainer.train(resume=resume)
+    return trainer
+
+
+def strict_rows(path):
+    """Rows parsed as strict JSON parsers do: NaN and Infinity are not JSON."""
+
+    def refuse(name):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return [json.loads(line, parse_constant=refuse) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def config(tmp_path, tiny_chat_model, queries_file, reward_module):
+    return tiny_config(tiny_chat_model, queries_file, tmp_path / "run", f"{reward_module}:positivity", iterations=1)
+
+
+def test_a_second_run_on_a_locked_directory_stops_with_one_line(config, tmp_path):
+    held = lock_run_dir(tmp_path / "run")  # another run holds the directory
+    try:
+        with pytest.raises(PLEError, match=r"run is in use by another run \(pid \d+\)"):
+            run(config)
+        assert not (tmp_path / "run" / "config.yaml").exists()
+    finally:
+        held.close()
+    # A lock file left by a run that died holds no OS lock: the next run goes ahead.
+    assert (tmp_path / "run" / ".lock").is_file()
+    run(config)
+    assert len(strict_rows(tmp_path / "run" / "metrics.jsonl")) == 1
+
+
+@pytest.mark.parametrize("stray", ["final/precious.txt", "generations/iter_007.jsonl", "metrics.jsonl"])
+def test_a_new_run_never_writes_into_a_directory_it_does_not_own(config, tmp_path, stray):
+    path = tmp_path / "run" / stray
+    path.parent.mkdir(parents=True)
+    path.write_text("mine")
+    for resume in (False, True):
+        with pytest.raises(PLEError, match="is not empty and holds no ple run"):
+            run(config, resume=resume)
+    assert path.read_text() == "mine" and sorted(p.name for p in (tmp_path / "run").iterdir()) == [stray.split("/")[0]]
+
+
+def test_output_dir_that_is_empty_or_a_file_is_one_line(config, tmp_path):
+    with pytest.raises(PLEError, match="output_dir is empty"):
+        load_config(overrides={**config, "output_dir": ""})
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(PLEError, match="output_dir .*file is a file, not a directory"):
+        run({**config, "output_dir": str(tmp_path / "file")})
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_restarts_with_a_corrected_config(
+    config, tmp_path, reward_module
+):
+    with pytest.raises(PLEError, match="returned 1 scores for 12 completions"):
+        run({**config, "reward": f"{reward_module}:wrong_length"})
+    assert (tmp_path / "run" / "config.yaml").is_file() and not (tmp_path / "run" / "checkpoints").exists()
+    run(config)  # no --resume needed, and the config may change
+    assert [m["iteration"] for m in strict_rows(tmp_path / "run" / "metrics.jsonl")] == [0]
+
+
+def test_resume_checks_what_matters(config, tmp_path, queries_file):
+    run({**config, "iterations": 2})
+    # Another spelling of the same directory, or a moved one, is the same run.
+    run({**config, "iterations": 2, "output_dir": str(tmp_path / "run") + "/"}, resume=True)
+    (tmp_path / "run").rename(tmp_path / "moved")
+    run({**config, "iterations": 2, "output_dir": str(tmp_path / "moved")}, resume=True)
+    moved = {**config, "output_dir": str(tmp_path / "moved")}
+    with pytest.raises(PLEError, match="with iterations=1: it has finished 2"):
+        run({**moved, "iterations": 1}, resume=True)
+    with open(queries_file, "a") as f:
+        f.write('{"prompt": "a new query", "id": 99}\n')
+    with pytest.raises(PLEError, match=f"dataset file {queries_file} changed since the run started"):
+        run({**moved, "iterations": 3}, resume=True)
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(config, tmp_path, capsys):
+    full = tmp_path / "full"
+    run({**config, "iterations": 3, "output_dir": str(full)})
+    run({**config, "iterations": 2})
+    newest = tmp_path / "run" / "checkpoints" / "iter_001" / "adapter_model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:100])  # what a full disk leaves
+    run({**config, "iterations": 3}, resume=True)
+    assert "ple: warning: checkpoint" in capsys.readouterr().err  # iter_001 ... is unreadable
+    a = load_file(full / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "run" / "final" / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)  # iteration 1 redone from iter_000
+    for checkpoint in (tmp_path / "run" / "checkpoints").iterdir():
+        (checkpoint / "optimizer.pt").write_bytes(b"torn")
+    with pytest.raises(PLEError, match="no checkpoint in .* could be read"):
+        run({**config, "iterations": 4}, resume=True)
+
+
+def test_a_huge_reward_gives_finite_losses_and_strict_json(config, tmp_path):
+    reward = tmp_path / "huge.py"
+    reward.write_text("def f(prompts, completions, **kw):\n    return [S * (len(c) % 3 - 1) for c in completions]\n")
+    reward.write_text(reward.read_text() + "S = 1e39\n")
+    run({**config, "reward": f"{reward}:f"})
+    (m,) = strict_rows(tmp_path / "run" / "metrics.jsonl")
+    assert m["skipped_steps"] == 0 and math.isfinite(m["loss"])  # the weights are (1, 0), not NaN
+
+    reward.write_text(reward.read_text().replace("S = 1e39", "S = 1e308"))
+    trainer = run({**config, "reward": f"{reward}:f", "output_dir": str(tmp_path / "overflow")})
+    rows = strict_rows(tmp_path / "overflow" / "generations" / "iter_000.jsonl")
+    overflowed = [r for r in rows if r["s"] is not None and r["s_p"] is not None and abs(r["s_p"] - r["s"]) > 1e308]
+    assert overflowed and all(r["gap"] is None and r["branch"] == "skip" for r in overflowed)
+    strict_rows(tmp_path / "overflow" / "metrics.jsonl")
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+
+
+def test_a_diverging_learning_rate_never_reaches_a_checkpoint(config, tmp_path, capsys):
+    import yaml
+
+    path = tmp_path / "diverge.yaml"
+    path.write_text(yaml.safe_dump({**config, "learning_rate": 1e30, "iterations": 3, "max_nonfinite_steps": 1}))
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bars
+    assert err.startswith("ple: error: ") and ("non-finite loss or gradient" in err or "probabilities are NaN" in err)
+    for checkpoint in (tmp_path / "run" / "checkpoints").glob("iter_*"):
+        weights = load_file(checkpoint / "adapter_model.safetensors")
+        assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_a_nan_loss_step_is_skipped_counted_and_stops_the_run_after_the_limit(config, tmp_path, monkeypatch):
+    from ple import trainer as trainer_module
+
+    original = trainer_module.ple_loss
+
+    def nan_loss(*args, **kwargs):
+        out = original(*args, **kwargs)
+        return {**out, "loss": out["loss"] * float("nan")}
+
+    monkeypatch.setattr(trainer_module, "ple_loss", nan_loss)
+    # 6 queries in steps of 4: two steps, both NaN, with room for two in a row.
+    trainer = run({**config, "max_nonfinite_steps": 3})
+    (m,) = strict_rows(tmp_path / "run" / "metrics.jsonl")
+    assert (m["skipped_steps"], m["optimizer_steps"]) == (2, 0)
+    assert all(torch.isfinite(p).all() for p in trainer.model.parameters())
+    with pytest.raises(PLEError, match="2 optimizer steps in a row had a non-finite loss or gradient"):
+        run({**config, "max_nonfinite_steps": 2, "output_dir": str(tmp_path / "two")})
+
+
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        (
+            "def f(prompts, completions, **kw):\n    raise RuntimeError('server down')\n",
+            "raised RuntimeError: server down",
+        ),
+        ("def f(prompts, completions):\n    return [0.0] * len(completions)\n", "does not take the dataset's columns"),
+        ("def f(prompts, completions, **kw)\n    return []\n", "could not be loaded: expected ':'"),
+        ("import no_such_module_here\n", "could not be loaded: .*No module named 'no_such_module_here'"),
+    ],
+)
+def test_a_broken_reward_fails_before_any_work_with_one_line(config, tmp_path, body, message, capsys):
+    reward = tmp_path / "bad_reward.py"
+    reward.write_text(body)
+    with pytest.raises(PLEError, match=message):
+        PLETrainer(load_config(overrides={**config, "reward": f"{reward}:f"}))
+    assert not (tmp_path / "run").exists()
