@@ -178,3 +178,78 @@ def test_a_broken_reward_fails_before_any_work_with_one_line(config, tmp_path, b
     with pytest.raises(PLEError, match=message):
         PLETrainer(load_config(overrides={**config, "reward": f"{reward}:f"}))
     assert not (tmp_path / "run").exists()
+
+
+def test_a_reward_that_raises_inside_ple_eval_is_one_line(tmp_path, tiny_chat_model, queries_file, capsys):
+    import yaml
+
+    reward = tmp_path / "flaky.py"
+    reward.write_text("def f(prompts, completions, **kw):\n    raise ValueError('no scores today')\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, tmp_path / "run", f"{reward}:f")))
+    out = tmp_path / "eval"
+    args = ["eval", "--config", str(config), "--model", tiny_chat_model, "--prompts-file", str(queries_file)]
+    assert main([*args, "--output-dir", str(out)]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "ple: error: reward f raised ValueError: no scores today"
+
+
+def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, tiny_chat_model, capsys, monkeypatch):
+    from ple import evaluation
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generation ran before the output was checked")
+
+    monkeypatch.setattr(evaluation, "generate_rows", no_generation)
+    (tmp_path / "a_file").write_text("x")
+    assert main(["generate", "--model", tiny_chat_model, "--prompt", "x", "--output", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == f"ple: error: --output {tmp_path} is a directory; name a .jsonl file"
+    assert main(["eval", "--model", tiny_chat_model, "--output-dir", str(tmp_path / "a_file")]) == 2
+    assert (
+        capsys.readouterr().err.strip() == f"ple: error: --output-dir {tmp_path / 'a_file'} is a file, not a directory"
+    )
+    assert list(tmp_path.iterdir()) == [tmp_path / "a_file"]  # no stray .tmp
+
+
+def test_a_null_completion_in_a_compare_file_is_one_line(tmp_path, capsys):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text('{"prompt": "x", "completion": null}\n')
+    assert main(["eval", "--compare", str(rows), str(rows), "--output-dir", str(tmp_path / "out")]) == 2
+    assert capsys.readouterr().err.strip() == f"ple: error: {rows} row 0: 'completion' must be text, got NoneType"
+
+
+def test_a_lone_surrogate_in_a_prompt_is_one_line(config, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "fine"}\n{"prompt": "broken \\ud800 text"}\n')
+    with pytest.raises(PLEError, match="bad.jsonl row 1: the prompt holds an invalid character"):
+        PLETrainer(load_config(overrides={**config, "dataset": str(bad)}))
+
+
+def test_prompt_and_generation_longer_than_the_model_are_refused_at_start_up(config, tmp_path):
+    with pytest.raises(
+        PLEError, match="max_prompt_tokens \\+ max_new_tokens = 1030 exceeds the model's 1024 positions"
+    ):
+        run({**config, "max_prompt_tokens": 1024})
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_was_written(config, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import yaml
+
+    from ple import trainer as trainer_module
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**config, "iterations": 2}))
+    assert main(["train", "--config", str(path), "--set", "iterations=1"]) == 0
+    before = (tmp_path / "run" / "metrics.jsonl").read_text()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "generations"))
+
+    monkeypatch.setattr(trainer_module, "atomic_write_jsonl", full)
+    capsys.readouterr()
+    assert main(["train", "--config", str(path), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == f"ple: error: cannot write {tmp_path / 'run' / 'generations'}: No space left on device"
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == before

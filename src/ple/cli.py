@@ -1,7 +1,9 @@
 """`ple train | generate`."""
 
 import argparse
+import errno
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -138,7 +140,7 @@ def cmd_eval(args) -> int:
     from ple import eval_cmd
 
     config = load_config(args.config, parse_overrides(args.overrides), validate=False)
-    out = Path(args.output_dir)
+    out = _output_dir(Path(args.output_dir), "--output-dir")  # checked before any work, not after it
     if args.compare is None:
         name = args.model or config.model
         if name is None:
@@ -204,6 +206,10 @@ def cmd_generate(args) -> int:
         raise PLEError("empty prompt")
     if args.guided and config.principle is None:
         raise PLEError("--guided needs a principle (in the config, or --set principle=...)")
+    if args.output:
+        if Path(args.output).is_dir():
+            raise PLEError(f"--output {args.output} is a directory; name a .jsonl file")
+        _output_dir(Path(args.output).parent, "--output's folder")
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     tokenizer = load_tokenizer(adapter_base(name) or name)
@@ -217,6 +223,20 @@ def cmd_generate(args) -> int:
     if args.output:
         atomic_write_jsonl(Path(args.output), rows)
     return 0
+
+
+def _output_dir(path: Path, what: str) -> Path:
+    """`path` if this process can make it a directory and write there, else one line saying why not."""
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise PLEError(
+            f"{what} {path} is a file, not a directory"
+            if existing == path.absolute()
+            else f"{what} {path} is inside {existing}, which is a file"
+        )
+    if not os.access(existing, os.W_OK):
+        raise PLEError(f"{what} {path} is not writable ({existing})")
+    return path
 
 
 def _quiet_libraries() -> None:
@@ -245,6 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except PLEError as e:
         print(f"ple: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM):
+            raise
+        # Every run file is written to a temporary name and renamed, so what was written before stays whole.
+        print(f"ple: error: cannot write {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ple: interrupted; `ple train --config ... --resume` continues from the last checkpoint", file=sys.stderr)

@@ -59,17 +59,26 @@ def _load_file(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def _check_unicode(text: str, where: str) -> str:
+    """Text a tokenizer can encode: a lone surrogate (from a JSON \\ud800 escape) is not."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise PLEError(f"{where}: the prompt holds an invalid character ({e.reason} at position {e.start})") from None
+    return text
+
+
 def _check_prompt(value: Any, where: str) -> Prompt:
     if hasattr(value, "tolist"):  # numpy arrays from parquet
         value = value.tolist()
     if isinstance(value, str):
         if not value.strip():
             raise PLEError(f"{where}: empty prompt")
-        return value
+        return _check_unicode(value, where)
     if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
         if not any(str(m["content"]).strip() for m in value):
             raise PLEError(f"{where}: empty prompt")
-        return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
+        return [{"role": str(m["role"]), "content": _check_unicode(str(m["content"]), where)} for m in value]
     raise PLEError(f"{where}: prompt must be text or a non-empty list of {{role, content}} messages")
 
 

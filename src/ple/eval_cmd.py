@@ -148,6 +148,8 @@ def load_completions(path: str) -> dict[str, dict]:
             row = {"prompt": row["query"], "completion": row["y"]}
         if "prompt" not in row or "completion" not in row:
             raise PLEError(f"{path} row {i}: needs 'prompt' and 'completion'")
+        if not isinstance(row["completion"], str):
+            raise PLEError(f"{path} row {i}: 'completion' must be text, got {type(row['completion']).__name__}")
         out.setdefault(prompt_text(row["prompt"]), row)  # a repeated prompt is judged once, on its first row
     return out
 

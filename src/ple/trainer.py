@@ -493,6 +493,12 @@ class PLETrainer:
         config = self.config
         torch.manual_seed(config.seed)  # LoRA's initial A matrices
         self.model, self.tokenizer = load_policy(config, checkpoint)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if isinstance(limit, int) and config.max_prompt_tokens + config.max_new_tokens > limit:
+            raise PLEError(
+                f"max_prompt_tokens + max_new_tokens = {config.max_prompt_tokens + config.max_new_tokens} exceeds "
+                f"the model's {limit} positions; lower max_prompt_tokens"
+            )
         self.model.to(self.device)
         self.model.train()
         self.builder = PromptBuilder.from_config(self.tokenizer, config, self.principle)
