@@ -70,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge-url", help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
     ev.add_argument("--judge-model", help="the judge model's name at that endpoint")
     ev.add_argument("--tie-margin", type=float, default=0.0, help="reward judge: differences up to this are ties")
+    ev.add_argument("--judge-timeout", type=float, default=120.0, help="llm judge: seconds to wait for a reply")
+    ev.add_argument(
+        "--judge-concurrency", type=int, default=4, help="llm judge: requests in flight (1 after a timeout)"
+    )
+    ev.add_argument("--judge-max-retries", type=int, default=3, help="llm judge: retries of a failed request")
+    ev.add_argument("--judge-max-tokens", type=int, default=512, help="llm judge: max_tokens of each reply")
     ev.add_argument("--output-dir", default="runs/eval", help="where results go (default runs/eval)")
 
     demo = sub.add_parser(
@@ -159,10 +165,18 @@ def cmd_eval(args) -> int:
         else:
             _evaluate_with_progress(name, config, prompts, args, out / label)
             sides.append(eval_cmd.load_completions(str(out / label / "completions.jsonl")))
+    limits = dict(
+        timeout=args.judge_timeout,
+        concurrency=args.judge_concurrency,
+        max_retries=args.judge_max_retries,
+        max_tokens=args.judge_max_tokens,
+    )
     judge = eval_cmd.make_judge(
-        args.judge, config, args.judge_url, args.judge_model, args.tie_margin, out / "judge_cache.jsonl"
+        args.judge, config, args.judge_url, args.judge_model, args.tie_margin, out / "judge_cache.jsonl", limits
     )
     result = eval_cmd.compare_outputs(sides[0], sides[1], judge, args.compare[0], args.compare[1], out)
+    if getattr(judge, "stats", None):
+        print("judge: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in judge.stats.items()), file=sys.stderr)
     print(f"A = {args.compare[0]}\nB = {args.compare[1]}\n{result['n_prompts']} prompts, both orders\n")
     print(result["table"])
     print(f"\nchart: {out / 'win_rate.png'}")

@@ -181,7 +181,17 @@ def plot_win_rates(rates: dict[str, dict[str, float]], label: str, path: Path) -
     plt.close(fig)
 
 
-def make_judge(kind: str, config: Config, url: str | None, model: str | None, tie_margin: float, cache: Path):
+def make_judge(
+    kind: str,
+    config: Config,
+    url: str | None,
+    model: str | None,
+    tie_margin: float,
+    cache: Path,
+    limits: dict | None = None,
+):
+    """The pairwise judge: the reward judge, or an LLM judge with `limits` (timeout, concurrency, max_retries,
+    max_tokens)."""
     if kind == "reward":
         specs = _reward_specs(config)
         if not specs:
@@ -191,7 +201,13 @@ def make_judge(kind: str, config: Config, url: str | None, model: str | None, ti
         return RewardJudge(fn, tie_margin)
     if not url or not model:
         raise PLEError("--judge llm needs --judge-url and --judge-model")
-    return LLMJudge(url, model, cache_path=cache)
+    limits = limits or {}
+    for key in ("timeout", "concurrency", "max_tokens"):
+        if key in limits and not limits[key] > 0:
+            raise PLEError(f"--judge-{key.replace('_', '-')} must be > 0, got {limits[key]}")
+    if limits.get("max_retries", 0) < 0:
+        raise PLEError(f"--judge-max-retries must be >= 0, got {limits['max_retries']}")
+    return LLMJudge(url, model, cache_path=cache, **limits)
 
 
 def compare_outputs(

@@ -8,6 +8,7 @@ nothing but ties.
 """
 
 import hashlib
+import http.client
 import json
 import os
 import random
@@ -99,13 +100,34 @@ def parse_verdict(reply: str) -> Verdict:
     return "first" if match.group(1).upper() == "A" else "second"
 
 
+REMINDER = "\n\nReminder: end your reply with one line that holds only the letter A or the letter B."
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A judge request is never redirected: following one would send the API key to wherever it points."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise PLEError(
+            f"judge endpoint {req.full_url} redirected (HTTP {code}) to {newurl}; ple does not follow judge "
+            "redirects, so the API key goes nowhere else: give the final address as --judge-url"
+        )
+
+
+class _Retryable(Exception):
+    """A failure worth another try (a timeout, a dropped connection, HTTP 429 or 5xx, a garbled body)."""
+
+
 class LLMJudge:
     """Any OpenAI-compatible chat-completions endpoint as a judge.
 
-    The API key is read from `api_key_env`. Requests retry with exponential backoff on
-    timeouts, HTTP 429 and 5xx; an unparseable answer is counted and asked again once,
-    never guessed. Replies are cached on disk by (model, template, prompt) so a rerun pays
-    nothing twice.
+    The API key is read from `api_key_env` and sent only to `base_url` (redirects are refused). Requests retry
+    with exponential backoff on timeouts, dropped connections, HTTP 429 and 5xx; after a timeout at most one
+    request is in flight, with a longer wait, since a server that answers one request at a time counts its
+    queue in each timeout and would otherwise get a storm of copies. A reply that is not text, has no A/B
+    last line or was cut off (finish_reason "length") is asked again once, with a reminder of the required
+    last line, and is never guessed. Text replies are cached on disk by (endpoint, model, template, prompt,
+    order, attempt), so a rerun pays nothing twice and a fixed endpoint is never answered from a broken one's
+    cache.
     """
 
     def __init__(
@@ -116,15 +138,17 @@ class LLMJudge:
         template: str = JUDGE_TEMPLATE,
         cache_path: Path | None = None,
         concurrency: int = 4,
-        timeout: float = 60.0,
-        max_retries: int = 4,
+        timeout: float = 120.0,
+        max_retries: int = 3,
+        max_tokens: int = 512,
         backoff: float = 1.0,
         temperature: float = 0.0,
+        progress: bool = True,
     ):
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.template, self.api_key = model, template, os.environ.get(api_key_env, "")
-        self.concurrency, self.timeout, self.max_retries = concurrency, timeout, max_retries
-        self.backoff, self.temperature = backoff, temperature
+        self.timeout, self.max_retries, self.max_tokens = timeout, max_retries, max_tokens
+        self.backoff, self.temperature, self.progress = backoff, temperature, progress
         self.cache_path = cache_path
         self.cache: dict[str, str] = {}
         if cache_path is not None and cache_path.is_file():
@@ -134,48 +158,95 @@ class LLMJudge:
                     self.cache[entry["key"]] = entry["reply"]
                 except (json.JSONDecodeError, KeyError):
                     continue  # a torn last line from a killed run
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
         self._lock = threading.Lock()
-        self.stats = {"requests": 0, "cached": 0, "retries": 0, "unparseable": 0, "failed": 0}
+        self._slots = threading.Condition()
+        self._limit, self._in_flight, self._timeout = concurrency, 0, timeout
+        self.stats = {"requests": 0, "cached": 0, "retries": 0, "unparseable": 0, "cut_off": 0, "failed": 0}
 
-    def _post(self, content: str) -> str:
-        body = json.dumps(
-            {"model": self.model, "temperature": self.temperature, "messages": [{"role": "user", "content": content}]}
-        ).encode()
+    def _count(self, key: str) -> None:
+        with self._lock:
+            self.stats[key] += 1
+
+    def _send(self, body: bytes) -> dict:
+        """One request, holding one of the in-flight slots; the parsed JSON reply."""
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        with self._slots:
+            self._slots.wait_for(lambda: self._in_flight < self._limit)
+            self._in_flight += 1
+        try:
+            self._count("requests")
+            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
+            with self._opener.open(request, timeout=self._timeout) as response:
+                raw = response.read()
+            return json.loads(raw.decode("utf-8"))
+        except urllib.error.HTTPError as e:
+            if e.code == 429 or e.code >= 500:
+                raise _Retryable(f"HTTP {e.code}") from None
+            raise PLEError(f"judge endpoint {self.url} answered HTTP {e.code}: {_server_message(e)}") from None
+        except (TimeoutError, urllib.error.URLError) as e:
+            if isinstance(e, TimeoutError) or isinstance(e.reason, TimeoutError):
+                # The server is queueing, and its queue counts in every timeout: from now on one request at a
+                # time, with twice the wait (up to 8 times the configured one), so a retry does not time out
+                # behind the copies the server is still working through.
+                with self._slots:
+                    waited, self._limit = self._timeout, 1
+                    self._timeout = min(2 * self._timeout, 8 * self.timeout)
+                raise _Retryable(f"no answer within {waited:g} s") from None
+            raise _Retryable(str(e.reason)) from None
+        except (ConnectionError, http.client.HTTPException) as e:
+            raise _Retryable(f"a broken reply ({type(e).__name__})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise _Retryable("a reply that is not UTF-8 JSON") from None
+        finally:
+            with self._slots:
+                self._in_flight -= 1
+                self._slots.notify_all()
+
+    def _post(self, content: str) -> tuple[object, str | None]:
+        """(message content, finish_reason) of one chat completion, retried with backoff."""
+        body = json.dumps(
+            {
+                "model": self.model,
+                "temperature": self.temperature,
+                "max_tokens": self.max_tokens,
+                "messages": [{"role": "user", "content": content}],
+            }
+        ).encode()
         for attempt in range(self.max_retries + 1):
             try:
-                with self._lock:
-                    self.stats["requests"] += 1
-                request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    payload = json.loads(response.read())
-                return payload["choices"][0]["message"]["content"] or ""
-            except urllib.error.HTTPError as e:
-                if e.code != 429 and e.code < 500:
-                    raise PLEError(f"judge endpoint {self.url} answered HTTP {e.code}: {e.reason}") from None
-                error = f"HTTP {e.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                error = str(getattr(e, "reason", e))
-            except (json.JSONDecodeError, KeyError, IndexError, TypeError):
-                error = "a malformed response body"
+                payload = self._send(body)
+                choice = payload["choices"][0]
+                return choice["message"].get("content"), choice.get("finish_reason")
+            except _Retryable as e:
+                error = str(e)
+            except (KeyError, IndexError, TypeError, AttributeError):
+                error = "a reply without choices[0].message"
             if attempt < self.max_retries:
-                with self._lock:
-                    self.stats["retries"] += 1
+                self._count("retries")
                 time.sleep(self.backoff * 2**attempt * (1 + random.random() * 0.1))
         raise PLEError(f"judge endpoint {self.url} failed {self.max_retries + 1} times (last: {error})")
 
     def _key(self, content: str, attempt: int) -> str:
-        return hashlib.sha256(json.dumps([self.model, content, attempt]).encode()).hexdigest()
+        return hashlib.sha256(json.dumps([self.url, self.model, content, attempt]).encode()).hexdigest()
 
-    def _ask(self, content: str, attempt: int) -> str:
+    def _ask(self, content: str, attempt: int) -> str | None:
+        """The reply's text, or None for a reply that holds none (not cached) or was cut off."""
         key = self._key(content, attempt)
         with self._lock:
             if key in self.cache:
                 self.stats["cached"] += 1
                 return self.cache[key]
-        reply = self._post(content)
+        reply, finish_reason = self._post(content)
+        if isinstance(reply, list):  # content parts: [{"type": "text", "text": ...}, ...]
+            reply = "".join(p.get("text", "") for p in reply if isinstance(p, dict)) or None
+        if not isinstance(reply, str):
+            return None
+        if finish_reason == "length":
+            self._count("cut_off")
+            return None
         with self._lock:
             self.cache[key] = reply
             if self.cache_path is not None:
@@ -186,16 +257,40 @@ class LLMJudge:
 
     def _judge_one(self, prompt: Prompt, first: str, second: str) -> Verdict:
         content = self.template.format(prompt=prompt_text(prompt), first=first, second=second)
-        for attempt in range(2):  # one retry for an unparseable answer
-            verdict = parse_verdict(self._ask(content, attempt))
+        for attempt in range(2):  # the re-ask differs, so that a deterministic server can answer otherwise
+            reply = self._ask(content + (REMINDER if attempt else ""), attempt)
+            verdict = parse_verdict(reply) if reply is not None else None
             if verdict is not None:
                 return verdict
-            with self._lock:
-                self.stats["unparseable"] += 1
-        with self._lock:
-            self.stats["failed"] += 1
+            self._count("unparseable")
+        self._count("failed")
         return None
 
     def judge(self, prompts, firsts, seconds) -> list[Verdict]:
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
-            return list(pool.map(self._judge_one, prompts, firsts, seconds))
+        from ple.progress import Progress
+
+        with (
+            Progress(total=len(prompts), description="judging", disable=not self.progress) as bar,
+            ThreadPoolExecutor(max_workers=max(1, self._limit)) as pool,
+        ):
+            futures = [pool.submit(self._judge_one, *args) for args in zip(prompts, firsts, seconds)]
+            for future in futures:
+                future.result()
+                bar.advance()
+            return [f.result() for f in futures]
+
+
+def _server_message(error: urllib.error.HTTPError) -> str:
+    """What the server said about an HTTP error: its JSON error message, else the start of its body."""
+    try:
+        body = error.read().decode("utf-8", errors="replace")
+    except Exception:
+        body = ""
+    try:
+        detail = json.loads(body)
+        message = detail.get("error", detail)
+        message = message.get("message", message) if isinstance(message, dict) else message
+        body = message if isinstance(message, str) else json.dumps(message)
+    except (json.JSONDecodeError, AttributeError):
+        pass
+    return (" ".join(body.split())[:300]) or str(error.reason)

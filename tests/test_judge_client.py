@@ -1,0 +1,172 @@
+"""The LLM judge client against servers that misbehave the way real and hostile ones do, all on 127.0.0.1."""
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
+
+import pytest
+
+from ple.errors import PLEError
+from ple.judges import REMINDER, LLMJudge, compare
+
+
+class Server:
+    """An HTTP server on 127.0.0.1 whose replies a test writes: `respond(handler, content)` sends the answer."""
+
+    def __init__(self, respond, threaded: bool = True):
+        self.requests = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"auth": self.headers.get("Authorization"), "body": body})
+                respond(self, body["messages"][-1]["content"])
+
+        self.httpd = (ThreadingHTTPServer if threaded else HTTPServer)(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def send(handler, status: int, payload, headers: dict | None = None, length: int | None = None):
+    data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+    handler.send_response(status)
+    for key, value in {"Content-Type": "application/json", **(headers or {})}.items():
+        handler.send_header(key, value)
+    handler.send_header("Content-Length", str(len(data) if length is None else length))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def chat(content, finish_reason="stop"):
+    return {"choices": [{"message": {"role": "assistant", "content": content}, "finish_reason": finish_reason}]}
+
+
+def verdict_for(content: str) -> str:
+    return "A" if "[Response A]\nGOOD" in content else "B"
+
+
+@pytest.fixture
+def servers():
+    started = []
+
+    def start(respond, threaded=True):
+        started.append(Server(respond, threaded))
+        return started[-1]
+
+    yield start
+    for s in started:
+        s.close()
+
+
+def test_a_redirect_is_refused_and_the_key_goes_nowhere_else(servers, tmp_path, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-secret")
+    elsewhere = servers(lambda h, c: send(h, 200, chat("A")))
+    redirecting = servers(lambda h, c: send(h, 302, b"", {"Location": elsewhere.url + "/chat/completions"}))
+    judge = LLMJudge(redirecting.url, "m", cache_path=tmp_path / "cache.jsonl", progress=False)
+    with pytest.raises(PLEError, match="redirected \\(HTTP 302\\) to http://127.0.0.1:\\d+/v1/chat/completions"):
+        judge.judge(["p"], ["GOOD"], ["bad"])
+    assert redirecting.requests[0]["auth"] == "Bearer sk-secret" and elsewhere.requests == []
+
+
+def test_a_4xx_quotes_the_server(servers, tmp_path):
+    pinned = servers(lambda h, c: send(h, 400, {"error": {"message": "Server is pinned to 'tiny'"}}))
+    with pytest.raises(PLEError, match="answered HTTP 400: Server is pinned to 'tiny'"):
+        LLMJudge(pinned.url, "other", progress=False).judge(["p"], ["a"], ["b"])
+    assert len(pinned.requests) == 1
+
+
+def test_replies_without_text_are_unparseable_never_cached_and_parts_are_read(servers, tmp_path):
+    replies = {"int": 7, "parts": [{"type": "text", "text": "Thinking.\n"}, {"type": "text", "text": "A"}]}
+    kind = {"now": "int"}
+    server = servers(lambda h, c: send(h, 200, chat(replies[kind["now"]])))
+    cache = tmp_path / "cache.jsonl"
+    judge = LLMJudge(server.url, "m", cache_path=cache, progress=False)
+    assert judge.judge(["p"], ["a"], ["b"]) == [None]
+    assert judge.stats["unparseable"] == 2 and not cache.exists()  # nothing cached: the rerun asks again
+    kind["now"] = "parts"
+    assert LLMJudge(server.url, "m", cache_path=cache, progress=False).judge(["p"], ["a"], ["b"]) == ["first"]
+
+
+@pytest.mark.parametrize("fault", ["not utf-8", "truncated", "not http"])
+def test_broken_replies_are_retried_then_one_line(servers, tmp_path, fault):
+    if fault == "not http":
+        listener = socket.socket()
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+
+        def garbage():
+            while True:
+                try:
+                    conn, _ = listener.accept()
+                except OSError:
+                    return
+                conn.recv(65536)
+                conn.sendall(b"SSH-2.0-OpenSSH_9.6\r\n")
+                conn.close()
+
+        threading.Thread(target=garbage, daemon=True).start()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    else:
+        body = b'{"choices": [{"message": {"content": "\xff\xfe A"}}]}' if fault == "not utf-8" else b'{"choi'
+        url = servers(lambda h, c: send(h, 200, body, length=len(body) + (50 if fault == "truncated" else 0))).url
+    judge = LLMJudge(url, "m", max_retries=1, backoff=0.01, timeout=2, progress=False)
+    try:
+        with pytest.raises(PLEError, match="failed 2 times \\(last: "):
+            judge.judge(["p"], ["a"], ["b"])
+    finally:
+        if fault == "not http":
+            listener.close()
+
+
+def test_the_cache_is_keyed_by_endpoint_and_model(servers, tmp_path):
+    broken = servers(lambda h, c: send(h, 200, chat("I am a broken endpoint")))
+    fixed = servers(lambda h, c: send(h, 200, chat(verdict_for(c))))
+    cache = tmp_path / "cache.jsonl"
+    assert LLMJudge(broken.url, "m", cache_path=cache, progress=False).judge(["p"], ["GOOD"], ["bad"]) == [None]
+    judge = LLMJudge(fixed.url, "m", cache_path=cache, progress=False)
+    assert judge.judge(["p"], ["GOOD"], ["bad"]) == ["first"] and judge.stats["cached"] == 0
+    other_model = LLMJudge(fixed.url, "m2", cache_path=cache, progress=False)
+    assert other_model.judge(["p"], ["GOOD"], ["bad"]) == ["first"] and other_model.stats["cached"] == 0
+
+
+def test_the_re_ask_differs_and_a_cut_off_reply_is_no_verdict(servers, tmp_path):
+    def respond(handler, content):
+        if content.endswith(REMINDER):
+            send(handler, 200, chat("B"))
+        else:
+            send(handler, 200, chat("Let me think about A", finish_reason="length"))  # cut off mid-way
+
+    server = servers(respond)
+    judge = LLMJudge(server.url, "m", max_tokens=64, progress=False)
+    assert judge.judge(["p"], ["a"], ["b"]) == ["second"]
+    first, second = (r["body"] for r in server.requests)
+    assert second["messages"][0]["content"] == first["messages"][0]["content"] + REMINDER
+    assert first["max_tokens"] == 64 and judge.stats["cut_off"] == 1
+
+
+def test_a_server_that_queues_one_request_at_a_time_gets_no_retry_storm(servers):
+    """Each request takes 0.25 s and the server answers one at a time, so the fourth of four concurrent requests
+    waits 1 s, past the 0.6 s timeout. The client drops to one request in flight after the first timeout."""
+
+    def slow(handler, content):
+        time.sleep(0.25)
+        try:
+            send(handler, 200, chat(verdict_for(content)))
+        except OSError:
+            pass  # the client gave up on this one
+
+    server = servers(slow, threaded=False)
+    judge = LLMJudge(server.url, "m", concurrency=4, timeout=0.6, backoff=0.3, progress=False)
+    prompts = [f"p{i}" for i in range(6)]
+    assert compare(judge, prompts, ["GOOD"] * 6, ["bad"] * 6) == ["win"] * 6
+    assert judge.stats["requests"] <= 12 + 4, judge.stats  # 12 judgements; a storm would be many more
