@@ -170,3 +170,46 @@ def test_a_server_that_queues_one_request_at_a_time_gets_no_retry_storm(servers)
     prompts = [f"p{i}" for i in range(6)]
     assert compare(judge, prompts, ["GOOD"] * 6, ["bad"] * 6) == ["win"] * 6
     assert judge.stats["requests"] <= 12 + 4, judge.stats  # 12 judgements; a storm would be many more
+
+
+def test_ple_eval_judges_with_a_real_transformers_serve(tmp_path, tiny_chat_model, capsys):
+    """`ple eval --compare --judge llm` end to end against `transformers serve` (the `transformers[serving]`
+    extra) serving the tiny model on 127.0.0.1: the protocol works with a real OpenAI-compatible server."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    from ple.cli import main
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    command = [sys.executable, "-m", "transformers.cli.transformers", "serve", tiny_chat_model]
+    server = subprocess.Popen(
+        [*command, "--host", "127.0.0.1", "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    try:
+        for _ in range(240):
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            raise AssertionError(f"transformers serve did not start: {server.stderr.read1(4000)!r}")
+        a, b = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+        a.write_text("".join(json.dumps({"prompt": f"p{i}", "completion": "good fun"}) + "\n" for i in range(3)))
+        b.write_text("".join(json.dumps({"prompt": f"p{i}", "completion": "bad"}) + "\n" for i in range(3)))
+        url = f"http://127.0.0.1:{port}/v1"
+        args = ["eval", "--compare", str(a), str(b), "--judge", "llm", "--judge-url", url]
+        args += ["--judge-model", tiny_chat_model, "--judge-max-tokens", "8", "--output-dir", str(tmp_path / "out")]
+        assert main(args) == 0
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    result = json.loads((tmp_path / "out" / "compare.json").read_text())
+    assert result["n_prompts"] == 3
+    assert sum(result["rates"][k]["value"] for k in ("win", "tie", "loss")) == pytest.approx(1.0)
+    assert 6 <= result["judge_stats"]["requests"] <= 12  # 6 judgements (both orders), each asked at most twice
+    assert "judge: " in capsys.readouterr().err
