@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ple.errors import PLEError
+from ple.errors import PLEError, first_line
 from ple.generation import cache_kwarg, pad_batch, prefill_cache
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
@@ -24,11 +24,6 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def check_exists(name: str) -> None:
     """A name that is plainly a local path (absolute, ./ or ~) must exist; anything else may be a hub id."""
     if name.startswith(("/", ".", "~")) and not Path(name).expanduser().exists():
@@ -42,7 +37,7 @@ def load_tokenizer(name: str):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as e:
-        raise PLEError(f"could not load the tokenizer of '{name}': {_first_line(e)}") from None
+        raise PLEError(f"could not load the tokenizer of '{name}': {first_line(e)}") from None
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise PLEError(f"the tokenizer of '{name}' has neither a pad nor an eos token")
@@ -76,7 +71,7 @@ def load_causal_lm(name: str, dtype: str = "float32"):
             if DTYPES[dtype] == torch.float32:
                 model = model.merge_and_unload()
     except Exception as e:
-        raise PLEError(f"could not load model '{name}': {_first_line(e)}") from None
+        raise PLEError(f"could not load model '{name}': {first_line(e)}") from None
     return model
 
 
@@ -101,7 +96,7 @@ def load_policy(config, checkpoint: Path | None = None):
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=weights_dtype)
     except Exception as e:
-        raise PLEError(f"could not load model '{source}': {_first_line(e)}") from None
+        raise PLEError(f"could not load model '{source}': {first_line(e)}") from None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if config.use_lora:
         from peft import LoraConfig, PeftModel, get_peft_model
@@ -119,7 +114,7 @@ def load_policy(config, checkpoint: Path | None = None):
                 )
                 model = get_peft_model(model, lora)
             except ValueError as e:
-                raise PLEError(f"LoRA setup failed: {_first_line(e)}") from None
+                raise PLEError(f"LoRA setup failed: {first_line(e)}") from None
     return model, tokenizer
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from ple.data import Prompt, prompt_text
-from ple.errors import PLEError
+from ple.errors import PLEError, first_line
 
 RewardFn = Callable[..., list[float | None]]
 _CALLABLE = re.compile(r"^(?P<module>[^:]+):(?P<attr>[A-Za-z_][A-Za-z0-9_.]*)$")
@@ -219,9 +219,7 @@ def score(fn: RewardFn, prompts: Sequence[Prompt], completions: Sequence[str], *
             ) from None
         raise PLEError(f"reward {name!s} raised TypeError: {e}") from None
     except Exception as e:
-        raise PLEError(
-            f"reward {name!s} raised {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-        ) from None
+        raise PLEError(f"reward {name!s} raised {type(e).__name__}: {first_line(e)}") from None
     if hasattr(out, "tolist"):
         out = out.tolist()
     if not isinstance(out, (list, tuple)) or len(out) != len(completions):

@@ -25,7 +25,7 @@ import torch
 from ple.config import Config, save_config
 from ple.data import load_task_rows, query_rows, sft_rows
 from ple.dist import Dist
-from ple.errors import PLEError
+from ple.errors import PLEError, first_line
 from ple.generation import generate
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir, strict_json
 from ple.losses import assign_branch, ple_loss, sft_weights, wsft_temperature
@@ -118,6 +118,7 @@ class PLETrainer:
         self.skipped_steps = self.skipped_in_a_row = 0  # optimizer steps skipped for a non-finite loss or gradient
         self.where = "training"  # what the optimizer steps are for, to name in an error
         self.model = self.tokenizer = self.optimizer = None
+        self._lock = None  # the run directory's lock, held by the main process while it trains
 
     # ------------------------------------------------------------------ main loop
     def train(self, resume: bool = False) -> Path:
@@ -557,7 +558,7 @@ class PLETrainer:
             except PLEError:
                 raise
             except Exception as e:  # a torn safetensors or optimizer file: what a full disk or a bad copy leaves
-                print(f"ple: warning: checkpoint {checkpoint} is unreadable ({_first_line(e)})", file=sys.stderr)
+                print(f"ple: warning: checkpoint {checkpoint} is unreadable ({first_line(e)})", file=sys.stderr)
                 continue
             self.reward_std = RunningStd(**state["reward_std"])
             return t
@@ -567,7 +568,7 @@ class PLETrainer:
         return None
 
     def _unlock(self) -> None:
-        lock, self._lock = getattr(self, "_lock", None), None
+        lock, self._lock = self._lock, None
         if lock is not None:
             lock.close()
 
@@ -598,10 +599,6 @@ class PLETrainer:
             else []
         )
         return sorted(found)
-
-    def _last_checkpoint(self) -> int | None:
-        found = self._checkpoints()
-        return found[-1][0] if found else None
 
     def _discard_after(self, done: int) -> None:
         """Drop rows of iterations that finished after the last checkpoint: they are redone identically."""
@@ -693,10 +690,6 @@ def merge_generation_stats(parts: list[dict]) -> dict[str, float]:
 
 def _checkpoint_name(t: int) -> str:
     return "warmup" if t == WARMUP else f"iter_{t:03d}"
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _read_json(path: Path) -> dict:
