@@ -37,7 +37,8 @@ def test_short_compare_preset_on_the_real_model(tmp_path, monkeypatch):
     from ple.cli import main
 
     args = ["compare", "--preset", "sentiment", "--output-dir", str(tmp_path / "grid")]
-    for key, value in dict(iterations=1, queries_per_iteration=4, eval_max_prompts=6, max_new_tokens=12).items():
+    settings = dict(iterations=1, queries_per_iteration=4, batch_size=4, eval_max_prompts=6, max_new_tokens=12)
+    for key, value in settings.items():
         args += ["--set", f"{key}={value}"]
     methods = ["ple", "sft", "dpo", "rloo", "raft"]
     from ple import demo

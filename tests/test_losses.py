@@ -66,8 +66,27 @@ def test_logistic_rank_loss_by_hand():
 
 
 def test_rank_loss_rejects_unknown_kind():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown rank loss 'bogus'"):
         rank_loss(torch.zeros(1), torch.zeros(1), "bogus")
+
+
+def test_loss_defaults_are_the_documented_ones():
+    winner, loser = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
+    assert rank_loss(winner, loser).tolist() == pytest.approx([0.0, 1.0])  # hinge, margin 0
+    assert rank_loss(winner, loser, "logistic").tolist() == pytest.approx(
+        [math.log(1 + math.exp(-1.0)), math.log(1 + math.exp(2.0))]  # beta 2
+    )
+    w_p, _ = sft_weights(torch.tensor([1.0]), torch.tensor([0.0]))
+    assert w_p.item() == pytest.approx(math.e / (1 + math.e))  # temperature 1
+    # l_p = -2 / 2 = -1 and l = -4.5 / 3 = -1.5 (d = 0.5); s_p = 1, s = 0.
+    pair = [torch.tensor([v]) for v in (-2.0, 2, -4.5, 3, 1.0, 0.0)]
+    ranked, guided_wins = torch.tensor([True]), torch.tensor([True])
+    assert ple_loss(*pair, ranked, guided_wins)["loss"].item() == 0.0  # hinge, margin 0
+    logistic = ple_loss(*pair, ranked, guided_wins, rank_kind="logistic")["loss"].item()
+    assert logistic == pytest.approx(math.log(1 + math.exp(-1.0)))  # beta 2
+    w_p = math.e / (1 + math.e)  # temperature 1
+    wsft = ple_loss(*pair, torch.tensor([False]), guided_wins)["loss"].item()
+    assert wsft == pytest.approx((w_p * 2 + (1 - w_p) * 4.5) / (w_p * 2 + (1 - w_p) * 3))
 
 
 def test_sft_weights_softmax_with_temperature():
@@ -155,6 +174,9 @@ def test_ple_loss_by_hand():
     # reverse for the second. Query 0 is ranked (y_p wins), query 1 is in weighted SFT with s_p = 0.1, s = 0.4.
     sum_p, n_p = torch.tensor([-2.0, -6.0]), torch.tensor([2, 3])
     sum_y, n_y = torch.tensor([-6.0, -2.0]), torch.tensor([3, 2])
+    s_p64, s64 = torch.tensor([0.9, 0.1], dtype=torch.float64), torch.tensor([0.1, 0.4], dtype=torch.float64)
+    out = ple_loss(sum_p, n_p, sum_y, n_y, s_p64, s64, torch.tensor([False, False]), torch.tensor([True, False]))
+    assert out["loss"].dtype == torch.float32  # float64 rewards weigh float32 log-probs without upcasting them
     s_p, s = torch.tensor([0.9, 0.1]), torch.tensor([0.1, 0.4])
     is_rank, guided_wins = torch.tensor([True, False]), torch.tensor([True, False])
     out = ple_loss(sum_p, n_p, sum_y, n_y, s_p, s, is_rank, guided_wins, margin=1.5, temperature=0.2, rank_coef=2.0)
@@ -168,20 +190,21 @@ def test_ple_loss_by_hand():
     assert math.isnan(out["rank_loss"][1].item()) and math.isnan(out["wsft_loss"][0].item())
 
     # The symmetric variant's winner is y; logistic loss with an extra NLL on the winner; all weight on y_p.
+    # One-token responses: l = log p itself, nothing clamped away.
     out = ple_loss(
-        sum_p,
-        n_p,
-        sum_y,
-        n_y,
-        s_p,
-        s,
-        torch.tensor([True, True]),
-        torch.tensor([True, False]),
+        torch.tensor([-3.0]),
+        torch.tensor([1]),
+        torch.tensor([-0.5]),
+        torch.tensor([1]),
+        torch.tensor([0.1]),
+        torch.tensor([0.4]),
+        torch.tensor([True]),
+        torch.tensor([False]),
         rank_kind="logistic",
         beta=3.0,
         rank_sft_coef=0.5,
     )
-    # query 1: winner y (l = -1), loser y_p (l = -2): -log sigmoid(3 * 1) - 0.5 * -1
-    assert out["loss"][1].item() == pytest.approx(math.log(1 + math.exp(-3.0)) + 0.5)
+    # winner y (l = -0.5), loser y_p (l = -3): -log sigmoid(3 * 2.5) - 0.5 * -0.5
+    assert out["loss"].item() == pytest.approx(math.log(1 + math.exp(-7.5)) + 0.25)
     out = ple_loss(sum_p, n_p, sum_y, n_y, s_p, s, torch.tensor([False, False]), guided_wins, all_weight_on_guided=True)
     assert out["loss"].tolist() == pytest.approx([1.0, 2.0])  # the mean token NLL of y_p

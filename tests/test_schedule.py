@@ -17,6 +17,7 @@ def test_quantile_uses_finite_absolute_gaps():
     gaps = [0.1, -0.3, None, float("nan"), 0.5, float("inf")]
     assert threshold(0, "quantile", quantile=0.5, gaps=gaps) == pytest.approx(0.3)
     assert threshold(0, "quantile", quantile=1.0, gaps=gaps) == pytest.approx(0.5)
+    assert threshold(0, "quantile", gaps=gaps) == pytest.approx(0.3)  # the default quantile is the median
     assert threshold(0, "quantile", tau0=0.7, gaps=[None]) == 0.7  # nothing to take a quantile of
 
 
@@ -25,5 +26,5 @@ def test_minus_infinity_survives_the_exponential_schedule():
 
 
 def test_unknown_schedule():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown schedule 'linear'"):
         threshold(0, "linear")

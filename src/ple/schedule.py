@@ -20,8 +20,8 @@ def threshold(
     quantile: the q-quantile of this iteration's finite |gaps| (tau0 when there are none).
     """
     if schedule == "exponential":
-        # Rounded to 12 significant digits so 0.2 * 0.9 logs as 0.18, not 0.18000000000000002.
-        return tau0 if math.isinf(tau0) else float(f"{tau0 * alpha**t:.12g}")
+        # Rounded to 12 significant digits so 0.2 * 0.9 logs as 0.18, not 0.18000000000000002 (-inf stays -inf).
+        return float(f"{tau0 * alpha**t:.12g}")
     if schedule == "constant":
         return tau0
     if schedule == "quantile":
