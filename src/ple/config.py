@@ -203,8 +203,7 @@ class Config:
     )
     sft_weights: str = _f(
         "reward",
-        "Weights of the SFT branch: reward (softmax of the rewards) or guided (all weight on y_p, "
-        "i.e. context distillation).",
+        "Weights of the SFT branch: reward (softmax of the rewards) or guided (all weight on y_p).",
         ("reward", "guided"),
         "algorithm",
     )
