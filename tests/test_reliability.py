@@ -180,8 +180,15 @@ def test_a_broken_reward_fails_before_any_work_with_one_line(config, tmp_path, b
     assert not (tmp_path / "run").exists()
 
 
-def test_a_reward_that_raises_inside_ple_eval_is_one_line(tmp_path, tiny_chat_model, queries_file, capsys):
+def test_a_reward_that_raises_inside_ple_eval_is_one_line(tmp_path, tiny_chat_model, queries_file, capsys, monkeypatch):
     import yaml
+
+    from ple import eval_cmd
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("generation ran before the reward was checked")
+
+    monkeypatch.setattr(eval_cmd, "generate_rows", no_generation)
 
     reward = tmp_path / "flaky.py"
     reward.write_text("def f(prompts, completions, **kw):\n    raise ValueError('no scores today')\n")

@@ -15,7 +15,7 @@ from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, strict_jso
 from ple.judges import LLMJudge, RewardJudge, compare
 from ple.model import adapter_base, autocast, load_causal_lm, load_tokenizer, resolve_device
 from ple.principles import PromptBuilder
-from ple.rewards import config_reward, score
+from ple.rewards import check_reward, config_reward, score
 
 REFERENCE_COLUMNS = ("reference", "response", "chosen")
 
@@ -62,6 +62,8 @@ def evaluate_model(
     reward_fns = {  # built before generating, so a bad reward fails in seconds, not after a long generation
         name: config_reward(spec, config, device) for name, spec in _reward_specs(config).items()
     }
+    for fn in reward_fns.values():
+        check_reward(fn, prompt_rows[0])
     prompts = [r["prompt"] for r in prompt_rows]
     torch.manual_seed(config.seed)
     with autocast(config.dtype, device):

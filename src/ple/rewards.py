@@ -238,6 +238,12 @@ def score(fn: RewardFn, prompts: Sequence[Prompt], completions: Sequence[str], *
     return clean
 
 
+def check_reward(fn: RewardFn, row: dict[str, Any]) -> None:
+    """Call a reward once on a query row with a stand-in answer, so that one that cannot score (it raises, or
+    takes no **kwargs for the row's other columns) fails before any work rather than after a generation."""
+    score(fn, [row["prompt"]], ["A test answer."], **{k: [v] for k, v in row.items() if k != "prompt"})
+
+
 class RunningStd:
     """Running standard deviation of every reward seen (Welford), for `reward_scaling: standardized`."""
 

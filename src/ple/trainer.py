@@ -40,7 +40,7 @@ from ple.model import (
 )
 from ple.principles import PromptBuilder, load_principle
 from ple.progress import Progress
-from ple.rewards import RunningStd, config_reward, score
+from ple.rewards import RunningStd, check_reward, config_reward, score
 from ple.rundir import check_inputs_unchanged, lock_run_dir, write_input_hashes
 from ple.schedule import threshold
 from ple.vllm_backend import select_backend
@@ -110,9 +110,8 @@ class PLETrainer:
         if reward_fn is None and config.reward is not None:
             reward_fn = config_reward(config.reward, config, self.device)
         self.reward_fn = reward_fn
-        if reward_fn is not None:  # a reward that cannot score a row fails now, not after the first generation
-            row = self.queries[0]
-            score(reward_fn, [row["prompt"]], ["A test answer."], **{k: [v] for k, v in row.items() if k != "prompt"})
+        if reward_fn is not None:
+            check_reward(reward_fn, self.queries[0])
         self.reward_std = RunningStd()
         self.truncated_prompts = 0  # prompts this process cut to max_prompt_tokens in the current iteration
         self.skipped_steps = self.skipped_in_a_row = 0  # optimizer steps skipped for a non-finite loss or gradient
