@@ -1,41 +1,20 @@
 """The pairwise protocol, against a real OpenAI-compatible HTTP server started on 127.0.0.1."""
 
-import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from judge_server import Server, send
 
 from ple.errors import PLEError
 from ple.judges import LLMJudge, RewardJudge, compare, outcome, parse_verdict
 
 
-class FakeJudgeServer:
+class FakeJudgeServer(Server):
     """Chat-completions endpoint whose behaviour a test picks with `mode`."""
 
     def __init__(self, mode: str):
-        self.mode, self.requests, self.failures = mode, [], {}
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                server.requests.append({"path": self.path, "auth": self.headers.get("Authorization"), "body": body})
-                status, payload = server.answer(body["messages"][-1]["content"])
-                data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.mode, self.failures = mode, {}
+        super().__init__(lambda handler, content: send(handler, *self.answer(content)))
 
     def answer(self, content: str):
         first = re.search(r"\[Response A\]\n(.*?)\n\n\[Response B\]", content, re.S).group(1)
@@ -62,10 +41,6 @@ class FakeJudgeServer:
         if self.mode == "unauthorized":
             return 401, {"error": "bad key"}
         raise AssertionError(self.mode)
-
-    def close(self):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 @pytest.fixture
