@@ -126,3 +126,25 @@ def test_an_fsdp_launch_is_refused_not_ignored(monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "1")
     with pytest.raises(PLEError, match="FSDP, which PLE does not support"):
         Dist()
+
+
+def test_a_diverging_zero_run_stops_with_one_line_before_a_non_finite_step(
+    tmp_path, tiny_chat_model, queries_file, reward_module
+):
+    """Under ZeRO the engine reduces and steps as one, so a non-finite loss stops the run before that step."""
+    pytest.importorskip("deepspeed", reason='DeepSpeed is in the test extra: pip install -e ".[test]"')
+    run_dir = tmp_path / "zero"
+    config = tmp_path / "zero.yaml"
+    settings = dict(COMMON, queries_per_iteration=4, iterations=3, learning_rate=1e30)
+    config.write_text(
+        yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, run_dir, f"{reward_module}:positivity", **settings))
+    )
+    launched = _accelerate_launch(
+        REPO / "configs" / "accelerate" / "zero2.yaml", 29650, "train", "--config", str(config)
+    )
+    assert launched.returncode != 0
+    errors = [line for line in launched.stderr.splitlines() if line.startswith("ple: error: ")]
+    assert errors and all("non-finite loss" in e or "probabilities are NaN" in e for e in errors), errors
+    for checkpoint in (run_dir / "checkpoints").glob("iter_*"):
+        weights = load_file(checkpoint / "adapter_model.safetensors")
+        assert all(torch.isfinite(v).all() for v in weights.values())
