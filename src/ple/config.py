@@ -1,7 +1,7 @@
 """One flat config for a run: YAML keys and `--set key=value` overrides are its fields.
 
-Every field carries its help text, so `ple train --help` and the README's config
-reference come from the same place as the code.
+Every field carries its help text, so `ple train --help` and the reference in
+docs/config.md come from the same place as the code.
 """
 
 import dataclasses
