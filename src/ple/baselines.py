@@ -224,7 +224,6 @@ class _TRLBaseline(PLETrainer):
             self.progress = progress
             if start == WARMUP:  # as every method gets it; TRL's reference is then a copy of the warmed-up adapter
                 self.sft_warmup()
-                self._checkpoint(WARMUP)
             budget = self.run_trl()
             progress.advance()
         for name in list(getattr(self.model, "peft_config", {})):

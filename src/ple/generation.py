@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ple.errors import PLEError
+
 
 @dataclass
 class Sample:
@@ -200,8 +202,6 @@ class InverseCDFSampler:
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         probs = torch.softmax(scores.float(), dim=-1)
         if probs.isnan().any():
-            from ple.errors import PLEError
-
             raise PLEError("the policy's next-token probabilities are NaN: its weights have diverged")
         uniform = torch.rand(scores.shape[0], device=scores.device, dtype=torch.float64)
         token = inverse_cdf_sample(probs, uniform)

@@ -138,7 +138,6 @@ class PLETrainer:
             self.progress = progress
             if start == WARMUP:
                 self.sft_warmup()
-                self._checkpoint(WARMUP)
                 start = 0
             for t in range(start, config.iterations):
                 metrics = self.iteration(t)
@@ -381,11 +380,12 @@ class PLETrainer:
         return torch.maximum(w_p, w).tolist()
 
     def sft_warmup(self) -> None:
-        """SFT on the SFT set for sft_epochs epochs, loss on response tokens only."""
+        """SFT on the SFT set for sft_epochs epochs, loss on response tokens only; checkpointed as the warm-up."""
         config = self.config
         torch.manual_seed(iteration_seed(config.seed, WARMUP))
         examples = self.sft_examples([r["prompt"] for r in self.sft_set], [r["response"] for r in self.sft_set])
         self.train_sft(examples, config.sft_epochs, np.random.default_rng([config.seed, 1]), "SFT warm-up")
+        self._checkpoint(WARMUP)
 
     def sft_examples(self, queries: list, responses: list[str]) -> list[tuple[list[int], list[int]]]:
         """(plain prompt ids, response ids + EOS) for queries and response texts."""
