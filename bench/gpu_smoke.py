@@ -25,12 +25,6 @@ def positivity(prompts, completions, **_):
 """
 
 
-class Tracked(PLETrainer):
-    def _setup_model(self, checkpoint):
-        super()._setup_model(checkpoint)
-        self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-
-
 def main() -> int:
     device = sys.argv[1] if len(sys.argv) > 1 else "cuda"  # `cpu` for a dry run of this script
     if device == "cuda" and not torch.cuda.is_available():
@@ -63,13 +57,13 @@ def main() -> int:
                     output_dir=str(out),
                 )
             )
-            trainer = Tracked(config)
+            trainer = PLETrainer(args=config)  # the model is built here, so its initial weights can be kept
+            initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
             started = time.perf_counter()
-            trainer.train()
+            metrics = trainer.train().metrics
             seconds = time.perf_counter() - started
             params = dict(trainer.model.named_parameters())
-            changed = sum(not torch.equal(p0, params[n]) for n, p0 in trainer.initial.items())
-            metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+            changed = sum(not torch.equal(p0, params[n]) for n, p0 in initial.items())
             devices = {str(p.device) for p in params.values()}
             dtypes = {str(p.dtype).removeprefix("torch.") for p in params.values() if p.requires_grad}
             rows.append(

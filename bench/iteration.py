@@ -46,9 +46,7 @@ def run_ple(model: str, steps: int) -> dict:
             keep_checkpoints=1,
         )
     )
-    trainer = PLETrainer(config)
-    trainer.train()
-    metrics = [json.loads(line) for line in (Path(config.output_dir) / "metrics.jsonl").read_text().splitlines()][1:]
+    metrics = PLETrainer(args=config).train().metrics[1:]
 
     def mean(key):
         return sum(m[key] for m in metrics) / len(metrics)

@@ -80,12 +80,12 @@ def tiny_config(model: str, dataset: Path, output_dir: Path, reward: str | None,
 @pytest.fixture
 def track_params(monkeypatch):
     """Record each trainer's trainable parameters right after the model is set up."""
-    from ple.trainer import PLETrainer
+    from ple.training.loop import Trainer
 
-    original = PLETrainer._setup_model
+    original = Trainer.__init__
 
-    def setup(self, checkpoint):
-        original(self, checkpoint)
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)  # builds the model
         self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
-    monkeypatch.setattr(PLETrainer, "_setup_model", setup)
+    monkeypatch.setattr(Trainer, "__init__", init)

@@ -9,7 +9,7 @@ from conftest import tiny_config
 from ple.baselines import make_trainer
 from ple.config import load_config
 from ple.errors import PLEError
-from ple.evaluation import generate_rows
+from ple.evaluation.evaluate import generate_rows
 from ple.model import load_causal_lm, load_tokenizer
 from ple.principles import PromptBuilder
 
@@ -32,7 +32,7 @@ def train(method: str, tmp_path, model, queries, reward, **extra):
         )
     )
     trainer = make_trainer(config)
-    final = trainer.train()
+    final = trainer.train().final_model
     return trainer, final, json.loads((out / "budget.json").read_text())
 
 
@@ -118,7 +118,7 @@ def test_a_finished_trl_baseline_is_not_retrained(tmp_path, tiny_chat_model, que
     _, final, budget = train("rloo", tmp_path, tiny_chat_model, queries_file, reward)
     stamp = (final / "adapter_model.safetensors").stat().st_mtime_ns
     config = load_config(overrides=tiny_config(tiny_chat_model, queries_file, tmp_path / "rloo", reward, method="rloo"))
-    assert make_trainer(config).train(resume=True) == final
+    assert make_trainer(config).train(resume=True).final_model == final
     assert (final / "adapter_model.safetensors").stat().st_mtime_ns == stamp
 
 

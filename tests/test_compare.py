@@ -1,14 +1,15 @@
 """`ple compare`: the grid runs, writes its table and charts, and a rerun redoes only unfinished cells."""
 
 import csv
+import dataclasses
 import json
 
 import pytest
 from conftest import tiny_config
 
 from ple.cli import main
-from ple.compare import load_spec, run_compare
 from ple.errors import PLEError
+from ple.evaluation.grid import load_grid, run_grid
 
 
 @pytest.fixture
@@ -35,7 +36,7 @@ def spec_raw(tmp_path, tiny_chat_model, queries_file, reward_module):
 
 
 def test_grid_writes_table_and_charts_and_resumes(spec_raw, tmp_path, capsys):
-    report = run_compare(load_spec(spec_raw))
+    report = run_grid(load_grid(spec_raw))
     grid = tmp_path / "grid"
     summary = list(csv.DictReader(open(grid / "results.csv")))
     assert [r["method"] for r in summary] == ["ple", "sft", "distill"]
@@ -59,7 +60,7 @@ def test_grid_writes_table_and_charts_and_resumes(spec_raw, tmp_path, capsys):
     for path in redone.iterdir():
         path.unlink()
     redone.rmdir()
-    run_compare(load_spec(spec_raw))
+    run_grid(load_grid(spec_raw))
     assert kept.stat().st_mtime_ns == stamp
     assert (redone / "eval.json").is_file()
     assert len(list(csv.DictReader(open(grid / "cells.csv")))) == 6
@@ -67,33 +68,85 @@ def test_grid_writes_table_and_charts_and_resumes(spec_raw, tmp_path, capsys):
     # A finished cell is not silently reused under a changed config.
     spec_raw["config"]["learning_rate"] = 1e-3
     with pytest.raises(PLEError, match="finished with another config \\(learning_rate\\)"):
-        run_compare(load_spec(spec_raw))
+        run_grid(load_grid(spec_raw))
 
 
 def test_a_cell_killed_mid_training_resumes(spec_raw, tmp_path):
     spec_raw.update(methods=["ple"], seeds=[0])
     spec_raw["config"]["iterations"] = 2
-    spec = load_spec(spec_raw)
+    spec = load_grid(spec_raw)
     cell = tmp_path / "grid/cells/ple/seed0"
     # Simulate a kill after iteration 0: train one iteration, then ask the grid for two.
     from ple.trainer import PLETrainer
 
-    PLETrainer(spec["cells"][("ple", 0)].__class__(**{**spec["cells"][("ple", 0)].to_dict(), "iterations": 1})).train()
-    run_compare(spec)
+    one_iteration = dataclasses.replace(spec["cells"][("ple", 0)], iterations=1)
+    PLETrainer(args=one_iteration).train()
+    run_grid(spec)
     metrics = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [0, 1]
 
 
 def test_bad_compare_files_fail_with_one_line(spec_raw, tmp_path, capsys):
     with pytest.raises(PLEError, match="unknown method"):
-        load_spec({**spec_raw, "methods": ["ple", "ppo"]})
+        load_grid({**spec_raw, "methods": ["ple", "ppo"]})
     with pytest.raises(PLEError, match="seeds"):
-        load_spec({**spec_raw, "seeds": "0"})
+        load_grid({**spec_raw, "seeds": "0"})
     with pytest.raises(PLEError, match="unknown compare key"):
-        load_spec({**spec_raw, "method": ["ple"]})
+        load_grid({**spec_raw, "method": ["ple"]})
     with pytest.raises(PLEError, match="eval_dataset"):
-        load_spec({**spec_raw, "config": {k: v for k, v in spec_raw["config"].items() if k != "eval_dataset"}})
+        load_grid({**spec_raw, "config": {k: v for k, v in spec_raw["config"].items() if k != "eval_dataset"}})
     with pytest.raises(PLEError, match="cell sft/seed0: .*sft_dataset"):
-        load_spec({**spec_raw, "config": {k: v for k, v in spec_raw["config"].items() if k != "sft_dataset"}})
+        load_grid({**spec_raw, "config": {k: v for k, v in spec_raw["config"].items() if k != "sft_dataset"}})
     assert main(["compare", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "compare file not found" in capsys.readouterr().err
+
+
+def test_the_lr_grid_picks_each_methods_rate_on_validation_prompts_and_the_verdict_follows(
+    spec_raw, tmp_path, queries_file, reward_module
+):
+    """Each method trains at each rate, is scored on the validation prompts, and its cells train at the best rate;
+    results.md then holds PLE's difference from each method, computed here by hand from the completions."""
+    validation = tmp_path / "validation.jsonl"
+    validation.write_text("".join(json.dumps({"prompt": f"validate {w}"}) + "\n" for w in ("a b", "c d", "e", "f g")))
+    spec_raw["config"]["eval_rewards"] = f"{reward_module}:positivity"
+    spec_raw.update(
+        methods=["ple", "sft"],
+        seeds=[0, 1],
+        seeds_per_method={"sft": [0]},
+        lr_grid={
+            "rates": [1e-4, 5e-2],
+            "iterations": 1,
+            "queries_per_iteration": 4,
+            "validation_dataset": str(validation),
+        },
+    )
+    report = run_grid(load_grid(spec_raw)).read_text()
+    grid = tmp_path / "grid"
+    chosen = json.loads((grid / "lr_grid.json").read_text())
+    assert set(chosen["scores"]) == {"ple", "sft"} and chosen["validation_prompts"] == 4
+    for method in ("ple", "sft"):
+        scores = chosen["scores"][method]
+        assert set(scores) == {"0.0001", "0.05"}
+        assert chosen["chosen"][method] == float(max(scores, key=scores.get))
+        evaluated = [
+            json.loads(line)["prompt"] for line in open(grid / "lr_grid" / method / "lr_0.05/eval/completions.jsonl")
+        ]
+        assert evaluated == [f"validate {w}" for w in ("a b", "c d", "e", "f g")]  # never the eval prompts
+        cell_config = grid / "cells" / method / "seed0" / "config.yaml"
+        assert f"learning_rate: {chosen['chosen'][method]}" in cell_config.read_text()
+    assert not (grid / "cells/sft/seed1").exists()  # sft runs its own seeds only
+
+    def held_out(method):
+        rows = [json.loads(line) for line in open(grid / "cells" / method / "seed0/eval/completions.jsonl")]
+        return [r[f"heldout:{reward_module}:positivity"] for r in rows]
+
+    delta = sum(a - b for a, b in zip(held_out("ple"), held_out("sft"))) / len(held_out("ple"))  # seed 0 is shared
+    (line,) = [row for row in report.splitlines() if row.startswith("| sft | ") and "/" in row]
+    assert line.startswith(f"| sft | {delta:+.3f} | [")
+    assert "## Learning rates" in report and "## PLE against each method" in report
+    assert any(
+        v in report
+        for v in ("- PLE is ahead of sft.", "- sft is ahead of PLE.", "- no difference detected between PLE and sft.")
+    )
+    assert "The paper's claim" in report and (grid / "figure3.png").stat().st_size > 1000
+    assert json.loads((grid / "invocations.jsonl").read_text().splitlines()[0])["peak_rss_gb"] > 0

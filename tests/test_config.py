@@ -30,6 +30,8 @@ def test_cli_strings_are_coerced():
     assert config.use_lora is False and config.iterations == 5
     assert load_config(overrides={**BASE, **parse_overrides(["wsft_temperature=0.5"])}).wsft_temperature == 0.5
     assert load_config(overrides={**BASE, **parse_overrides(["wsft_temperature=auto"])}).wsft_temperature == "auto"
+    distill = load_config(overrides={**BASE, **parse_overrides(["method=distill", "reward=null"])})
+    assert distill.reward is None  # a reward the config file set can be taken out on the command line
 
 
 def test_unknown_key_is_named_with_a_suggestion():

@@ -1,10 +1,11 @@
 import json
 import math
 
+import numpy as np
 import pytest
 
-from ple.evaluation import distinct_n, paired_bootstrap, perplexity
-from ple.report import write_report
+from ple.evaluation.metrics import bootstrap_ci, distinct_n, paired_bootstrap, perplexity
+from ple.evaluation.report import write_report
 
 
 def test_distinct_n_by_hand():
@@ -34,6 +35,33 @@ def test_paired_bootstrap_brackets_a_real_shift_and_zero_for_none():
     assert s["ci_low"] < 0 < s["ci_high"]
     with pytest.raises(ValueError):
         paired_bootstrap(before, before[:10], mean)
+
+
+def test_bootstrap_ci_of_a_mean_matches_the_normal_interval():
+    """For a mean of 400 values the bootstrap interval is close to mean +- 1.96 * sd / sqrt(n)."""
+    rng = np.random.default_rng(3)
+    rows = [{"x": float(v)} for v in rng.normal(2.0, 3.0, 400)]
+    values = np.array([r["x"] for r in rows])
+    half = 1.96 * values.std(ddof=1) / math.sqrt(len(values))
+    ci = bootstrap_ci(rows, lambda rs: sum(r["x"] for r in rs) / len(rs))
+    assert ci["value"] == pytest.approx(values.mean())
+    assert ci["ci_low"] == pytest.approx(values.mean() - half, abs=0.1 * half)
+    assert ci["ci_high"] == pytest.approx(values.mean() + half, abs=0.1 * half)
+
+
+def test_a_distinct_n_change_is_inside_its_interval():
+    """Distinct-n falls on nearly every resample that repeats rows; an interval that trusted the resamples' centre
+    (or BCa's bias correction, which degenerates here) would miss the estimate."""
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(300)]
+    before = [{"completion": " ".join(rng.choice(words, 20))} for _ in range(200)]
+    after = [{"completion": " ".join(rng.choice(words[:150], 20))} for _ in range(200)]  # a smaller vocabulary
+
+    def d2(rows):
+        return distinct_n([r["completion"] for r in rows], 2)
+
+    s = paired_bootstrap(before, after, d2)
+    assert s["delta"] < 0 and s["ci_low"] < s["delta"] < s["ci_high"] < 0
 
 
 def test_report_writes_table_plots_and_summary(tmp_path):

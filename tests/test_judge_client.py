@@ -9,7 +9,7 @@ import pytest
 from judge_server import Server, send
 
 from ple.errors import PLEError
-from ple.judges import REMINDER, LLMJudge, compare
+from ple.evaluation.judges import REMINDER, LLMJudge, both_orders
 
 
 def chat(content, finish_reason="stop"):
@@ -133,7 +133,7 @@ def test_a_server_that_queues_one_request_at_a_time_gets_no_retry_storm(servers)
     server = servers(slow, threaded=False)
     judge = LLMJudge(server.url, "m", concurrency=4, timeout=0.6, backoff=0.3, progress=False)
     prompts = [f"p{i}" for i in range(6)]
-    assert compare(judge, prompts, ["GOOD"] * 6, ["bad"] * 6) == ["win"] * 6
+    assert both_orders(judge, prompts, ["GOOD"] * 6, ["bad"] * 6) == ["win"] * 6
     assert judge.stats["requests"] <= 12 + 4, judge.stats  # 12 judgements; a storm would be many more
 
 

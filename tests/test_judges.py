@@ -6,7 +6,7 @@ import pytest
 from judge_server import Server, send
 
 from ple.errors import PLEError
-from ple.judges import LLMJudge, RewardJudge, compare, outcome, parse_verdict
+from ple.evaluation.judges import LLMJudge, RewardJudge, both_orders, outcome, parse_verdict
 
 
 class FakeJudgeServer(Server):
@@ -77,25 +77,25 @@ def test_outcome_table(a_first, a_second, expected):
 @pytest.mark.parametrize("server", ["first"], indirect=True)
 def test_position_biased_judge_gives_only_ties(server, tmp_path, monkeypatch):
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
-    assert compare(judge_for(server, tmp_path), PROMPTS, A, B) == ["tie"] * 6
+    assert both_orders(judge_for(server, tmp_path), PROMPTS, A, B) == ["tie"] * 6
     assert len(server.requests) == 12 and server.requests[0]["path"] == "/v1/chat/completions"
     assert server.requests[0]["auth"] == "Bearer sk-test" and server.requests[0]["body"]["model"] == "judge-model"
 
 
 @pytest.mark.parametrize("server", ["marker"], indirect=True)
 def test_consistent_judge_gives_all_wins_and_a_cache(server, tmp_path):
-    assert compare(judge_for(server, tmp_path), PROMPTS, A, B) == ["win"] * 6
-    assert compare(judge_for(server, tmp_path), PROMPTS, B, A) == ["loss"] * 6  # swapping sides: cached
+    assert both_orders(judge_for(server, tmp_path), PROMPTS, A, B) == ["win"] * 6
+    assert both_orders(judge_for(server, tmp_path), PROMPTS, B, A) == ["loss"] * 6  # swapping sides: cached
     assert len(server.requests) == 12
     again = judge_for(server, tmp_path)
-    assert compare(again, PROMPTS, A, B) == ["win"] * 6 and again.stats["cached"] == 12
+    assert both_orders(again, PROMPTS, A, B) == ["win"] * 6 and again.stats["cached"] == 12
     assert len(server.requests) == 12  # a rerun pays nothing
 
 
 @pytest.mark.parametrize("server", ["malformed"], indirect=True)
 def test_malformed_replies_are_counted_retried_once_and_never_guessed(server, tmp_path):
     judge = judge_for(server, tmp_path)
-    assert compare(judge, PROMPTS[:2], A[:2], B[:2]) == ["tie", "tie"]
+    assert both_orders(judge, PROMPTS[:2], A[:2], B[:2]) == ["tie", "tie"]
     assert judge.stats["unparseable"] == 8 and judge.stats["failed"] == 4  # 4 judgements, each asked twice
     assert len(server.requests) == 8
 
@@ -103,7 +103,7 @@ def test_malformed_replies_are_counted_retried_once_and_never_guessed(server, tm
 @pytest.mark.parametrize("server", ["flaky"], indirect=True)
 def test_429_500_and_broken_bodies_are_retried_with_backoff(server, tmp_path):
     judge = judge_for(server, tmp_path)
-    assert compare(judge, PROMPTS[:3], A[:3], B[:3]) == ["win"] * 3
+    assert both_orders(judge, PROMPTS[:3], A[:3], B[:3]) == ["win"] * 3
     assert judge.stats["retries"] == 18  # 3 failures before each of the 6 answers
 
 
@@ -149,7 +149,7 @@ def test_reward_judge_with_tie_margin():
         return [float(len(c)) for c in completions]
 
     judge = RewardJudge(length, tie_margin=1.0)
-    assert compare(judge, ["p"] * 3, ["long answer", "ab", "abc"], ["short", "abc", "abcdefgh"]) == [
+    assert both_orders(judge, ["p"] * 3, ["long answer", "ab", "abc"], ["short", "abc", "abcdefgh"]) == [
         "win",
         "tie",
         "loss",

@@ -1,7 +1,7 @@
 import torch
 
+from ple.logprobs import response_logprobs
 from ple.losses import IGNORE_INDEX, sequence_logprobs
-from ple.model import response_logprobs
 
 
 def test_left_padded_response_logprobs_equal_a_plain_forward_per_sequence(tiny_chat_model):
@@ -69,7 +69,8 @@ def test_an_adapter_loads_merged_in_fp32_and_separate_in_bf16(tmp_path, tiny_cha
 def test_shared_prompt_logprobs_and_gradients_equal_separate_sequences(tiny_chat_model):
     from peft import LoraConfig, get_peft_model
 
-    from ple.model import load_causal_lm, shared_prompt_logprobs
+    from ple.logprobs import shared_prompt_logprobs
+    from ple.model import load_causal_lm
 
     torch.manual_seed(0)
     model = get_peft_model(load_causal_lm(tiny_chat_model), LoraConfig(r=4, target_modules="all-linear"))

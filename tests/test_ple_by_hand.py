@@ -20,6 +20,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from ple.baselines import make_trainer
 from ple.config import load_config
 from ple.trainer import PLETrainer
+from ple.training.policy import Policy
 
 PRINCIPLE = "be good and great and wonderful"
 
@@ -110,16 +111,16 @@ def test_one_ple_step_has_the_gradient_of_the_spec_formula(
         )
     )
     reward = RecordingReward()
-    trainer = PLETrainer(config, reward_fn=reward)
+    trainer = PLETrainer(args=config, reward_funcs=reward)
     generated = []
-    original = PLETrainer.generate_pairs
+    original = PLETrainer.generate
 
-    def record_generation(self, rows):
-        out = original(self, rows)
-        generated.extend(zip(rows, out[0], out[1]))
+    def record_generation(self, records):
+        out = original(self, records)
+        generated.extend((r.row, r.y, r.y_p) for r in records)
         return out
 
-    monkeypatch.setattr(PLETrainer, "generate_pairs", record_generation)
+    monkeypatch.setattr(PLETrainer, "generate", record_generation)
     trainer.train()
     assert len(step_gradients) == 1
     (metrics,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -192,13 +193,13 @@ def test_context_distillation_step_is_sft_on_the_guided_answer_for_the_plain_que
     )
     trainer = make_trainer(config)
     trained_on = []
-    original = PLETrainer.train_sft
+    original = Policy.train_sft
 
     def record_examples(self, examples, *args):
         trained_on.extend(examples)
         return original(self, examples, *args)
 
-    monkeypatch.setattr(PLETrainer, "train_sft", record_examples)
+    monkeypatch.setattr(Policy, "train_sft", record_examples)
     trainer.train()
     assert len(step_gradients) == 1
     rows = [json.loads(line) for line in (tmp_path / "run" / "generations" / "iter_000.jsonl").read_text().splitlines()]

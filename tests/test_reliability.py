@@ -12,12 +12,12 @@ from safetensors.torch import load_file
 from ple.cli import main
 from ple.config import load_config
 from ple.errors import PLEError
-from ple.rundir import lock_run_dir
 from ple.trainer import PLETrainer
+from ple.training.rundir import lock_run_dir
 
 
 def run(config: dict, resume: bool = False) -> PLETrainer:
-    trainer = PLETrainer(load_config(overrides=config))
+    trainer = PLETrainer(args=load_config(overrides=config))
     trainer.train(resume=resume)
     return trainer
 
@@ -176,19 +176,19 @@ def test_a_broken_reward_fails_before_any_work_with_one_line(config, tmp_path, b
     reward = tmp_path / "bad_reward.py"
     reward.write_text(body)
     with pytest.raises(PLEError, match=message):
-        PLETrainer(load_config(overrides={**config, "reward": f"{reward}:f"}))
+        PLETrainer(args=load_config(overrides={**config, "reward": f"{reward}:f"}))
     assert not (tmp_path / "run").exists()
 
 
 def test_a_reward_that_raises_inside_ple_eval_is_one_line(tmp_path, tiny_chat_model, queries_file, capsys, monkeypatch):
     import yaml
 
-    from ple import eval_cmd
+    from ple.evaluation import evaluate
 
     def no_generation(*args, **kwargs):
         raise AssertionError("generation ran before the reward was checked")
 
-    monkeypatch.setattr(eval_cmd, "generate_rows", no_generation)
+    monkeypatch.setattr(evaluate, "generate_rows", no_generation)
 
     reward = tmp_path / "flaky.py"
     reward.write_text("def f(prompts, completions, **kw):\n    raise ValueError('no scores today')\n")
@@ -201,12 +201,12 @@ def test_a_reward_that_raises_inside_ple_eval_is_one_line(tmp_path, tiny_chat_mo
 
 
 def test_outputs_that_cannot_be_written_are_refused_before_any_work(tmp_path, tiny_chat_model, capsys, monkeypatch):
-    from ple import evaluation
+    from ple.evaluation import evaluate
 
     def no_generation(*args, **kwargs):
         raise AssertionError("generation ran before the output was checked")
 
-    monkeypatch.setattr(evaluation, "generate_rows", no_generation)
+    monkeypatch.setattr(evaluate, "generate_rows", no_generation)
     (tmp_path / "a_file").write_text("x")
     assert main(["generate", "--model", tiny_chat_model, "--prompt", "x", "--output", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip() == f"ple: error: --output {tmp_path} is a directory; name a .jsonl file"
@@ -228,7 +228,7 @@ def test_a_lone_surrogate_in_a_prompt_is_one_line(config, tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "fine"}\n{"prompt": "broken \\ud800 text"}\n')
     with pytest.raises(PLEError, match="bad.jsonl row 1: the prompt holds an invalid character"):
-        PLETrainer(load_config(overrides={**config, "dataset": str(bad)}))
+        PLETrainer(args=load_config(overrides={**config, "dataset": str(bad)}))
 
 
 def test_prompt_and_generation_longer_than_the_model_are_refused_at_start_up(config, tmp_path):
@@ -244,7 +244,7 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(config, tmp_path, ca
 
     import yaml
 
-    from ple import trainer as trainer_module
+    from ple.training import rundir
 
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({**config, "iterations": 2}))
@@ -254,7 +254,7 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(config, tmp_path, ca
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "run" / "generations"))
 
-    monkeypatch.setattr(trainer_module, "atomic_write_jsonl", full)
+    monkeypatch.setattr(rundir, "atomic_write_jsonl", full)
     capsys.readouterr()
     assert main(["train", "--config", str(path), "--resume"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

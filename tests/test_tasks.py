@@ -100,7 +100,7 @@ def test_train_on_hh_chat_prompts_with_sft_warmup(tmp_path, tiny_chat_model, rew
         sft_dataset=str(path),
         sft_epochs=1,
     )
-    PLETrainer(load_config(overrides=config)).train()
+    PLETrainer(args=load_config(overrides=config)).train()
     row = json.loads((tmp_path / "run" / "generations" / "iter_000.jsonl").read_text().splitlines()[0])
     assert isinstance(row["query"], list) and row["query"][-1]["role"] == "user"
     assert row["principle_prompt"].startswith("<|system|> be good") and "<|assistant|>" in row["prompt"]

@@ -28,7 +28,7 @@ ROW_FIELDS = {
 
 
 def run(config: dict, resume: bool = False) -> PLETrainer:
-    trainer = PLETrainer(load_config(overrides=config))
+    trainer = PLETrainer(args=load_config(overrides=config))
     trainer.train(resume=resume)
     return trainer
 
@@ -267,7 +267,7 @@ def test_plain_lm_gets_a_text_prefix_and_sft_warmup(tmp_path, tiny_text_model, q
             keep_checkpoints=0,
         )
     )
-    assert not trainer.builder.chat
+    assert not trainer.policy.builder.chat
     row = read_rows(out)[0]
     assert row["principle_prompt"] == f"be good and great and wonderful\n\n{row['prompt']}"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["iter_000", "warmup"]
@@ -281,15 +281,15 @@ def test_plain_lm_gets_a_text_prefix_and_sft_warmup(tmp_path, tiny_text_model, q
 def test_bad_inputs_fail_before_any_work(tmp_path, tiny_chat_model, queries_file, reward_module):
     good = tiny_config(tiny_chat_model, queries_file, tmp_path / "run", f"{reward_module}:positivity")
     with pytest.raises(PLEError, match="data file not found"):
-        PLETrainer(load_config(overrides={**good, "dataset": str(tmp_path / "missing.jsonl")}))
+        PLETrainer(args=load_config(overrides={**good, "dataset": str(tmp_path / "missing.jsonl")}))
     no_column = tmp_path / "q2.jsonl"
     no_column.write_text('{"text": "hello"}\n')
     with pytest.raises(PLEError, match="missing column 'prompt'"):
-        PLETrainer(load_config(overrides={**good, "dataset": str(no_column)}))
+        PLETrainer(args=load_config(overrides={**good, "dataset": str(no_column)}))
     empty = tmp_path / "q3.jsonl"
     empty.write_text('{"prompt": "ok"}\n{"prompt": ""}\n')
     with pytest.raises(PLEError, match="row 1: empty prompt"):
-        PLETrainer(load_config(overrides={**good, "dataset": str(empty)}))
+        PLETrainer(args=load_config(overrides={**good, "dataset": str(empty)}))
     with pytest.raises(PLEError, match="model not found"):
         run({**good, "model": str(tmp_path / "no-model")})
     assert not (tmp_path / "run" / "generations").exists()

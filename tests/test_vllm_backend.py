@@ -102,22 +102,22 @@ def test_policy_weights_merge_lora_under_the_base_names(tiny_chat_model):
 def test_trainer_pushes_weights_once_per_change(
     tmp_path, tiny_chat_model, queries_file, reward_module, fake_vllm, monkeypatch
 ):
-    monkeypatch.setattr("ple.trainer.select_backend", lambda name, device: "vllm")
+    monkeypatch.setattr("ple.training.policy.select_backend", lambda name, device: "vllm")
     config = load_config(
         overrides=tiny_config(
             tiny_chat_model, queries_file, tmp_path / "run", f"{reward_module}:positivity", generation_backend="vllm"
         )
     )
-    trainer = PLETrainer(config)
+    monkeypatch.setattr(FakeLLM, "__init__", _init_with_eos(trainer_tokenizer_eos(tiny_chat_model)))
+    trainer = PLETrainer(args=config)  # starts the engine
     original_generate = vllm_backend.VLLMGenerator.generate
     versions = []
 
     def generate(self, *args):
-        versions.append((trainer.policy_version, self.synced_version, self.pushes))
+        versions.append((trainer.policy.version, self.synced_version, self.pushes))
         return original_generate(self, *args)
 
     monkeypatch.setattr(vllm_backend.VLLMGenerator, "generate", generate)
-    monkeypatch.setattr(FakeLLM, "__init__", _init_with_eos(trainer_tokenizer_eos(tiny_chat_model)))
     trainer.train()
 
     llm = FakeLLM.instances[0]

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ple.config import METHOD_PRESETS, config_reference, load_config, parse_overrides
 from ple.errors import PLEError
+from ple.progress import quiet_libraries
 
 
 def _config_args(parser: argparse.ArgumentParser, required: bool) -> None:
@@ -91,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="run a methods x seeds grid under one budget, evaluate every model, write a table and charts",
         description="A compare file holds output_dir, methods, seeds, tie_margin, config (shared training "
-        "config) and overrides (per method). See `ple.compare` or the README.",
+        "config) and overrides (per method). See `ple.evaluation.grid` or the README.",
     )
     source = compare.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="compare file (YAML)")
@@ -115,17 +116,17 @@ def cmd_demo(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ple.compare import load_spec, read_spec_file, run_compare
+    from ple.evaluation.grid import load_grid, read_grid_file, run_grid
 
     if args.preset:
         from ple.demo import compare_preset
 
         raw = compare_preset()
     else:
-        raw = read_spec_file(args.config)
+        raw = read_grid_file(args.config)
     if args.output_dir:
         raw["output_dir"] = args.output_dir
-    report = run_compare(load_spec(raw, parse_overrides(args.overrides)))
+    report = run_grid(load_grid(raw, parse_overrides(args.overrides)))
     print(report.read_text())
     print(f"results: {report}")
     return 0
@@ -133,17 +134,18 @@ def cmd_compare(args) -> int:
 
 def _evaluate_with_progress(name: str, config, prompts: list, args, out: Path) -> dict:
     """`ple eval` of one model, with a progress bar over its generation."""
-    from ple import eval_cmd
+    from ple.evaluation.evaluate import evaluate_model
     from ple.progress import Progress
 
     with Progress(total=1, description=f"eval {Path(name).name}") as progress:
-        result = eval_cmd.evaluate_model(name, config, prompts, args.guided, out, args.reference_model, progress)
+        result = evaluate_model(name, config, prompts, args.guided, out, args.reference_model, progress)
         progress.advance()
     return result
 
 
 def cmd_eval(args) -> int:
-    from ple import eval_cmd
+    from ple.evaluation.evaluate import eval_prompts
+    from ple.evaluation.pairwise import judge_pair, load_completions, make_judge
 
     config = load_config(args.config, parse_overrides(args.overrides), validate=False)
     out = _output_dir(Path(args.output_dir), "--output-dir")  # checked before any work, not after it
@@ -151,30 +153,30 @@ def cmd_eval(args) -> int:
         name = args.model or config.model
         if name is None:
             raise PLEError("give --model (or a config with a model), or --compare A B")
-        _evaluate_with_progress(name, config, eval_cmd.eval_prompts(config, args.prompts_file), args, out)
+        _evaluate_with_progress(name, config, eval_prompts(config, args.prompts_file), args, out)
         print((out / "eval.md").read_text())
         print(f"results: {out / 'eval.json'}")
         return 0
     # A model is generated on the eval prompts; a .jsonl file is judged as it is.
     models = [name for name in args.compare if not name.endswith(".jsonl")]
-    prompts = eval_cmd.eval_prompts(config, args.prompts_file) if models else []
+    prompts = eval_prompts(config, args.prompts_file) if models else []
     sides = []
     for label, name in zip(("a", "b"), args.compare):
         if name.endswith(".jsonl"):
-            sides.append(eval_cmd.load_completions(name))
+            sides.append(load_completions(name))
         else:
             _evaluate_with_progress(name, config, prompts, args, out / label)
-            sides.append(eval_cmd.load_completions(str(out / label / "completions.jsonl")))
+            sides.append(load_completions(str(out / label / "completions.jsonl")))
     limits = dict(
         timeout=args.judge_timeout,
         concurrency=args.judge_concurrency,
         max_retries=args.judge_max_retries,
         max_tokens=args.judge_max_tokens,
     )
-    judge = eval_cmd.make_judge(
+    judge = make_judge(
         args.judge, config, args.judge_url, args.judge_model, args.tie_margin, out / "judge_cache.jsonl", limits
     )
-    result = eval_cmd.compare_outputs(sides[0], sides[1], judge, args.compare[0], args.compare[1], out)
+    result = judge_pair(sides[0], sides[1], judge, args.compare[0], args.compare[1], out)
     if getattr(judge, "stats", None):
         print("judge: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in judge.stats.items()), file=sys.stderr)
     print(f"A = {args.compare[0]}\nB = {args.compare[1]}\n{result['n_prompts']} prompts, both orders\n")
@@ -190,7 +192,7 @@ def cmd_train(args) -> int:
     if args.method:
         overrides["method"] = args.method
     config = load_config(args.config, overrides)
-    final = make_trainer(config).train(resume=args.resume)
+    final = make_trainer(config).train(resume=args.resume).final_model
     print(f"final model: {final}")
     print(f"metrics: {Path(config.output_dir) / 'metrics.jsonl'}")
     return 0
@@ -200,7 +202,7 @@ def cmd_generate(args) -> int:
     import torch
 
     from ple.data import load_rows, query_rows
-    from ple.evaluation import generate_rows
+    from ple.evaluation.evaluate import generate_rows
     from ple.io import atomic_write_jsonl
     from ple.model import adapter_base, autocast, load_causal_lm, load_tokenizer, resolve_device
     from ple.principles import PromptBuilder
@@ -253,21 +255,9 @@ def _output_dir(path: Path, what: str) -> Path:
     return path
 
 
-def _quiet_libraries() -> None:
-    """Our own progress bar is the one to watch; the libraries' load/save bars and notices are noise."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
-    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _quiet_libraries()
+    quiet_libraries()
     commands = {
         "train": cmd_train,
         "generate": cmd_generate,

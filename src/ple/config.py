@@ -376,6 +376,8 @@ def _coerce(name: str, value: Any) -> Any:
     """Check `value` against the field's type; strings from the CLI are converted."""
     kind = _TYPES[name]
     allowed = typing.get_args(kind) or (kind,)
+    if value in ("null", "~") and type(None) in allowed:
+        value = None  # --set reward=null, as YAML reads it
     if value is None:
         if type(None) in allowed:
             return None

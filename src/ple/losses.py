@@ -1,4 +1,5 @@
-"""PLE's losses and branch rule: small pure functions on tensors and floats.
+"""PLE's losses and branch rule: small pure functions on tensors and floats (the log-probabilities they take
+come from ple.logprobs).
 
 Notation (PLE-SPEC): l(y|x) is the mean per-token log-probability of y given x,
 L(y|x) the summed token NLL. Everything is conditioned on the plain query x.

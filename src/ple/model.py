@@ -7,7 +7,6 @@ from pathlib import Path
 import torch
 
 from ple.errors import PLEError, first_line
-from ple.generation import cache_kwarg, pad_batch, prefill_cache
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -38,6 +37,11 @@ def load_tokenizer(name: str):
         tokenizer = AutoTokenizer.from_pretrained(name)
     except Exception as e:
         raise PLEError(f"could not load the tokenizer of '{name}': {first_line(e)}") from None
+    return prepare_tokenizer(tokenizer, name)
+
+
+def prepare_tokenizer(tokenizer, name: str):
+    """A pad token (the eos when it has none) and left padding, which batched generation needs."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
             raise PLEError(f"the tokenizer of '{name}' has neither a pad nor an eos token")
@@ -82,21 +86,24 @@ def autocast(dtype: str, device: torch.device):
     return contextlib.nullcontext()
 
 
-def load_policy(config, checkpoint: Path | None = None):
+def load_policy(config, checkpoint: Path | None = None, model=None, tokenizer=None, peft_config=None):
     """The trainable policy and its tokenizer; from `checkpoint` (a saved model dir) when resuming.
 
-    With LoRA the frozen base takes `dtype` and peft keeps the adapter in fp32. Full fine-tuning
-    keeps fp32 master weights whatever `dtype` says: a bf16 weight would swallow most small updates.
+    `model` and `tokenizer` are objects a Python caller already holds (else config.model is loaded), and
+    `peft_config` a peft LoraConfig (else one is made from the config's lora_* fields). With LoRA the frozen base
+    takes `dtype` and peft keeps the adapter in fp32. Full fine-tuning keeps fp32 master weights whatever `dtype`
+    says: a bf16 weight would swallow most small updates.
     """
     from transformers import AutoModelForCausalLM
 
-    source = str(checkpoint) if checkpoint is not None and not config.use_lora else config.model
-    weights_dtype = DTYPES[config.dtype] if config.use_lora else torch.float32
-    tokenizer = load_tokenizer(config.model)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=weights_dtype)
-    except Exception as e:
-        raise PLEError(f"could not load model '{source}': {first_line(e)}") from None
+    tokenizer = prepare_tokenizer(tokenizer, config.model) if tokenizer is not None else load_tokenizer(config.model)
+    if model is None or checkpoint is not None:
+        source = str(checkpoint) if checkpoint is not None and not config.use_lora else config.model
+        weights_dtype = DTYPES[config.dtype] if config.use_lora else torch.float32
+        try:
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=weights_dtype)
+        except Exception as e:
+            raise PLEError(f"could not load model '{source}': {first_line(e)}") from None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     if config.use_lora:
         from peft import LoraConfig, PeftModel, get_peft_model
@@ -105,7 +112,7 @@ def load_policy(config, checkpoint: Path | None = None):
             model = PeftModel.from_pretrained(model, str(checkpoint), is_trainable=True)
         else:
             try:
-                lora = LoraConfig(
+                lora = peft_config or LoraConfig(
                     r=config.lora_r,
                     lora_alpha=config.lora_alpha,
                     lora_dropout=config.lora_dropout,
@@ -152,58 +159,3 @@ def save_model(model, tokenizer, path: Path, merge: bool = False) -> None:
         model = model.merge_and_unload()
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
-
-
-def response_logprobs(model, batch: list[tuple[list[int], list[int]]], pad_id: int):
-    """Summed log-probability and token count of each response given its prompt, in one forward pass.
-
-    The batch is left-padded, so every response ends at the last position and only the last
-    (longest response + 1) positions need logits: the LM head, a large matmul for a small model
-    with a big vocabulary, skips the prompts, and so does the memory for their logits.
-    """
-    from ple.losses import IGNORE_INDEX, sequence_logprobs
-
-    device = next(model.parameters()).device
-    input_ids, attention_mask = pad_batch([p + r for p, r in batch], pad_id, device)
-    width = input_ids.shape[1]
-    keep = min(width, max(len(r) for _, r in batch) + 1)
-    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-    for i, (_, response) in enumerate(batch):
-        labels[i, width - len(response) :] = torch.tensor(response, dtype=torch.long)
-    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, logits_to_keep=keep
-    ).logits[:, -keep:]
-    return sequence_logprobs(logits, labels[:, -keep:].to(device))
-
-
-def shared_prompt_logprobs(model, prompts: list[list[int]], response_sets: list[list[list[int]]], pad_id: int):
-    """What `response_logprobs` gives for every (prompts[i], response_sets[j][i]), with each prompt run once.
-
-    PLE scores two responses (y_p and y) to the same plain prompt x, so x's keys and values are computed
-    in one forward pass and reused by both continuations; gradients flow back through them, so the
-    losses and their gradients equal those of the separate sequences. Results are ordered set by set.
-    """
-    from ple.losses import IGNORE_INDEX, sequence_logprobs
-
-    device = next(model.parameters()).device
-    k = len(response_sets)
-    name = cache_kwarg(model)
-    _, prompt_mask, cache, last = prefill_cache(model, prompts, pad_id, device, name)
-    cache.batch_repeat_interleave(k)  # row i * k + j continues prompt i with response_sets[j][i]
-    responses = [response_sets[j][i] for i in range(len(prompts)) for j in range(k)]
-    response_ids, response_mask = pad_batch(responses, pad_id, device, side="right")
-    width = response_ids.shape[1]
-    prompt_mask = prompt_mask.repeat_interleave(k, dim=0)
-    continuation = model(
-        input_ids=response_ids,
-        attention_mask=torch.cat([prompt_mask, response_mask], dim=1),
-        position_ids=prompt_mask.sum(-1, keepdim=True) + torch.arange(width, device=device),
-        **{name: cache},
-        use_cache=True,
-    ).logits
-    logits = torch.cat([last.repeat_interleave(k, dim=0), continuation], dim=1)
-    labels = torch.full((len(responses), width + 1), IGNORE_INDEX, dtype=torch.long, device=device)
-    labels[:, 1:] = torch.where(response_mask.bool(), response_ids, IGNORE_INDEX)
-    sum_logp, n_tokens = sequence_logprobs(logits, labels)
-    return sum_logp.view(-1, k).t().reshape(-1), n_tokens.view(-1, k).t().reshape(-1)

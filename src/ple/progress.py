@@ -55,3 +55,15 @@ class Progress:
     def log(self, text: str) -> None:
         if not self.disable:
             self._progress.console.print(text)
+
+
+def quiet_libraries() -> None:
+    """Our own progress bar is the one to watch; the libraries' load/save bars and notices are noise."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")

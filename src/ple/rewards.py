@@ -96,12 +96,14 @@ class ClassifierReward:
         input: str = "pair",
         batch_size: int = 32,
         device: str | torch.device = "cpu",
+        model=None,
+        tokenizer=None,
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         try:
-            self.tokenizer = AutoTokenizer.from_pretrained(name)
-            self.model = AutoModelForSequenceClassification.from_pretrained(name).to(device).eval()
+            self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
+            self.model = (model or AutoModelForSequenceClassification.from_pretrained(name)).to(device).eval()
         except Exception as e:
             raise PLEError(f"reward model '{name}' could not be loaded: {str(e).splitlines()[0]}") from None
         labels = self.model.config.id2label or {}
@@ -116,6 +118,12 @@ class ClassifierReward:
         if output not in ("prob", "logit") or input not in ("pair", "completion"):
             raise PLEError(f"reward '{name}': output must be prob|logit and input pair|completion")
         self.output, self.input, self.batch_size, self.device = output, input, batch_size, device
+
+    @classmethod
+    def from_model(cls, model, tokenizer=None, **options) -> "ClassifierReward":
+        """A loaded sequence-classification model as a reward; its tokenizer is loaded from the model's name unless
+        given. A model with one output is a reward model; one with labels needs `label`."""
+        return cls(model.name_or_path, model=model, tokenizer=tokenizer, **options)
 
     def _encode(self, prompts: Sequence[Prompt], completions: Sequence[str]):
         kw = dict(padding=True, truncation=True, return_tensors="pt")
@@ -185,10 +193,16 @@ def build_reward(
         parts.append((float(weight), _build_one(item["name"], options, batch_size, device)))
     if not parts:
         raise PLEError("reward list is empty")
+    return summed_reward([fn for _, fn in parts], [weight for weight, _ in parts])
+
+
+def summed_reward(fns: list[RewardFn], weights: list[float] | None = None) -> RewardFn:
+    """The weighted sum of several rewards (weights 1 by default); None where any part gives None."""
+    weights = weights or [1.0] * len(fns)
 
     def combined(prompts, completions, **columns):
         totals: list[float | None] = [0.0] * len(completions)
-        for weight, fn in parts:
+        for weight, fn in zip(weights, fns):
             for i, s in enumerate(score(fn, prompts, completions, **columns)):
                 totals[i] = None if totals[i] is None or s is None else totals[i] + weight * s
         return totals

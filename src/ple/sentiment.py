@@ -143,9 +143,14 @@ def train_head(judge: SentimentJudge, path: Path, seed: int = 0) -> None:
 _JUDGE: SentimentJudge | None = None
 
 
-def judge_reward(prompts, completions, **_) -> list[float]:
-    """The held-out judge's P(positive) as a reward function (`ple.sentiment:judge_reward`), e.g. in eval_rewards."""
+def shared_judge() -> SentimentJudge:
+    """One judge per process: its encoder loads once."""
     global _JUDGE
     if _JUDGE is None:
         _JUDGE = SentimentJudge()
-    return _JUDGE.positive_probability(list(completions))
+    return _JUDGE
+
+
+def judge_reward(prompts, completions, **_) -> list[float]:
+    """The held-out judge's P(positive) as a reward function (`ple.sentiment:judge_reward`), e.g. in eval_rewards."""
+    return shared_judge().positive_probability(list(completions))

@@ -47,7 +47,7 @@ def outcome(a_first: Verdict, a_second: Verdict) -> str:
     return "tie"
 
 
-def compare(judge: Judge, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[str]:
+def both_orders(judge: Judge, prompts: Sequence[Prompt], a: Sequence[str], b: Sequence[str]) -> list[str]:
     """Outcome for A against B on each prompt, judged in both orders."""
     a_first = judge.judge(prompts, a, b)
     a_second = judge.judge(prompts, b, a)

@@ -1,0 +1,48 @@
+"""The methods PLE is compared against, in PLE's harness: same config, model loading, LoRA, reward plumbing, run
+directory and budget accounting (ple.training).
+
+Equal budgets: PLE draws 2 * queries_per_iteration policy samples per iteration (y and y_p). Every baseline that
+samples draws the same number over the run, from the same query pool:
+
+- sft:     SFT on the SFT set; iteration t trains on the next 2 * Q SFT rows. No policy samples.
+- raft:    iteration t samples raft_k answers for each of 2 * Q / raft_k queries, keeps the best by reward, and
+           trains SFT on (x -> best). Iterative best-of-K, as in RAFT.
+- distill: context distillation, SFT on (plain x -> y_p) for 2 * Q queries per iteration (no y, no reward).
+- dpo:     TRL's DPOTrainer. Pairs come from the data's chosen/rejected columns when it has them (HH); otherwise
+           they are built once from 2 base-model samples for each of Q * iterations queries, the higher reward
+           chosen (the DPO paper's IMDb setup).
+- rloo:    TRL's RLOOTrainer, online, 2 samples for each of Q * iterations queries.
+
+Every method gets the same SFT warm-up when sft_epochs > 0; for dpo and rloo TRL's reference model is then a copy
+of the warmed-up adapter. rlcd and the ple-* ablations are presets of the PLE trainer (ple.config.METHOD_PRESETS).
+"""
+
+from ple.config import Config
+from ple.training.loop import Trainer
+
+
+def make_trainer(config: Config, reward_fn=None) -> Trainer:
+    """The trainer for config.method."""
+    from ple.baselines.distill import DistillTrainer
+    from ple.baselines.raft import RaftTrainer
+    from ple.baselines.sft import SFTBaseline
+    from ple.baselines.trl import DPOBaseline, RLOOBaseline
+    from ple.trainer import PLETrainer
+
+    trainers = {
+        "sft": SFTBaseline,
+        "raft": RaftTrainer,
+        "distill": DistillTrainer,
+        "dpo": DPOBaseline,
+        "rloo": RLOOBaseline,
+    }
+    return trainers.get(config.method, PLETrainer)(args=config, reward_funcs=reward_fn)
+
+
+def samples_per_iteration(config: Config) -> int:
+    """The policy samples PLE draws per iteration, which every sampling method matches."""
+    return 2 * config.queries_per_iteration
+
+
+def fmt(v) -> str:
+    return "n/a" if v is None else f"{v:+.3f}"

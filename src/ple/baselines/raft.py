@@ -1,0 +1,77 @@
+"""RAFT: iterative best-of-K. Sample raft_k plain answers per query, SFT on the best one by reward."""
+
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ple.baselines import fmt, samples_per_iteration
+from ple.training.loop import Trainer, iteration_seed, merge_generation_stats, query_order
+from ple.training.policy import mean_of_known
+
+
+class RaftTrainer(Trainer):
+    def iteration(self, t: int) -> tuple[list[dict], dict[str, Any]]:
+        config, policy = self.config, self.policy
+        k = config.raft_k
+        torch.manual_seed(iteration_seed(config.seed, t))
+        started = time.perf_counter()
+        n_queries = samples_per_iteration(config) // k  # config.validate: k divides it
+        indices = query_order(len(self.queries), t, n_queries, config.seed, config.shuffle)
+        rows = [self.queries[i] for i in indices]
+
+        mine = self.dist.shard(list(range(len(rows))))
+        my_rows = [rows[i] for i in mine for _ in range(k)]
+        samples, gen_stats = policy.sample(policy.encode([r["prompt"] for r in my_rows]))
+        scores, score_seconds = self.score_rows(my_rows, [x.text for x in samples])
+        gathered = sorted(self.dist.gather(list(zip(mine, _chunks(samples, k), _chunks(scores, k)))))
+
+        best = []  # (query position, sample, reward) of each query's best valid answer
+        for i, candidates, rewards in gathered:
+            valid = [j for j, r in enumerate(rewards) if r is not None]
+            if valid:
+                j = max(valid, key=lambda j: rewards[j])
+                best.append((i, candidates[j], rewards[j]))
+        examples = [(x.prompt_ids, x.response_ids) for _, x, _ in best]
+        stats = policy.train_sft(
+            examples, config.epochs_per_iteration, np.random.default_rng([config.seed, t + 2]), "SFT"
+        )
+
+        all_rewards = [r for _, _, rewards in gathered for r in rewards]
+        generation_rows = [
+            {
+                "iteration": t,
+                "index": indices[i],
+                "query": rows[i]["prompt"],
+                "y": [x.text for x in candidates],
+                "s": rewards,
+                "best": next((x.text for j, x, _ in best if j == i), None),
+            }
+            for i, candidates, rewards in gathered
+        ]
+        metrics = {
+            "iteration": t,
+            "queries": len(rows),
+            "mean_s": mean_of_known(all_rewards),
+            "mean_best": mean_of_known(r for _, _, r in best),
+            "n_trained": len(best),
+            "n_invalid_reward": sum(r is None for r in all_rewards),
+            "samples": len(rows) * k,
+            "reward_calls": len(rows) * k,
+            **merge_generation_stats(self.dist.gather([gen_stats])),
+            "score_seconds": score_seconds,
+            **stats,
+            "seconds": time.perf_counter() - started,
+        }
+        return generation_rows, metrics
+
+    def summary_line(self, m: dict) -> str:
+        return (
+            f"iter {m['iteration']}: best-of-{self.config.raft_k} on {m['queries']} queries, "
+            f"mean s={fmt(m['mean_s'])} best={fmt(m['mean_best'])} loss={fmt(m['loss'])} {m['seconds']:.1f}s"
+        )
+
+
+def _chunks(items: list, k: int) -> list[list]:
+    return [items[i : i + k] for i in range(0, len(items), k)]

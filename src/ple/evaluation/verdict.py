@@ -1,0 +1,80 @@
+"""What a comparison grid says about PLE against each other method: the difference in held-out score with an
+interval over seeds and prompts, and a verdict line written from that interval, never by hand."""
+
+import math
+
+import numpy as np
+
+AHEAD, BEHIND, NO_DIFFERENCE = (
+    "PLE is ahead of {x}",
+    "{x} is ahead of PLE",
+    "no difference detected between PLE and {x}",
+)
+# The paper's claim (PLE beats SFT, DPO, PPO-family RL and RAFT) in this harness's method names.
+CLAIMED_BASELINES = ("sft", "dpo", "rloo", "raft")
+
+
+def hierarchical_difference(
+    a: dict[int, np.ndarray], b: dict[int, np.ndarray], n_resamples: int = 4000, seed: int = 0
+) -> dict[str, float]:
+    """Mean score of A minus mean score of B, with a 95% percentile interval from a two-level bootstrap.
+
+    `a` and `b` map a seed to that cell's per-prompt scores on the same prompts, in the same order. Only the seeds
+    both hold are used, paired: seed s of A against seed s of B (the same query order and evaluation seed). Each
+    resample draws the seeds with replacement and then, within each drawn seed, the prompts with replacement, so
+    the interval carries both the run-to-run and the prompt-to-prompt variation. `se` is the resamples' standard
+    deviation."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        raise ValueError("the two methods share no seed")
+    diffs = np.stack([np.asarray(a[s], dtype=float) - np.asarray(b[s], dtype=float) for s in seeds])  # seeds x prompts
+    n_seeds, n_prompts = diffs.shape
+    rng = np.random.default_rng(seed)
+    seed_draws = rng.integers(0, n_seeds, (n_resamples, n_seeds))
+    prompt_draws = rng.integers(0, n_prompts, (n_resamples, n_seeds, n_prompts))
+    resampled = np.nanmean(diffs[seed_draws[:, :, None], prompt_draws], axis=(1, 2))  # nan: a prompt left unscored
+    low, high = np.percentile(resampled, [2.5, 97.5])
+    return {
+        "delta": float(np.nanmean(diffs)),
+        "ci_low": float(low),
+        "ci_high": float(high),
+        "se": float(resampled.std(ddof=1)),
+        "seeds": n_seeds,
+        "prompts": n_prompts,
+    }
+
+
+def verdict(method: str, difference: dict[str, float]) -> str:
+    """The line an interval of PLE minus `method` writes."""
+    if difference["ci_low"] > 0:
+        return AHEAD.format(x=method)
+    if difference["ci_high"] < 0:
+        return BEHIND.format(x=method)
+    return NO_DIFFERENCE.format(x=method)
+
+
+def claim_sentence(differences: dict[str, dict[str, float]]) -> str:
+    """One sentence on the paper's claim, from the verdicts against the baselines it names."""
+    named = [m for m in CLAIMED_BASELINES if m in differences]
+    if not named:
+        return "The grid holds none of the baselines the paper's claim names (sft, dpo, rloo, raft)."
+    ahead = [m for m in named if differences[m]["ci_low"] > 0]
+    behind = [m for m in named if differences[m]["ci_high"] < 0]
+    if behind:
+        return (
+            f"The paper's claim does not hold on this task at this scale: {', '.join(behind)} "
+            f"{'is' if len(behind) == 1 else 'are'} ahead of PLE."
+        )
+    if len(ahead) == len(named):
+        return f"The paper's claim holds on this task at this scale: PLE is ahead of {', '.join(named)}."
+    undecided = [m for m in named if m not in ahead]
+    return (
+        "The paper's claim is not shown on this task at this scale: no difference was detected between PLE and "
+        f"{', '.join(undecided)}."
+    )
+
+
+def detectable_difference(se: float) -> float:
+    """The smallest true difference this grid finds with 80% power at the 5% level, given the standard error of a
+    difference: (1.96 + 0.84) * se."""
+    return (1.959964 + 0.841621) * se if math.isfinite(se) else math.nan

@@ -1,0 +1,255 @@
+"""The policy being trained, and what every trainer does with it: encode prompts, sample, take optimizer steps
+(data-parallel or under DeepSpeed ZeRO), run SFT, save and load checkpoints."""
+
+import contextlib
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ple.config import Config
+from ple.dist import Dist
+from ple.errors import PLEError
+from ple.generation import generate
+from ple.io import replace_dir
+from ple.logprobs import response_logprobs
+from ple.model import autocast, load_policy, merged_lora, save_model
+from ple.principles import PromptBuilder
+from ple.vllm_backend import select_backend
+
+ZERO_STATE = "deepspeed"  # a checkpoint's subdirectory of DeepSpeed optimizer shards
+
+
+def mean_of_known(values) -> float | None:
+    """The mean of the values that are not None (unscored rows); None when there are none."""
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+class Policy:
+    """The model, its tokenizer, prompt builder and optimizer, loaded fresh or from a checkpoint directory.
+
+    `progress` is the trainer's progress display; every long step reports its phase to it."""
+
+    def __init__(
+        self,
+        config: Config,
+        dist: Dist,
+        device: torch.device,
+        principle,
+        samples_itself: bool = True,
+        model=None,
+        tokenizer=None,
+        peft_config=None,
+    ):
+        self.config, self.dist, self.device, self.principle = config, dist, device, principle
+        self.given = {"model": model, "tokenizer": tokenizer, "peft_config": peft_config}  # objects from Python
+        self.samples_itself = samples_itself  # False for a trainer whose library generates (TRL's RLOO)
+        self.truncated_prompts = 0  # prompts this process cut to max_prompt_tokens since the last reset
+        self.skipped_steps = self.skipped_in_a_row = 0  # optimizer steps skipped for a non-finite loss or gradient
+        self.where = "training"  # what the optimizer steps are for, to name in an error
+        self.progress = None
+        self.version = 0  # changes to the weights in this process: what the vLLM engine syncs against
+        self.zero = self.vllm = None
+        self.load(None)
+
+    def load(self, checkpoint: Path | None) -> None:
+        """The model and optimizer, fresh (checkpoint None) or as a checkpoint saved them."""
+        config = self.config
+        if checkpoint is not None:
+            self.version += 1  # new weights for the vLLM engine
+        if checkpoint is not None and self.zero is not None:
+            self.zero.load_state(checkpoint / ZERO_STATE)  # DeepSpeed's own checkpoint holds weights and optimizer
+            return
+        torch.manual_seed(config.seed)  # LoRA's initial A matrices
+        self.model, self.tokenizer = load_policy(config, checkpoint, **self.given)
+        limit = getattr(self.model.config, "max_position_embeddings", None)
+        if isinstance(limit, int) and config.max_prompt_tokens + config.max_new_tokens > limit:
+            raise PLEError(
+                f"max_prompt_tokens + max_new_tokens = {config.max_prompt_tokens + config.max_new_tokens} exceeds "
+                f"the model's {limit} positions; lower max_prompt_tokens"
+            )
+        self.model.to(self.device)
+        self.model.train()
+        self.builder = PromptBuilder.from_config(self.tokenizer, config, self.principle)
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
+        if self.dist.accelerator is not None:
+            from ple.zero import ZeroEngine
+
+            self.zero = ZeroEngine(self.dist.accelerator, self.model, self.optimizer, config)
+        elif checkpoint is not None:
+            if not (checkpoint / "optimizer.pt").is_file():
+                raise PLEError(f"cannot resume from {checkpoint}: it holds no optimizer.pt (was it a DeepSpeed run?)")
+            self.optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
+        if (
+            self.vllm is None
+            and self.samples_itself
+            and select_backend(config.generation_backend, self.device) == "vllm"
+        ):
+            from ple.vllm_backend import VLLMGenerator
+
+            self.vllm = VLLMGenerator(config, self.tokenizer)
+
+    # -------------------------------------------------------------- prompts and samples
+    def encode(self, queries: list, guided: bool = False) -> list[list[int]]:
+        """Prompt ids of the plain (or guided) queries; an overlong one loses its query's oldest tokens, never the
+        principle or the template. This process's cut prompts are counted in truncated_prompts."""
+        ids, truncated = self.builder.encode(queries, guided, self.config.max_prompt_tokens)
+        self.truncated_prompts += truncated
+        return ids
+
+    def sample(self, ids: list[list[int]]):
+        """One sampled response per prompt, in one batched call: (samples, stats)."""
+        config = self.config
+        self.progress.phase("generating")
+        started = time.perf_counter()
+        # A process with no prompts (more processes than queries) still enters full_model: gathering the
+        # weights under ZeRO-3 is collective.
+        if self.vllm is not None:
+            with self.full_model() as model:
+                self.vllm.sync(model, self.version)
+            seed = int(torch.randint(0, 2**31 - 1, ()).item())  # drawn from the iteration's seeded stream
+            samples = self.vllm.generate(
+                ids, config.max_new_tokens, config.temperature, config.top_p, config.top_k, seed
+            )
+        else:
+            # On a CPU the adapter is merged for the call (one matmul per layer instead of three); on a GPU the
+            # copy of the base weights that keeps this exact would cost memory that vLLM puts to better use.
+            merge = merged_lora if self.device.type == "cpu" else contextlib.nullcontext
+            with self.full_model() as model, merge(model) as model, autocast(config.dtype, self.device):
+                samples = generate(
+                    model,
+                    self.tokenizer,
+                    ids,
+                    config.max_new_tokens,
+                    config.temperature,
+                    config.top_p,
+                    config.top_k,
+                    config.generation_batch_size,
+                )
+        seconds = time.perf_counter() - started
+        return samples, {"gen_seconds": seconds, "gen_tokens": sum(len(x.response_ids) for x in samples)}
+
+    # -------------------------------------------------------------- training
+    def sft_examples(self, queries: list, responses: list[str]) -> list[tuple[list[int], list[int]]]:
+        """(plain prompt ids, response ids + EOS) for queries and response texts."""
+        ids = self.encode(queries)
+        eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
+        return [(p, self.tokenizer(r, add_special_tokens=False)["input_ids"] + eos) for p, r in zip(ids, responses)]
+
+    def train_sft(self, examples: list[tuple], epochs: int, rng: np.random.Generator, phase: str) -> dict[str, Any]:
+        """Supervised fine-tuning on (prompt ids, response ids) examples: mean token NLL of the responses."""
+        losses = []
+
+        def micro_loss(micro: list[tuple], step: list[tuple]) -> torch.Tensor:
+            with autocast(self.config.dtype, self.device):
+                sum_logp, _ = response_logprobs(self.train_model, micro or step[:1], self.tokenizer.pad_token_id)
+            if not micro:  # idle under ZeRO: the computation of a real micro-batch, at zero weight
+                return sum_logp.sum() * 0.0
+            nll = -sum_logp.sum()
+            losses.append(nll.item() / sum(len(r) for _, r in micro))
+            return nll / sum(len(response) for _, response in step)  # mean token NLL over the step
+
+        started, skipped = time.perf_counter(), self.skipped_steps
+        steps = self.train_epochs(examples, epochs, rng, micro_loss, phase)
+        skipped = self.skipped_steps - skipped
+        return {
+            "loss": mean_of_known(losses),
+            "optimizer_steps": steps - skipped,
+            "skipped_steps": skipped,
+            "train_seconds": time.perf_counter() - started,
+        }
+
+    def train_epochs(self, items: list, epochs: int, rng: np.random.Generator, micro_loss, phase: str) -> int:
+        """Shuffled passes over `items` in optimizer steps of batch_size * gradient_accumulation_steps items per
+        process. Each process runs its share of a step in micro-batches, the gradients are summed across
+        processes, and every process takes the same optimizer step. Returns the number of steps."""
+        config = self.config
+        per_step = config.batch_size * config.gradient_accumulation_steps * self.dist.world
+        steps = epochs * math.ceil(len(items) / per_step)
+        self.progress.phase(phase, total=steps)
+        self.where = phase
+        for _ in range(epochs):
+            order = rng.permutation(len(items))
+            for start in range(0, len(items), per_step):
+                self.optimizer_step([items[i] for i in order[start : start + per_step]], micro_loss)
+                self.progress.step()
+        return steps
+
+    def optimizer_step(self, step: list, micro_loss) -> None:
+        """This process's share of `step` in micro-batches, then one optimizer step on every process. A step
+        whose loss or gradient is not finite is skipped; max_nonfinite_steps of them in a row stop the run."""
+        config = self.config
+        mine = self.dist.shard(step)
+        if self.zero is not None:
+            micro_batches = self.zero.micro_batches(mine, step, config.batch_size)
+            finite = True
+            for k, micro in enumerate(micro_batches):  # an empty micro-batch is an idle one (see ple.zero)
+                loss = micro_loss(micro, step)
+                finite &= bool(torch.isfinite(loss))
+                self.zero.backward(loss, last=k == len(micro_batches) - 1)
+            if not all(self.dist.gather([finite])):  # the engine steps as it reduces: stop before it does
+                raise PLEError(f"a non-finite loss ({self.where}) stopped the run before its step; {self._hint()}")
+            self.zero.step()
+        else:
+            for start in range(0, len(mine), config.batch_size):
+                micro_loss(mine[start : start + config.batch_size], step).backward()
+            self.dist.sum_gradients(self.trainable)
+            # A NaN loss makes NaN gradients, so one finite norm vouches for both.
+            norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm or math.inf)
+            if not torch.isfinite(norm):
+                self.optimizer.zero_grad(set_to_none=True)
+                self.skipped_steps += 1
+                self.skipped_in_a_row += 1
+                if self.skipped_in_a_row >= config.max_nonfinite_steps:
+                    raise PLEError(
+                        f"{self.skipped_in_a_row} optimizer steps in a row had a non-finite loss or gradient "
+                        f"({self.where}); each was skipped, so none reached the weights; {self._hint()}"
+                    )
+                return
+            self.skipped_in_a_row = 0
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.version += 1
+
+    def _hint(self) -> str:
+        return f"check the rewards' scale and the learning rate ({self.config.learning_rate:g})"
+
+    def full_model(self):
+        """A context giving the policy with all its weights present, for generation and saving."""
+        return self.zero.full_model() if self.zero is not None else contextlib.nullcontext(self.model)
+
+    @property
+    def train_model(self):
+        """What the losses call: the DeepSpeed engine under ZeRO, else the policy itself."""
+        return self.zero.engine if self.zero is not None else self.model
+
+    # -------------------------------------------------------------- saving
+    def save_checkpoint(self, tmp: Path) -> None:
+        """Model and optimizer state into `tmp`. Every process calls it: under ZeRO each writes its optimizer
+        shard, and the main process writes the rest."""
+        self.dist.barrier()
+        with self.full_model() as model:
+            if self.dist.main:
+                save_model(model, self.tokenizer, tmp)
+        if self.zero is not None:
+            self.zero.save_state(tmp / ZERO_STATE)
+        elif self.dist.main:
+            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        self.dist.barrier()
+
+    def save_final(self, run_dir: Path) -> Path:
+        """run_dir/final: written beside it and renamed, so a kill never leaves a half-saved model. Every process
+        calls it (under ZeRO-3 they all take part in gathering the weights); the main one writes."""
+        tmp, final = run_dir / ".final.tmp", run_dir / "final"
+        with self.full_model() as model:
+            if self.dist.main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                save_model(model, self.tokenizer, tmp, merge=self.config.merge_lora)
+                replace_dir(tmp, final)
+        return final

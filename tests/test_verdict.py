@@ -1,0 +1,57 @@
+"""The comparison's differences, verdict lines and claim sentence, on data whose answer is known."""
+
+import numpy as np
+import pytest
+
+from ple.evaluation.verdict import claim_sentence, detectable_difference, hierarchical_difference, verdict
+
+
+def test_a_constant_difference_has_no_spread():
+    a = {0: np.full(50, 0.7), 1: np.full(50, 0.6)}
+    b = {0: np.full(50, 0.5), 1: np.full(50, 0.4)}
+    d = hierarchical_difference(a, b)
+    assert d["delta"] == pytest.approx(0.2) and d["ci_low"] == pytest.approx(0.2) and d["ci_high"] == pytest.approx(0.2)
+    assert (d["seeds"], d["prompts"]) == (2, 50)
+
+
+def test_seed_to_seed_variation_widens_the_interval():
+    """Seeds that disagree (+0.3, -0.3, +0.05) with no prompt noise at all: the mean is +0.017, and only resampling
+    the seeds can say that this could as well be negative."""
+    b = {s: np.zeros(200) for s in range(3)}
+    a = {0: np.full(200, 0.3), 1: np.full(200, -0.3), 2: np.full(200, 0.05)}
+    d = hierarchical_difference(a, b)
+    assert d["delta"] == pytest.approx(0.05 / 3)
+    assert d["ci_low"] < -0.1 and d["ci_high"] > 0.1  # the seed means span [-0.3, 0.3]
+    assert verdict("x", d) == "no difference detected between PLE and x"
+
+
+def test_prompt_noise_gives_about_the_normal_interval():
+    rng = np.random.default_rng(0)
+    b = {0: rng.normal(0.5, 0.2, 400)}
+    a = {0: b[0] + 0.05 + rng.normal(0, 0.1, 400)}
+    d = hierarchical_difference(a, b)
+    se = (a[0] - b[0]).std(ddof=1) / np.sqrt(400)
+    assert d["se"] == pytest.approx(se, rel=0.1)
+    assert d["ci_low"] == pytest.approx(d["delta"] - 1.96 * se, abs=0.2 * se)
+    assert verdict("x", d) == "PLE is ahead of x"
+    assert verdict("x", hierarchical_difference(b, a)) == "x is ahead of PLE"
+    assert detectable_difference(se) == pytest.approx(2.8 * se, rel=1e-3)
+
+
+def test_only_shared_seeds_are_paired():
+    a = {0: np.ones(5), 1: np.ones(5), 2: np.full(5, 9.0)}
+    b = {0: np.zeros(5), 1: np.zeros(5)}
+    assert hierarchical_difference(a, b)["delta"] == pytest.approx(1.0)  # seed 2 has no partner
+    with pytest.raises(ValueError, match="share no seed"):
+        hierarchical_difference({0: np.ones(5)}, {1: np.ones(5)})
+
+
+def test_the_claim_sentence_follows_the_baselines_it_names():
+    ahead, tie, behind = ({"ci_low": lo, "ci_high": hi} for lo, hi in ((0.01, 0.1), (-0.05, 0.05), (-0.1, -0.01)))
+    all_ahead = {m: ahead for m in ("sft", "dpo", "rloo", "raft")}
+    assert claim_sentence({**all_ahead, "distill": behind}).startswith("The paper's claim holds")  # distill: not named
+    assert "does not hold" in claim_sentence({**all_ahead, "rloo": behind}) and "rloo is ahead" in claim_sentence(
+        {**all_ahead, "rloo": behind}
+    )
+    assert "not shown" in claim_sentence({**all_ahead, "dpo": tie})
+    assert "none of the baselines" in claim_sentence({"distill": ahead})
