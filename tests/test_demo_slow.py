@@ -44,8 +44,26 @@ def test_short_compare_preset_on_the_real_model(tmp_path, monkeypatch):
     from ple import demo
 
     preset = demo.compare_preset
-    monkeypatch.setattr(demo, "compare_preset", lambda: {**preset(), "methods": methods, "seeds": [0]})
+
+    def small(name):
+        raw = preset(name)
+        grid = {**raw["lr_grid"], "rates": [1e-4, 4e-4], "iterations": 1, "queries_per_iteration": 4}
+        return {
+            **raw,
+            "methods": methods,
+            "seeds": [0],
+            "seeds_per_method": {},
+            "lr_grid": {**grid, "validation_prompts": 6},
+        }
+
+    monkeypatch.setattr(demo, "compare_preset", small)
     assert main(args) == 0
-    rows = (tmp_path / "grid" / "results.csv").read_text().splitlines()
+    grid = tmp_path / "grid"
+    rows = (grid / "results.csv").read_text().splitlines()
     assert [r.split(",")[0] for r in rows[1:]] == methods
-    assert (tmp_path / "grid" / "win_rates.png").is_file()
+    assert (grid / "win_rates.png").is_file() and (grid / "figure3.png").is_file()
+    validation = [json.loads(line)["prompt"] for line in open(grid / "lr_grid/ple/lr_0.0001/eval/completions.jsonl")]
+    evaluated = [json.loads(line)["prompt"] for line in open(grid / "cells/ple/seed0/eval/completions.jsonl")]
+    trained = [json.loads(line)["query"] for line in open(grid / "cells/ple/seed0/generations/iter_000.jsonl")]
+    assert len(validation) == 6 and not set(validation) & (set(evaluated) | set(trained))
+    assert "### Verdict" in (grid / "results.md").read_text()

@@ -97,7 +97,10 @@ def build_parser() -> argparse.ArgumentParser:
     source = compare.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="compare file (YAML)")
     source.add_argument(
-        "--preset", choices=("sentiment",), help="the embedded sentiment grid, on the offline assets (as `ple demo`)"
+        "--preset",
+        choices=("sentiment", "sentiment-quick"),
+        help="an embedded sentiment grid on the offline assets: sentiment (powered, hours) or sentiment-quick "
+        "(a harness check, about half an hour)",
     )
     compare.add_argument("--output-dir", help="where the grid goes (default: the compare file's output_dir)")
     _set_arg(compare, "override one field of the shared training config; repeatable")
@@ -121,7 +124,7 @@ def cmd_compare(args) -> int:
     if args.preset:
         from ple.demo import compare_preset
 
-        raw = compare_preset()
+        raw = compare_preset(args.preset)
     else:
         raw = read_grid_file(args.config)
     if args.output_dir:

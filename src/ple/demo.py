@@ -21,7 +21,10 @@ from ple.sentiment import PRINCIPLES, prepare, shared_judge
 from ple.trainer import PLETrainer
 
 PRESET = Path(__file__).parent / "presets" / "demo.yaml"
-COMPARE_PRESET = Path(__file__).parent / "presets" / "compare_sentiment.yaml"
+COMPARE_PRESETS = {
+    "sentiment": Path(__file__).parent / "presets" / "compare_sentiment.yaml",
+    "sentiment-quick": Path(__file__).parent / "presets" / "compare_sentiment_quick.yaml",
+}
 JUDGE = "heldout:ple.sentiment:judge_reward"  # the held-out judge's column in the evaluation rows
 EVAL_SEED_OFFSET = 12345  # the evaluation's sampling seed is the run's seed plus this
 LABELS = {
@@ -61,18 +64,22 @@ def demo_config(overrides: dict):
     return load_config(overrides=raw)
 
 
-def compare_preset() -> dict:
-    """The embedded sentiment compare grid, its config pointed at the cached assets."""
+def compare_preset(name: str = "sentiment") -> dict:
+    """An embedded sentiment compare grid, its config pointed at the cached assets. A grid that tunes learning
+    rates on validation prompts trains on the pool without them."""
     data = assets.cache_dir() / "sentiment"
     train, evaluation = prepare(data)
-    raw = yaml.safe_load(COMPARE_PRESET.read_text())
+    raw = yaml.safe_load(COMPARE_PRESETS[name].read_text())
+    tuned = "lr_grid" in raw
     raw["config"].update(
         model=str(assets.smollm2_path()),
-        dataset=str(train),
-        sft_dataset=str(data / "sft.jsonl"),
+        dataset=str(data / "compare_train.jsonl" if tuned else train),
+        sft_dataset=str(data / ("compare_sft.jsonl" if tuned else "sft.jsonl")),
         eval_dataset=str(evaluation),
         principle=str(PRINCIPLES),
     )
+    if tuned:
+        raw["lr_grid"]["validation_dataset"] = str(data / "validation.jsonl")
     return raw
 
 

@@ -42,11 +42,13 @@ def read_pang_lee(path: Path) -> list[tuple[int, str]]:
     return rows
 
 
-def prepare(out_dir: Path, n_eval: int = 200, seed: int = 0) -> tuple[Path, Path]:
+def prepare(out_dir: Path, n_eval: int = 200, seed: int = 0, n_validation: int = 100) -> tuple[Path, Path]:
     """Write train.jsonl and eval.jsonl query sets (disjoint reviews) and return their paths.
 
     Also writes sft.jsonl: for each positive training review, its opening prompt and the review's
-    next SFT_WORDS words as the response (the SFT baseline's data: real positive reviews)."""
+    next SFT_WORDS words as the response (the SFT baseline's data: real positive reviews). For the powered
+    comparison, validation.jsonl holds the last n_validation training prompts, on which it tunes learning rates,
+    and compare_train.jsonl and compare_sft.jsonl are the training and SFT sets without them."""
     reviews = read_pang_lee(assets.pang_lee_path() / "reviews.csv")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(reviews))
@@ -70,6 +72,11 @@ def prepare(out_dir: Path, n_eval: int = 200, seed: int = 0) -> tuple[Path, Path
     train_rows, sft_rows = rows(order[n_eval:])
     atomic_write_jsonl(train, train_rows)
     atomic_write_jsonl(out_dir / "sft.jsonl", sft_rows)
+    validation = train_rows[-n_validation:]
+    held_out = {r["prompt"] for r in validation}
+    atomic_write_jsonl(out_dir / "validation.jsonl", validation)
+    atomic_write_jsonl(out_dir / "compare_train.jsonl", train_rows[:-n_validation])
+    atomic_write_jsonl(out_dir / "compare_sft.jsonl", [r for r in sft_rows if r["prompt"] not in held_out])
     return train, evaluation
 
 
