@@ -6,7 +6,7 @@
 The floor is the time the batch's matmul FLOPs (2 x parameters x tokens, prefill included)
 would take at the fp32 matmul rate measured here, in this run. It counts every prompt token, as
 if each prompt ran in full; `generate` runs the beginning that a group of prompts shares once
-(`ple.generation.prefill_groups`), and the table shows how many prompt tokens it ran. Two batch
+(`ple.cpu_speedups.prefill_groups`), and the table shows how many prompt tokens it ran. Two batch
 sizes of distinct queries: 8 (16 sequences, the size of the TRL RLOO measurement in
 bench/iteration.py) and 32 (64 sequences, one demo iteration). The fastest of --repeats runs
 counts. Prints a table last. Optimisations tried, kept or not, with their numbers: bench/NOTES.md.
@@ -22,7 +22,8 @@ import torch
 import transformers
 from common import ALL_PROMPTS, PRINCIPLE, model_path
 
-from ple.generation import generate, prefill_groups
+from ple.cpu_speedups import prefill_groups
+from ple.generation import generate
 from ple.model import load_causal_lm, load_tokenizer
 from ple.principles import PromptBuilder
 

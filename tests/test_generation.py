@@ -3,15 +3,15 @@ import types
 import pytest
 import torch
 
-from ple.generation import (
+from ple.batching import pad_batch
+from ple.cpu_speedups import (
     decode_step_matmuls,
-    generate,
     inverse_cdf_sample,
-    pad_batch,
     prompt_inputs,
     sampling_kwargs,
     shared_prefixes,
 )
+from ple.generation import generate
 
 
 def chisquare_pvalue(counts: torch.Tensor, probs: torch.Tensor) -> float:
@@ -155,3 +155,18 @@ def test_decode_step_matmuls_compute_the_same_steps_and_restore_the_layers(tiny_
     assert torch.equal(inside.sequences, plain.sequences)
     torch.testing.assert_close(torch.stack(inside.logits), torch.stack(plain.logits), atol=1e-5, rtol=1e-5)
     assert [m for m in model.modules() if "forward" in vars(m)] == [hooked]
+
+
+def test_the_cpu_speedups_change_no_greedy_answer(tiny_chat_model):
+    """Greedy decoding through ple.cpu_speedups and through plain `model.generate` gives the same tokens."""
+    from ple.model import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(tiny_chat_model)
+    model = load_causal_lm(tiny_chat_model)
+    torch.manual_seed(1)
+    head = torch.randint(5, 40, (20,)).tolist()  # a shared beginning, so that the prefix cache is used
+    prompts = [head + [5, 6, 7], head + [8], [1, 2, 3], head + [9, 10, 11, 12, 13], [4, 5]]
+    fast = generate(model, tokenizer, prompts, max_new_tokens=8, temperature=0.0, speedups=True)
+    plain = generate(model, tokenizer, prompts, max_new_tokens=8, temperature=0.0, speedups=False)
+    assert [s.response_ids for s in fast] == [s.response_ids for s in plain]
+    assert all(len(s.response_ids) > 0 for s in fast)

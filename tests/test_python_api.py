@@ -88,3 +88,34 @@ def test_the_example_script_trains_from_python(tmp_path, tiny_chat_model, monkey
     assert "iteration 1: mean s=" in printed and f"final model: {out / 'final'}" in printed
     assert (out / "final" / "adapter_model.safetensors").is_file()
     assert [json.loads(line)["iteration"] for line in (out / "metrics.jsonl").read_text().splitlines()] == [0, 1]
+
+
+def read_scalars(logdir):
+    """(tag, step) -> value from the TensorBoard event files under `logdir` (TFRecord framing, Event protos)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    scalars = {}
+    for path in Path(logdir).rglob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        offset = 0
+        while offset < len(data):
+            (length,) = struct.unpack("<Q", data[offset : offset + 8])
+            event = Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars[(value.tag, event.step)] = value.simple_value
+    return scalars
+
+
+def test_report_to_tensorboard_gets_every_iterations_metrics(tmp_path, tiny_chat_model, queries_file):
+    settings = tiny_config(tiny_chat_model, queries_file, tmp_path / "run", None, report_to="tensorboard")
+    settings.pop("reward")
+    metrics = PLETrainer(args=PLEConfig(**settings), reward_funcs=longer_is_better).train().metrics
+    scalars = read_scalars(tmp_path / "run" / "trackers")
+    for m in metrics:
+        assert scalars[("mean_s", m["iteration"])] == pytest.approx(m["mean_s"], rel=1e-6)
+        assert scalars[("tau", m["iteration"])] == pytest.approx(m["tau"], rel=1e-6)
+    with pytest.raises(PLEError, match="report_to: unknown tracker\\(s\\) tensorbored"):
+        load_config(overrides={**settings, "reward": "vader", "report_to": "tensorbored"})

@@ -257,115 +257,134 @@ class Config:
     # --- output ---
     output_dir: str = _f("runs/ple", "Run directory.", section="output")
     keep_checkpoints: int = _f(2, "Checkpoints kept (one is written per iteration; 0 keeps all).", section="output")
+    report_to: str | list = _f(
+        "none",
+        "Trackers that also get each iteration's metrics (metrics.jsonl is always written): none, or one or a list "
+        "of accelerate's trackers: tensorboard, wandb, trackio, mlflow, comet_ml, aim, clearml, dvclive, swanlab. "
+        "Local ones write under output_dir/trackers.",
+        section="output",
+    )
 
     # ------------------------------------------------------------------
     def validate(self) -> "Config":
-        def need(ok: bool, message: str) -> None:
-            if not ok:
-                raise PLEError(message)
-
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            need(
-                choices is None or value in choices,
-                f"{f.name}={value!r} is not one of {', '.join(map(str, choices or ()))}",
-            )
-        need(self.model is not None, "model is required: a local path or a hub id of a causal LM")
-        need(self.dataset is not None, "dataset is required: the query set (a file or a hub dataset name)")
-        need(
-            self.principle is not None or self.method in BASELINES,
-            "principle is required: inline text or a principles file",
-        )
-        for name in (
-            "iterations",
-            "queries_per_iteration",
-            "batch_size",
-            "gradient_accumulation_steps",
-            "epochs_per_iteration",
-            "max_new_tokens",
-            "reward_batch_size",
-            "max_prompt_tokens",
-            "raft_k",
-            "max_nonfinite_steps",
-        ):
-            need(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in (
-            "sft_epochs",
-            "generation_batch_size",
-            "keep_checkpoints",
-            "eval_max_prompts",
-            "top_k",
-            "temperature",
-            "rank_coef",
-            "sft_coef",
-            "rank_sft_coef",
-            "margin",
-            "learning_rate",
-            "weight_decay",
-            "max_grad_norm",
-            "lora_dropout",
-        ):
-            need(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
-        need(not math.isnan(self.tau0), "tau0 must be a number (-inf is allowed), got nan")
-        need(0 < self.alpha <= 1, f"alpha must be in (0, 1], got {self.alpha}")
-        need(0 <= self.tau_quantile <= 1, f"tau_quantile must be in [0, 1], got {self.tau_quantile}")
-        need(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
-        need(
-            self.wsft_temperature == "auto"
-            or (not isinstance(self.wsft_temperature, str) and self.wsft_temperature > 0),
-            f"wsft_temperature must be auto or a number > 0, got {self.wsft_temperature!r}",
-        )
-        need(self.beta > 0, f"beta must be > 0, got {self.beta}")
-        need(self.rank_coef > 0 or self.sft_coef > 0, "rank_coef and sft_coef are both 0: nothing would be trained")
-        need(
-            self.sft_epochs == 0 or self.sft_dataset is not None,
-            f"sft_epochs={self.sft_epochs} needs an sft_dataset for the warm-up",
-        )
-        need(
-            self.reward is not None or (self.rank_coef == 0 and self.sft_weights == "guided") or self.method == "sft",
-            "reward is required (only method=distill and method=sft run without one)",
-        )
-        need(
-            self.method != "sft" or self.sft_dataset is not None,
-            "method=sft needs an sft_dataset (rows with prompt + response, or messages)",
-        )
-        need(
-            0 < self.vllm_gpu_memory_utilization < 1,
-            f"vllm_gpu_memory_utilization must be in (0, 1), got {self.vllm_gpu_memory_utilization}",
-        )
-        # Equal budgets (ple.baselines): refuse the numbers that the baselines' sample counts cannot match.
-        need(
-            self.method != "raft" or (2 * self.queries_per_iteration) % self.raft_k == 0,
-            f"method=raft draws raft_k={self.raft_k} answers for each of 2*queries_per_iteration/raft_k queries; "
-            f"2*queries_per_iteration={2 * self.queries_per_iteration} must be a multiple of raft_k for PLE's budget",
-        )
-        prompts_per_step = self.batch_size * self.gradient_accumulation_steps
-        need(
-            self.method != "rloo" or (self.queries_per_iteration * self.iterations) % prompts_per_step == 0,
-            f"method=rloo takes batch_size*gradient_accumulation_steps={prompts_per_step} prompts per step; "
-            f"queries_per_iteration*iterations={self.queries_per_iteration * self.iterations} must be a multiple "
-            "of it for PLE's budget",
-        )
-        need(
-            self.method not in ("dpo", "rloo") or self.sft_epochs == 0 or self.use_lora,
-            f"method={self.method} with sft_epochs > 0 needs use_lora: true (TRL's reference model is then a copy "
-            "of the warmed-up adapter; without LoRA it would be the un-warmed base model)",
-        )
-        need(self.dpo_beta > 0, f"dpo_beta must be > 0, got {self.dpo_beta}")
-        need(self.rloo_beta >= 0, f"rloo_beta must be >= 0, got {self.rloo_beta}")
-        need(not self.use_lora or self.lora_r >= 1, f"lora_r must be >= 1, got {self.lora_r}")
-        need(bool(self.output_dir.strip()), "output_dir is empty; name the run directory")
-        need(not self.merge_lora or self.use_lora, "merge_lora needs use_lora: true")
-        need("{principle}" in self.chat_principle_template, "chat_principle_template must contain {principle}")
-        need(
-            "{principle}" in self.text_principle_template and "{query}" in self.text_principle_template,
-            "text_principle_template must contain {principle} and {query}",
-        )
-        return self
+        return validate(self)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def validate(config: "Config") -> "Config":
+    """Every field's choices, and the combinations of fields that cannot work; one PLEError line for the first
+    problem found. Returns the config."""
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise PLEError(message)
+
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        need(
+            choices is None or value in choices,
+            f"{f.name}={value!r} is not one of {', '.join(map(str, choices or ()))}",
+        )
+    need(config.model is not None, "model is required: a local path or a hub id of a causal LM")
+    need(config.dataset is not None, "dataset is required: the query set (a file or a hub dataset name)")
+    need(
+        config.principle is not None or config.method in BASELINES,
+        "principle is required: inline text or a principles file",
+    )
+    for name in (
+        "iterations",
+        "queries_per_iteration",
+        "batch_size",
+        "gradient_accumulation_steps",
+        "epochs_per_iteration",
+        "max_new_tokens",
+        "reward_batch_size",
+        "max_prompt_tokens",
+        "raft_k",
+        "max_nonfinite_steps",
+    ):
+        need(getattr(config, name) >= 1, f"{name} must be >= 1, got {getattr(config, name)}")
+    for name in (
+        "sft_epochs",
+        "generation_batch_size",
+        "keep_checkpoints",
+        "eval_max_prompts",
+        "top_k",
+        "temperature",
+        "rank_coef",
+        "sft_coef",
+        "rank_sft_coef",
+        "margin",
+        "learning_rate",
+        "weight_decay",
+        "max_grad_norm",
+        "lora_dropout",
+    ):
+        need(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
+    need(not math.isnan(config.tau0), "tau0 must be a number (-inf is allowed), got nan")
+    need(0 < config.alpha <= 1, f"alpha must be in (0, 1], got {config.alpha}")
+    need(0 <= config.tau_quantile <= 1, f"tau_quantile must be in [0, 1], got {config.tau_quantile}")
+    need(0 < config.top_p <= 1, f"top_p must be in (0, 1], got {config.top_p}")
+    need(
+        config.wsft_temperature == "auto"
+        or (not isinstance(config.wsft_temperature, str) and config.wsft_temperature > 0),
+        f"wsft_temperature must be auto or a number > 0, got {config.wsft_temperature!r}",
+    )
+    need(config.beta > 0, f"beta must be > 0, got {config.beta}")
+    need(config.rank_coef > 0 or config.sft_coef > 0, "rank_coef and sft_coef are both 0: nothing would be trained")
+    need(
+        config.sft_epochs == 0 or config.sft_dataset is not None,
+        f"sft_epochs={config.sft_epochs} needs an sft_dataset for the warm-up",
+    )
+    need(
+        config.reward is not None
+        or (config.rank_coef == 0 and config.sft_weights == "guided")
+        or config.method == "sft",
+        "reward is required (only method=distill and method=sft run without one)",
+    )
+    need(
+        config.method != "sft" or config.sft_dataset is not None,
+        "method=sft needs an sft_dataset (rows with prompt + response, or messages)",
+    )
+    need(
+        0 < config.vllm_gpu_memory_utilization < 1,
+        f"vllm_gpu_memory_utilization must be in (0, 1), got {config.vllm_gpu_memory_utilization}",
+    )
+    # Equal budgets (ple.baselines): refuse the numbers that the baselines' sample counts cannot match.
+    need(
+        config.method != "raft" or (2 * config.queries_per_iteration) % config.raft_k == 0,
+        f"method=raft draws raft_k={config.raft_k} answers for each of 2*queries_per_iteration/raft_k queries; "
+        f"2*queries_per_iteration={2 * config.queries_per_iteration} must be a multiple of raft_k for PLE's budget",
+    )
+    prompts_per_step = config.batch_size * config.gradient_accumulation_steps
+    need(
+        config.method != "rloo" or (config.queries_per_iteration * config.iterations) % prompts_per_step == 0,
+        f"method=rloo takes batch_size*gradient_accumulation_steps={prompts_per_step} prompts per step; "
+        f"queries_per_iteration*iterations={config.queries_per_iteration * config.iterations} must be a multiple "
+        "of it for PLE's budget",
+    )
+    need(
+        config.method not in ("dpo", "rloo") or config.sft_epochs == 0 or config.use_lora,
+        f"method={config.method} with sft_epochs > 0 needs use_lora: true (TRL's reference model is then a copy "
+        "of the warmed-up adapter; without LoRA it would be the un-warmed base model)",
+    )
+    need(config.dpo_beta > 0, f"dpo_beta must be > 0, got {config.dpo_beta}")
+    need(config.rloo_beta >= 0, f"rloo_beta must be >= 0, got {config.rloo_beta}")
+    need(not config.use_lora or config.lora_r >= 1, f"lora_r must be >= 1, got {config.lora_r}")
+    need(bool(config.output_dir.strip()), "output_dir is empty; name the run directory")
+    from ple.training.trackers import check_tracker_names
+
+    check_tracker_names(config.report_to)
+    need(not config.merge_lora or config.use_lora, "merge_lora needs use_lora: true")
+    need("{principle}" in config.chat_principle_template, "chat_principle_template must contain {principle}")
+    need(
+        "{principle}" in config.text_principle_template and "{query}" in config.text_principle_template,
+        "text_principle_template must contain {principle} and {query}",
+    )
+    return config
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}

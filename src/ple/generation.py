@@ -1,13 +1,12 @@
 """Batched sampling with left padding: all prompts of an iteration in as few generate calls as fit."""
 
 import contextlib
-import types
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from ple.errors import PLEError
+from ple import cpu_speedups
+from ple.batching import pad_batch
 
 
 @dataclass
@@ -25,202 +24,6 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return eos
 
 
-def pad_batch(sequences: list[list[int]], pad_id: int, device, side: str = "left") -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask of `sequences` padded to one width (at least 1, so that a batch of empty
-    responses still has a column) on the given side."""
-    if side not in ("left", "right"):
-        raise ValueError(f"side must be 'left' or 'right', not {side!r}")
-    width = max(1, max(len(s) for s in sequences))
-    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(sequences), width), dtype=torch.long)
-    for i, s in enumerate(sequences):
-        cols = slice(width - len(s), width) if side == "left" else slice(0, len(s))
-        ids[i, cols] = torch.tensor(s, dtype=torch.long)
-        mask[i, cols] = 1
-    return ids.to(device), mask.to(device)
-
-
-def shared_prefixes(prompts: list[list[int]], min_shared: int = 16) -> list[tuple[int, list[int]]]:
-    """Groups of prompts that begin with the same `min_shared` or more tokens, as (shared length, members);
-    prompts that share less with every other are in no group. A shared length leaves out at least each
-    member's last token, which generation has to run to get the first response token's logits.
-
-    Sorted, prompts with a common beginning sit next to each other, and a run's common beginning is the
-    shortest one between neighbours; the runs are split where that drops below `min_shared`."""
-    order = sorted(range(len(prompts)), key=lambda i: prompts[i])
-    runs, lengths = [order[:1]], [float("inf")]
-    for previous, current in zip(order, order[1:]):
-        a, b = prompts[previous], prompts[current]
-        common = next((n for n, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        common = min(common, len(a) - 1, len(b) - 1)
-        if common >= min_shared:
-            runs[-1].append(current)
-            lengths[-1] = min(lengths[-1], common)
-        else:
-            runs.append([current])
-            lengths.append(float("inf"))
-    return [(length, members) for length, members in zip(lengths, runs) if len(members) > 1]
-
-
-def prefill_groups(prompts: list[list[int]]) -> list[tuple[int, list[int]]]:
-    """The `shared_prefixes` groups whose common beginnings `prompt_inputs` runs once, or none where that
-    would not save work: the groups' padded prefix block plus every row's padded rest must be smaller than
-    the plain padded batch."""
-    groups = shared_prefixes(prompts)
-    shared = [n for _, n in _membership(groups, len(prompts))]
-    prefix_width = max([n for n, _ in groups], default=0)
-    suffix_width = max((len(p) - n for p, n in zip(prompts, shared)), default=0)
-    plain_width = max(map(len, prompts), default=0)
-    return groups if len(groups) * prefix_width + len(prompts) * suffix_width < len(prompts) * plain_width else []
-
-
-def _membership(groups: list[tuple[int, list[int]]], n_prompts: int) -> list[tuple[int, int]]:
-    """Each prompt's (group index, shared length); (0, 0) for a prompt in no group."""
-    found = [(0, 0)] * n_prompts
-    for group, (length, members) in enumerate(groups):
-        for i in members:
-            found[i] = (group, length)
-    return found
-
-
-def prompt_inputs(model, prompts: list[list[int]], pad_id: int, device) -> dict:
-    """`generate` inputs for a batch of prompts: left-padded ids and mask and, where groups of prompts begin
-    alike (`prefill_groups`), a KV cache that already holds each group's common beginning, computed once.
-
-    Chat templates and task instructions make most of a prompt the same across a batch: the plain prompts
-    of an iteration share their system prompt and instruction, and so do the guided ones. Row i is laid out
-    as [padding, its group's shared tokens, padding, the rest of prompt i]; the mask and the position ids
-    that `generate` derives from it skip the padding, so each row sees exactly its own prompt."""
-    groups = prefill_groups(prompts)
-    if not groups:
-        ids, mask = pad_batch(prompts, pad_id, device)
-        return dict(input_ids=ids, attention_mask=mask)
-    group_of, shared = zip(*_membership(groups, len(prompts)))
-    suffixes = [p[n:] for p, n in zip(prompts, shared)]
-    name = cache_kwarg(model)
-    prefixes = [prompts[members[0]][:n] for n, members in groups]
-    prefix_ids, prefix_mask, cache, _ = prefill_cache(model, prefixes, pad_id, device, name)
-    # A prompt in no group takes some group's cached rows, all masked out for it.
-    rows = torch.tensor(group_of, device=device)
-    cache.batch_select_indices(rows)
-    in_group = torch.tensor([n > 0 for n in shared], device=device)[:, None]
-    suffix_ids, suffix_mask = pad_batch(suffixes, pad_id, device)
-    return dict(
-        input_ids=torch.cat([prefix_ids[rows], suffix_ids], dim=1),
-        attention_mask=torch.cat([prefix_mask[rows] * in_group, suffix_mask], dim=1),
-        **{name: cache},
-    )
-
-
-def prefill_cache(model, prompts: list[list[int]], pad_id: int, device, cache_name: str):
-    """`prompts`, left-padded, run into a fresh KV cache: (ids, mask, cache, the logits of each prompt's last
-    token). The position ids skip the padding, so each row is computed as if it ran alone. `cache_name` is
-    `cache_kwarg(model)`, which callers look up once for this call and the ones that continue the cache."""
-    from transformers import DynamicCache
-
-    ids, mask = pad_batch(prompts, pad_id, device)
-    cache = DynamicCache()
-    last = model(
-        input_ids=ids,
-        attention_mask=mask,
-        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-        **{cache_name: cache},
-        use_cache=True,
-        logits_to_keep=1,  # left padding puts every prompt's last token here: it predicts the first response token
-    ).logits
-    return ids, mask, cache, last
-
-
-def cache_kwarg(model) -> str:
-    """The name under which the model's forward takes a KV cache: transformers renamed past_key_values to
-    cache during 5.x (the old name is removed in 5.40), and PLE supports both sides of the rename."""
-    import inspect
-
-    from transformers import PreTrainedModel
-
-    hf_model = next((m for m in model.modules() if isinstance(m, PreTrainedModel)), None)  # under PEFT/DeepSpeed
-    parameters = inspect.signature(hf_model.forward).parameters if hf_model is not None else {}
-    return "cache" if "cache" in parameters else "past_key_values"
-
-
-@contextlib.contextmanager
-def decode_step_matmuls(model, max_rows: int = 64):
-    """Inside, on a CPU, each plain `nn.Linear` of `model` multiplies a decode step's input (one position for
-    each of at most `max_rows` sequences) as (W @ x.T).T, made contiguous again, instead of x @ W.T. The
-    product is the same; MKL computes it much faster with the few rows on that side: 18% less time for 16
-    sequences x 32 new tokens on 2 cores (bench/NOTES.md). Other inputs, and layers whose forward someone
-    else already replaced (accelerate's hooks do that), are left alone; leaving restores every layer."""
-    if next(model.parameters()).device.type != "cpu":
-        yield model
-        return
-
-    def forward(layer, x):
-        if x.dim() != 3 or x.shape[1] != 1 or x.shape[0] > max_rows:
-            return F.linear(x, layer.weight, layer.bias)
-        y = (layer.weight @ x[:, 0].T).T.contiguous()
-        return (y if layer.bias is None else y + layer.bias)[:, None]
-
-    layers = [m for m in model.modules() if type(m) is torch.nn.Linear and "forward" not in vars(m)]
-    try:
-        for layer in layers:
-            layer.forward = types.MethodType(forward, layer)
-        yield model
-    finally:
-        for layer in layers:
-            vars(layer).pop("forward", None)
-
-
-def inverse_cdf_sample(probs: torch.Tensor, uniform: torch.Tensor, block: int = 256) -> torch.Tensor:
-    """One token per row of `probs` (rows x vocab, not necessarily normalised): the first token whose cumulative
-    probability exceeds `uniform` (in [0, 1)) times the row's total, so token i is drawn with probability
-    probs[i] / total. The cumulative sums are float64 and run in two levels, over blocks of `block` tokens and
-    then inside the chosen block, so that they cost two short passes rather than one long sequential one."""
-    rows, vocab = probs.shape
-    blocks = F.pad(probs, (0, -vocab % block)).view(rows, -1, block)
-    block_cdf = blocks.sum(-1, dtype=torch.float64).cumsum(-1)
-    target = _strictly_below(uniform.double()[:, None] * block_cdf[:, -1:], block_cdf[:, -1:])
-    chosen = torch.searchsorted(block_cdf, target, right=True)
-    target = target - torch.where(chosen > 0, block_cdf.gather(1, (chosen - 1).clamp(min=0)), 0.0)
-    inner_cdf = blocks[torch.arange(rows, device=probs.device), chosen[:, 0]].cumsum(-1, dtype=torch.float64)
-    offset = torch.searchsorted(inner_cdf, _strictly_below(target, inner_cdf[:, -1:]), right=True)
-    return (chosen * block + offset)[:, 0]
-
-
-def _strictly_below(value: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
-    # Round-off must not push a target onto the end of a cumulative sum: the search would then land on a
-    # trailing token of probability zero.
-    return torch.minimum(value, torch.nextafter(total, torch.zeros_like(total)))
-
-
-class InverseCDFSampler:
-    """The last logits processor of a sampling `generate` call that runs in greedy mode: it draws each row's
-    token with `inverse_cdf_sample` and leaves only that token for the argmax. The distribution is the one
-    `do_sample=True` samples from, but transformers draws with torch.multinomial, which makes an exponential
-    variate for every vocabulary entry: 23 ms a decode step for 16 rows of SmolLM2's 49152 tokens on 2 CPU
-    cores, against 0.6 ms here (bench/NOTES.md)."""
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(scores.float(), dim=-1)
-        if probs.isnan().any():
-            raise PLEError("the policy's next-token probabilities are NaN: its weights have diverged")
-        uniform = torch.rand(scores.shape[0], device=scores.device, dtype=torch.float64)
-        token = inverse_cdf_sample(probs, uniform)
-        return torch.full_like(scores, -float("inf")).scatter_(1, token[:, None], 0.0)
-
-
-def sampling_kwargs(temperature: float, top_p: float, top_k: int) -> dict:
-    """`generate` arguments for sampling at (temperature, top_p, top_k), or for greedy decoding at temperature 0.
-    The warpers are transformers' own, in the order `do_sample=True` applies them; the draw is ours."""
-    if temperature <= 0:
-        return dict(do_sample=False)
-    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
-
-    warpers = [TemperatureLogitsWarper(temperature)] if temperature != 1.0 else []
-    warpers += [TopKLogitsWarper(top_k)] if top_k > 0 else []
-    warpers += [TopPLogitsWarper(top_p)] if top_p < 1.0 else []
-    return dict(do_sample=False, logits_processor=LogitsProcessorList([*warpers, InverseCDFSampler()]))
-
-
 @torch.no_grad()
 def generate(
     model,
@@ -231,19 +34,33 @@ def generate(
     top_p: float = 1.0,
     top_k: int = 0,
     batch_size: int = 0,
+    speedups: bool | None = None,
 ) -> list[Sample]:
-    """Sample one response per prompt (none for no prompts). batch_size=0 puts every prompt in one call."""
+    """Sample one response per prompt (none for no prompts). batch_size=0 puts every prompt in one call.
+
+    With `speedups` (by default: when the model is on a CPU) the calls go through ple.cpu_speedups (a shared-prefix
+    KV cache, decode-step matmuls and an inverse-CDF draw, each tested equal in distribution or in value to the
+    plain path); otherwise they are plain `model.generate` calls."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     eos = _eos_ids(model, tokenizer)
     batch_size = batch_size or max(1, len(prompt_ids))
-    sampling = sampling_kwargs(temperature, top_p, top_k)
+    on_cpu = device.type == "cpu" if speedups is None else speedups
+    if on_cpu:
+        sampling = cpu_speedups.sampling_kwargs(temperature, top_p, top_k)
+    else:
+        sampling = plain_sampling_kwargs(temperature, top_p, top_k)
     samples: list[Sample] = []
     for start in range(0, len(prompt_ids), batch_size):
         batch = prompt_ids[start : start + batch_size]
-        inputs = prompt_inputs(model, batch, tokenizer.pad_token_id, device)
-        with decode_step_matmuls(model):
+        if on_cpu:
+            inputs = cpu_speedups.prompt_inputs(model, batch, tokenizer.pad_token_id, device)
+            faster = cpu_speedups.decode_step_matmuls(model)
+        else:
+            ids, mask = pad_batch(batch, tokenizer.pad_token_id, device)
+            inputs, faster = dict(input_ids=ids, attention_mask=mask), contextlib.nullcontext()
+        with faster:
             out = model.generate(
                 **inputs,
                 max_new_tokens=max_new_tokens,
@@ -258,3 +75,10 @@ def generate(
             samples.append(Sample(prompt_ids=prompt, response_ids=response, text=text))
     model.train(was_training)
     return samples
+
+
+def plain_sampling_kwargs(temperature: float, top_p: float, top_k: int) -> dict:
+    """transformers' own sampling at (temperature, top_p, top_k), or greedy decoding at temperature 0."""
+    if temperature <= 0:
+        return dict(do_sample=False)
+    return dict(do_sample=True, temperature=temperature, top_p=top_p, top_k=top_k)

@@ -3,7 +3,7 @@ are computed from."""
 
 import torch
 
-from ple.generation import cache_kwarg, pad_batch, prefill_cache
+from ple.batching import cache_kwarg, pad_batch, prefill_cache
 from ple.losses import IGNORE_INDEX, sequence_logprobs
 
 

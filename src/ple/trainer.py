@@ -23,7 +23,7 @@ from ple.logprobs import shared_prompt_logprobs
 from ple.losses import assign_branch, ple_loss, sft_weights, wsft_temperature
 from ple.model import autocast
 from ple.schedule import threshold
-from ple.training.loop import Trainer, TrainOutput, iteration_seed, merge_generation_stats, query_order
+from ple.training.loop import Trainer, TrainOutput, iteration_seed, merge_generation_stats, query_order, signed
 from ple.training.policy import mean_of_known
 
 
@@ -222,12 +222,9 @@ class PLETrainer(Trainer):
         }
 
     def summary_line(self, m: dict) -> str:
-        def fmt(v):
-            return "n/a" if v is None else f"{v:+.3f}"
-
         return (
-            f"iter {m['iteration']}: tau={m['tau']:.4g} s={fmt(m['mean_s'])} s_p={fmt(m['mean_s_p'])} "
-            f"rank/wsft/skip={m['n_rank']}/{m['n_wsft']}/{m['n_skip']} loss={fmt(m['loss'])} "
+            f"iter {m['iteration']}: tau={m['tau']:.4g} s={signed(m['mean_s'])} s_p={signed(m['mean_s_p'])} "
+            f"rank/wsft/skip={m['n_rank']}/{m['n_wsft']}/{m['n_skip']} loss={signed(m['loss'])} "
             f"{m['seconds']:.1f}s ({m['gen_tokens_per_s']:.0f} gen tok/s)"
         )
 

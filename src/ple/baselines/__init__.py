@@ -17,18 +17,17 @@ Every method gets the same SFT warm-up when sft_epochs > 0; for dpo and rloo TRL
 of the warmed-up adapter. rlcd and the ple-* ablations are presets of the PLE trainer (ple.config.METHOD_PRESETS).
 """
 
+from ple.baselines.distill import DistillTrainer
+from ple.baselines.raft import RaftTrainer
+from ple.baselines.sft import SFTBaseline
+from ple.baselines.trl import DPOBaseline, RLOOBaseline
 from ple.config import Config
+from ple.trainer import PLETrainer
 from ple.training.loop import Trainer
 
 
 def make_trainer(config: Config, reward_fn=None) -> Trainer:
     """The trainer for config.method."""
-    from ple.baselines.distill import DistillTrainer
-    from ple.baselines.raft import RaftTrainer
-    from ple.baselines.sft import SFTBaseline
-    from ple.baselines.trl import DPOBaseline, RLOOBaseline
-    from ple.trainer import PLETrainer
-
     trainers = {
         "sft": SFTBaseline,
         "raft": RaftTrainer,
@@ -37,12 +36,3 @@ def make_trainer(config: Config, reward_fn=None) -> Trainer:
         "rloo": RLOOBaseline,
     }
     return trainers.get(config.method, PLETrainer)(args=config, reward_funcs=reward_fn)
-
-
-def samples_per_iteration(config: Config) -> int:
-    """The policy samples PLE draws per iteration, which every sampling method matches."""
-    return 2 * config.queries_per_iteration
-
-
-def fmt(v) -> str:
-    return "n/a" if v is None else f"{v:+.3f}"

@@ -7,8 +7,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ple.baselines import fmt, samples_per_iteration
-from ple.training.loop import Trainer, iteration_seed, merge_generation_stats, query_order
+from ple.training.loop import (
+    Trainer,
+    iteration_seed,
+    merge_generation_stats,
+    query_order,
+    samples_per_iteration,
+    signed,
+)
 
 
 class DistillTrainer(Trainer):
@@ -52,4 +58,6 @@ class DistillTrainer(Trainer):
         return generation_rows, metrics
 
     def summary_line(self, m: dict) -> str:
-        return f"iter {m['iteration']}: SFT on y_p of {m['queries']} queries, loss={fmt(m['loss'])} {m['seconds']:.1f}s"
+        return (
+            f"iter {m['iteration']}: SFT on y_p of {m['queries']} queries, loss={signed(m['loss'])} {m['seconds']:.1f}s"
+        )

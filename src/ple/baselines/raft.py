@@ -6,8 +6,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from ple.baselines import fmt, samples_per_iteration
-from ple.training.loop import Trainer, iteration_seed, merge_generation_stats, query_order
+from ple.training.loop import (
+    Trainer,
+    iteration_seed,
+    merge_generation_stats,
+    query_order,
+    samples_per_iteration,
+    signed,
+)
 from ple.training.policy import mean_of_known
 
 
@@ -69,7 +75,7 @@ class RaftTrainer(Trainer):
     def summary_line(self, m: dict) -> str:
         return (
             f"iter {m['iteration']}: best-of-{self.config.raft_k} on {m['queries']} queries, "
-            f"mean s={fmt(m['mean_s'])} best={fmt(m['mean_best'])} loss={fmt(m['loss'])} {m['seconds']:.1f}s"
+            f"mean s={signed(m['mean_s'])} best={signed(m['mean_best'])} loss={signed(m['loss'])} {m['seconds']:.1f}s"
         )
 
 

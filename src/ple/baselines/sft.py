@@ -6,8 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ple.baselines import samples_per_iteration
-from ple.training.loop import Trainer, iteration_seed, query_order
+from ple.training.loop import Trainer, iteration_seed, query_order, samples_per_iteration
 
 
 class SFTBaseline(Trainer):

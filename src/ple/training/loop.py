@@ -20,6 +20,7 @@ from ple.progress import Progress
 from ple.rewards import ClassifierReward, RunningStd, check_reward, config_reward, score, summed_reward
 from ple.training.policy import Policy
 from ple.training.rundir import WARMUP, RunDir
+from ple.training.trackers import Trackers
 
 
 @dataclass
@@ -41,6 +42,16 @@ def query_order(n: int, t: int, per_iteration: int, seed: int, shuffle: bool = T
 def iteration_seed(seed: int, t: int) -> int:
     """The torch seed of iteration t of a run seeded with `seed`, so that a resumed run draws the same."""
     return seed * 1_000_003 + t + 2  # t = -1 (warm-up) stays distinct from iteration 0
+
+
+def samples_per_iteration(config: Config) -> int:
+    """The policy samples PLE draws per iteration (y and y_p for each query), which every sampling method matches."""
+    return 2 * config.queries_per_iteration
+
+
+def signed(v) -> str:
+    """A metric for a progress line: +0.123, or n/a for none."""
+    return "n/a" if v is None else f"{v:+.3f}"
 
 
 def merge_generation_stats(parts: list[dict]) -> dict[str, float]:
@@ -167,8 +178,10 @@ class Trainer:
     def train(self, resume: bool = False) -> TrainOutput:
         """Run (or, with `resume`, continue) the method in config.output_dir."""
         config = self.config
+        trackers = None
         try:
             start = self.open_run(resume)
+            trackers = Trackers(config, self.run_dir.path, self.dist.main)
             with Progress(
                 total=config.iterations,
                 description=f"{config.method} iterations",
@@ -182,6 +195,7 @@ class Trainer:
                 for t in range(start, config.iterations):
                     rows, metrics = self.iteration(t)
                     self.run_dir.write_iteration(t, rows, metrics)
+                    trackers.log(metrics, step=t)
                     self.checkpoint(t)
                     progress.advance()
                     progress.log(self.summary_line(metrics))
@@ -191,6 +205,8 @@ class Trainer:
             self.dist.barrier()
             return TrainOutput(final, self.run_dir.metrics())
         finally:
+            if trackers is not None:
+                trackers.finish()
             self.run_dir.close()
 
     def open_run(self, resume: bool) -> int:
