@@ -8,22 +8,19 @@ nothing but ties.
 """
 
 import hashlib
-import http.client
 import json
 import os
 import random
 import re
 import threading
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
 from ple.data import Prompt, prompt_text
-from ple.errors import PLEError
+from ple.errors import PLEError, first_line
 from ple.rewards import RewardFn, score
 
 Verdict = str | None  # "first", "second" or None
@@ -103,31 +100,21 @@ def parse_verdict(reply: str) -> Verdict:
 REMINDER = "\n\nReminder: end your reply with one line that holds only the letter A or the letter B."
 
 
-class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
-    """A judge request is never redirected: following one would send the API key to wherever it points."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):
-        raise PLEError(
-            f"judge endpoint {req.full_url} redirected (HTTP {code}) to {newurl}; ple does not follow judge "
-            "redirects, so the API key goes nowhere else: give the final address as --judge-url"
-        )
-
-
 class _Retryable(Exception):
     """A failure worth another try (a timeout, a dropped connection, HTTP 429 or 5xx, a garbled body)."""
 
 
 class LLMJudge:
-    """Any OpenAI-compatible chat-completions endpoint as a judge.
+    """Any OpenAI-compatible chat-completions endpoint as a judge, through the `openai` SDK.
 
-    The API key is read from `api_key_env` and sent only to `base_url` (redirects are refused). Requests retry
-    with exponential backoff on timeouts, dropped connections, HTTP 429 and 5xx; after a timeout at most one
-    request is in flight, with a longer wait, since a server that answers one request at a time counts its
-    queue in each timeout and would otherwise get a storm of copies. A reply that is not text, has no A/B
-    last line or was cut off (finish_reason "length") is asked again once, with a reminder of the required
-    last line, and is never guessed. Text replies are cached on disk by (endpoint, model, template, prompt,
-    order, attempt), so a rerun pays nothing twice and a fixed endpoint is never answered from a broken one's
-    cache.
+    The API key is read from `api_key_env` and sent only to `base_url`: the SDK's HTTP client is told not to
+    follow redirects. Requests retry with exponential backoff on timeouts, dropped connections, HTTP 429 and
+    5xx, and garbled bodies. The SDK's own retries are off, because after a timeout the next try must go out
+    alone and with a longer wait: a server that answers one request at a time counts its queue in each timeout
+    and would otherwise get a storm of copies. A reply that is not text, has no A/B last line or was cut off
+    (finish_reason "length") is asked again once, with a reminder of the required last line, and is never
+    guessed. Text replies are cached on disk by (endpoint, model, template, prompt, order, attempt), so a rerun
+    pays nothing twice and a fixed endpoint is never answered from a broken one's cache.
     """
 
     def __init__(
@@ -145,10 +132,19 @@ class LLMJudge:
         temperature: float = 0.0,
         progress: bool = True,
     ):
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.template, self.api_key = model, template, os.environ.get(api_key_env, "")
+        import openai
+
+        self.url = base_url.rstrip("/") + "/chat/completions"  # what errors and the cache key name
+        self.model, self.template = model, template
         self.timeout, self.max_retries, self.max_tokens = timeout, max_retries, max_tokens
         self.backoff, self.temperature, self.progress = backoff, temperature, progress
+        self.client = openai.OpenAI(
+            base_url=base_url.rstrip("/"),
+            api_key=os.environ.get(api_key_env) or "none",  # a local server needs none; the SDK needs some
+            timeout=timeout,
+            max_retries=0,
+            http_client=openai.DefaultHttpxClient(follow_redirects=False),
+        )
         self.cache_path = cache_path
         self.cache: dict[str, str] = {}
         if cache_path is not None and cache_path.is_file():
@@ -158,7 +154,6 @@ class LLMJudge:
                     self.cache[entry["key"]] = entry["reply"]
                 except (json.JSONDecodeError, KeyError):
                     continue  # a torn last line from a killed run
-        self._opener = urllib.request.build_opener(_RefuseRedirects)
         self._lock = threading.Lock()
         self._slots = threading.Condition()
         self._limit, self._in_flight, self._timeout = concurrency, 0, timeout
@@ -168,38 +163,49 @@ class LLMJudge:
         with self._lock:
             self.stats[key] += 1
 
-    def _send(self, body: bytes) -> dict:
-        """One request, holding one of the in-flight slots; the parsed JSON reply."""
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
+    def _send(self, content: str):
+        """One chat completion, holding one of the in-flight slots: (message content, finish_reason)."""
+        import openai
+
         with self._slots:
             self._slots.wait_for(lambda: self._in_flight < self._limit)
             self._in_flight += 1
+            timeout = self._timeout
         try:
             self._count("requests")
-            request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
-            with self._opener.open(request, timeout=self._timeout) as response:
-                raw = response.read()
-            return json.loads(raw.decode("utf-8"))
-        except urllib.error.HTTPError as e:
-            if e.code == 429 or e.code >= 500:
-                raise _Retryable(f"HTTP {e.code}") from None
-            raise PLEError(f"judge endpoint {self.url} answered HTTP {e.code}: {_server_message(e)}") from None
-        except (TimeoutError, urllib.error.URLError) as e:
-            if isinstance(e, TimeoutError) or isinstance(e.reason, TimeoutError):
-                # The server is queueing, and its queue counts in every timeout: from now on one request at a
-                # time, with twice the wait (up to 8 times the configured one), so a retry does not time out
-                # behind the copies the server is still working through.
-                with self._slots:
-                    waited, self._limit = self._timeout, 1
-                    self._timeout = min(2 * self._timeout, 8 * self.timeout)
-                raise _Retryable(f"no answer within {waited:g} s") from None
-            raise _Retryable(str(e.reason)) from None
-        except (ConnectionError, http.client.HTTPException) as e:
-            raise _Retryable(f"a broken reply ({type(e).__name__})") from None
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            completion = self.client.with_options(timeout=timeout).chat.completions.create(
+                model=self.model,
+                messages=[{"role": "user", "content": content}],
+                temperature=self.temperature,
+                max_tokens=self.max_tokens,
+            )
+            choice = completion.choices[0]
+            return choice.message.content, choice.finish_reason
+        except openai.APITimeoutError:
+            # The server is queueing, and its queue counts in every timeout: from now on one request at a time,
+            # with twice the wait (up to 8 times the configured one), so a retry does not time out behind the
+            # copies the server is still working through.
+            with self._slots:
+                self._limit = 1
+                self._timeout = min(2 * self._timeout, 8 * self.timeout)
+            raise _Retryable(f"no answer within {timeout:g} s") from None
+        except openai.APIStatusError as e:
+            code = e.status_code
+            if code == 429 or code >= 500:
+                raise _Retryable(f"HTTP {code}") from None
+            if 300 <= code < 400:
+                raise PLEError(
+                    f"judge endpoint {self.url} redirected (HTTP {code}) to {e.response.headers.get('location')}; "
+                    "ple does not follow judge redirects, so the API key goes nowhere else: give the final address "
+                    "as --judge-url"
+                ) from None
+            raise PLEError(f"judge endpoint {self.url} answered HTTP {code}: {_server_message(e)}") from None
+        except openai.APIConnectionError as e:
+            raise _Retryable(f"a broken connection ({first_line(e.__cause__ or e)})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError, openai.APIResponseValidationError):
             raise _Retryable("a reply that is not UTF-8 JSON") from None
+        except (IndexError, AttributeError, TypeError):
+            raise _Retryable("a reply without choices[0].message") from None
         finally:
             with self._slots:
                 self._in_flight -= 1
@@ -207,23 +213,11 @@ class LLMJudge:
 
     def _post(self, content: str) -> tuple[object, str | None]:
         """(message content, finish_reason) of one chat completion, retried with backoff."""
-        body = json.dumps(
-            {
-                "model": self.model,
-                "temperature": self.temperature,
-                "max_tokens": self.max_tokens,
-                "messages": [{"role": "user", "content": content}],
-            }
-        ).encode()
         for attempt in range(self.max_retries + 1):
             try:
-                payload = self._send(body)
-                choice = payload["choices"][0]
-                return choice["message"].get("content"), choice.get("finish_reason")
+                return self._send(content)
             except _Retryable as e:
                 error = str(e)
-            except (KeyError, IndexError, TypeError, AttributeError):
-                error = "a reply without choices[0].message"
             if attempt < self.max_retries:
                 self._count("retries")
                 time.sleep(self.backoff * 2**attempt * (1 + random.random() * 0.1))
@@ -280,17 +274,10 @@ class LLMJudge:
             return [f.result() for f in futures]
 
 
-def _server_message(error: urllib.error.HTTPError) -> str:
+def _server_message(error) -> str:
     """What the server said about an HTTP error: its JSON error message, else the start of its body."""
-    try:
-        body = error.read().decode("utf-8", errors="replace")
-    except Exception:
-        body = ""
-    try:
-        detail = json.loads(body)
-        message = detail.get("error", detail)
-        message = message.get("message", message) if isinstance(message, dict) else message
-        body = message if isinstance(message, str) else json.dumps(message)
-    except (json.JSONDecodeError, AttributeError):
-        pass
-    return (" ".join(body.split())[:300]) or str(error.reason)
+    body = error.body
+    message = body.get("message", body) if isinstance(body, dict) else body
+    if not isinstance(message, str) or not message:
+        message = error.response.text if message is None else json.dumps(message)
+    return " ".join(message.split())[:300] or error.message
