@@ -9,6 +9,7 @@ different gradient.
 
 import json
 import math
+import statistics
 import zlib
 
 import pytest
@@ -90,6 +91,7 @@ def assert_gradients_equal(trainer, captured: list[torch.Tensor]) -> None:
         ("ple-symmetric", {"margin": 0.5}),
         ("ple-rank-only", {"margin": 0.5}),
         ("ple-wsft-only", {}),
+        ("ple", {"reward_scaling": "standardized", "margin": 0.5}),
     ],
 )
 def test_one_ple_step_has_the_gradient_of_the_spec_formula(
@@ -133,11 +135,16 @@ def test_one_ple_step_has_the_gradient_of_the_spec_formula(
     margin, beta = options.get("margin", 0.0), options.get("beta", 2.0)
     rank_coef, sft_coef = (0.0 if method == "ple-wsft-only" else 1.0), (0.0 if method == "ple-rank-only" else 1.0)
     losses, branches = [], []
+    # Standardized rewards are divided by the sample std of every reward seen: here, this iteration's 2Q.
+    raw = [reward.calls[(r["query"], r["y"])] for r in rows] + [reward.calls[(r["query"], r["y_p"])] for r in rows]
+    scale = statistics.stdev(raw) if options.get("reward_scaling") == "standardized" else 1.0
+    assert scale != pytest.approx(1.0, abs=0.05) or options.get("reward_scaling") != "standardized"
     for row, (query_row, y, y_p) in zip(rows, generated):
         assert query_row["prompt"] == row["query"] and (y.text, y_p.text) == (row["y"], row["y_p"])
         # Both answers scored against the plain query, never the guided prompt.
         s, s_p = reward.calls[(row["query"], row["y"])], reward.calls[(row["query"], row["y_p"])]
         assert (row["s"], row["s_p"]) == (s, s_p)
+        s, s_p = s / scale, s_p / scale
         gap = s_p - s
         if gap > tau:
             branch, winner = "rank", "guided"

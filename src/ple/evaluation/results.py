@@ -252,7 +252,20 @@ def figure3_section(spec: dict) -> list[str]:
         return []
     path = spec["output_dir"] / "figure3.png"
     _plot_figure3(runs, path)
-    return ["", f"![Figure 3: rewards and ranked pairs per iteration, {len(runs)} PLE seeds]({path.name})"]
+    keys = ("mean_s", "mean_s_p", "frac_rank", "frac_wsft", "n_rank_plain_wins", "wsft_weight_max_mean")
+    lines = [
+        "",
+        f"![Figure 3: rewards and ranked pairs per iteration, {len(runs)} PLE seeds]({path.name})",
+        "",
+        f"### PLE's branches per iteration (mean over {len(runs)} seeds, from metrics.jsonl)",
+        "",
+        "| iteration | tau | " + " | ".join(keys) + " |",
+        "|---:|---:|" + "---:|" * len(keys),
+    ]
+    for t in range(min(len(r) for r in runs)):
+        values = [[r[t][k] for r in runs if r[t].get(k) is not None] for k in ("tau", *keys)]
+        lines.append(f"| {t} | " + " | ".join(f"{statistics.fmean(v):.3f}" if v else "-" for v in values) + " |")
+    return lines
 
 
 def _plot_figure3(runs: list[list[dict]], path: Path) -> None:
