@@ -23,7 +23,7 @@ from ple.logprobs import shared_prompt_logprobs
 from ple.losses import assign_branch, ple_loss, sft_weights, wsft_temperature
 from ple.model import autocast
 from ple.schedule import threshold
-from ple.training.loop import Trainer, TrainOutput, iteration_seed, merge_generation_stats, query_order, signed
+from ple.training.loop import Trainer, TrainOutput, merge_generation_stats, query_order, signed
 from ple.training.policy import mean_of_known
 
 
@@ -47,7 +47,6 @@ class Record:
 class PLETrainer(Trainer):
     def iteration(self, t: int) -> tuple[list[dict], dict[str, Any]]:
         config = self.config
-        torch.manual_seed(iteration_seed(config.seed, t))
         started = time.perf_counter()
         self.policy.truncated_prompts = 0
         indices = query_order(len(self.queries), t, config.queries_per_iteration, config.seed, config.shuffle)

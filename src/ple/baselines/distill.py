@@ -5,11 +5,9 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
 from ple.training.loop import (
     Trainer,
-    iteration_seed,
     merge_generation_stats,
     query_order,
     samples_per_iteration,
@@ -20,7 +18,6 @@ from ple.training.loop import (
 class DistillTrainer(Trainer):
     def iteration(self, t: int) -> tuple[list[dict], dict[str, Any]]:
         config, policy = self.config, self.policy
-        torch.manual_seed(iteration_seed(config.seed, t))
         started = time.perf_counter()
         policy.truncated_prompts = 0
         indices = query_order(len(self.queries), t, samples_per_iteration(config), config.seed, config.shuffle)

@@ -4,11 +4,9 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
 from ple.training.loop import (
     Trainer,
-    iteration_seed,
     merge_generation_stats,
     query_order,
     samples_per_iteration,
@@ -21,7 +19,6 @@ class RaftTrainer(Trainer):
     def iteration(self, t: int) -> tuple[list[dict], dict[str, Any]]:
         config, policy = self.config, self.policy
         k = config.raft_k
-        torch.manual_seed(iteration_seed(config.seed, t))
         started = time.perf_counter()
         n_queries = samples_per_iteration(config) // k  # config.validate: k divides it
         indices = query_order(len(self.queries), t, n_queries, config.seed, config.shuffle)

@@ -4,15 +4,13 @@ import time
 from typing import Any
 
 import numpy as np
-import torch
 
-from ple.training.loop import Trainer, iteration_seed, query_order, samples_per_iteration
+from ple.training.loop import Trainer, query_order, samples_per_iteration
 
 
 class SFTBaseline(Trainer):
     def iteration(self, t: int) -> tuple[list[dict], dict[str, Any]]:
         config = self.config
-        torch.manual_seed(iteration_seed(config.seed, t))
         started = time.perf_counter()
         n = samples_per_iteration(config)
         rows = [self.sft_set[i] for i in query_order(len(self.sft_set), t, n, config.seed, config.shuffle)]

@@ -193,6 +193,7 @@ class Trainer:
                     self.sft_warmup()
                     start = 0
                 for t in range(start, config.iterations):
+                    torch.manual_seed(iteration_seed(config.seed, t))  # so that a resumed run draws the same
                     rows, metrics = self.iteration(t)
                     self.run_dir.write_iteration(t, rows, metrics)
                     trackers.log(metrics, step=t)
@@ -241,6 +242,7 @@ class Trainer:
         self.checkpoint(WARMUP)
 
     def iteration(self, t: int) -> tuple[list[dict], dict[str, Any]]:
+        """Iteration t of the method, with torch's generator already seeded for it: (generation rows, metrics)."""
         raise NotImplementedError
 
     def summary_line(self, metrics: dict) -> str:
