@@ -161,12 +161,14 @@ def test_trl_baselines_get_the_configs_learning_rate_beta_and_warm_up(
             rloo_beta=0.021,
             sft_dataset=str(sft_file),
             sft_epochs=1,
+            report_to="tensorboard",
         )
     )
     with pytest.raises(_Stop):
         make_trainer(config).train()
     args = seen["args"]
     assert (args.learning_rate, args.max_grad_norm, args.seed) == (3.7e-4, 0.6, 0)
+    assert args.report_to == ["tensorboard"]
     assert args.beta == (0.37 if method == "dpo" else 0.021)
     warm = load_file(out / "checkpoints" / "warmup" / "adapter_model.safetensors")
     warm_b = {k: v for k, v in warm.items() if "lora_B" in k}

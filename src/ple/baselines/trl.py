@@ -15,6 +15,7 @@ from ple.progress import Progress
 from ple.rewards import score
 from ple.training.loop import Trainer, TrainOutput, iteration_seed, query_order
 from ple.training.rundir import WARMUP
+from ple.training.trackers import tracker_names
 from ple.vllm_backend import select_backend
 
 
@@ -63,7 +64,7 @@ class TRLBaseline(Trainer):
             seed=config.seed,
             logging_steps=1,
             save_strategy="no",
-            report_to=[],
+            report_to=tracker_names(config.report_to),  # TRL's own tracker integrations, under output_dir/trl
             use_cpu=self.device.type == "cpu",
             bf16=config.dtype == "bfloat16",
             disable_tqdm=False,
