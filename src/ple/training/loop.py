@@ -68,7 +68,8 @@ def resolve_config(args: Config | None, model, reward_funcs, train_dataset, sft_
     """`args` with what the other arguments say, its method preset applied and validated (as `ple train` does)."""
     values = {k: v for k, v in (args or Config()).to_dict().items() if v != getattr(Config(), k)}
     if reward_funcs is not None and "reward" not in METHOD_PRESETS[values.get("method", "ple")]:
-        values["reward"] = IN_MEMORY
+        funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
+        values["reward"] = funcs if all(isinstance(f, str) for f in funcs) else IN_MEMORY  # names go in config.yaml
     if model is not None:
         values["model"] = str(model) if isinstance(model, (str, Path)) else model.name_or_path
     if train_dataset is not None:
@@ -93,7 +94,7 @@ def dataset_rows(dataset, name: str) -> list[dict] | None:
 def make_reward(reward_funcs, config: Config, device):
     """One reward function: the sum of `reward_funcs` (functions, sequence-classification models or reward names),
     or the config's reward when there are none; None for a method that needs no reward."""
-    if reward_funcs is None or config.reward is None:  # a method without a reward (distill) ignores any given
+    if reward_funcs is None or config.reward != IN_MEMORY:  # names (resolve_config), or none for distill
         return config_reward(config.reward, config, device) if config.reward is not None else None
     parts = [
         config_reward(f, config, device)
