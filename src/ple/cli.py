@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         choices=("sentiment", "sentiment-quick"),
         help="an embedded sentiment grid on the offline assets: sentiment (powered, hours) or sentiment-quick "
-        "(a harness check, about half an hour)",
+        "(a harness check, estimated at half an hour)",
     )
     compare.add_argument("--output-dir", help="where the grid goes (default: the compare file's output_dir)")
     _set_arg(compare, "override one field of the shared training config; repeatable")
