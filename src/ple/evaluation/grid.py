@@ -19,6 +19,7 @@ one, the training reward otherwise.
 import dataclasses
 import gc
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -146,9 +147,9 @@ def run_grid(spec: dict) -> Path:
     """Tune each method's learning rate (when the grid has an lr_grid), train and evaluate every cell, judge the
     pairs, and write the results. Every stage skips what a previous invocation finished."""
     quiet_libraries()  # also when called from Python rather than the CLI: our progress bars are the ones to watch
-    started = time.perf_counter()
     out = spec["output_dir"]
     out.mkdir(parents=True, exist_ok=True)
+    spec["invocation"] = _Invocation(out)
     base = spec["base"]
     prompts = eval_prompts(base, None)
     judge = _judge(base, spec["tie_margin"])
@@ -165,7 +166,7 @@ def run_grid(spec: dict) -> Path:
             _judge_once(cell / "eval", _cell_dir(spec, "sft", seed) / "eval", judge, cell / "vs_sft")
         if "ple" in spec["methods"] and method != "ple" and ("ple", seed) in spec["cells"]:
             _judge_once(_cell_dir(spec, "ple", seed) / "eval", cell / "eval", judge, cell / "vs_ple")
-    _record_invocation(out, time.perf_counter() - started)
+    spec["invocation"].record()
     return write_results(spec)
 
 
@@ -248,6 +249,7 @@ def tune_learning_rates(spec: dict) -> dict:
             started = time.perf_counter()
             _train_and_evaluate(config, validation, run_dir / "eval", f"{method} lr {rate:g}", evaluation)
             eta.done(method, time.perf_counter() - started, f"lr grid: {method} at {rate:g}")
+            spec["invocation"].record()
         result = json.loads((run_dir / "eval" / "eval.json").read_text())
         scores.setdefault(method, {})[f"{rate:g}"] = result["metrics"][key]["value"]
     chosen = {m: float(max(rates, key=rates.get)) for m, rates in scores.items()}
@@ -288,15 +290,23 @@ def run_cells(spec: dict, prompts: list) -> None:
         evaluation = dataclasses.replace(base, seed=seed)
         _train_and_evaluate(config, prompts, cell / "eval", f"{method}/seed{seed}", evaluation)
         eta.done(method, time.perf_counter() - started, f"{method} seed {seed}")
+        spec["invocation"].record()
 
 
-def _record_invocation(out: Path, seconds: float) -> None:
-    """invocations.jsonl: this invocation's wall time and peak memory, so a grid run across sessions adds up."""
-    import resource
+class _Invocation:
+    """invocations/<start>.json: this invocation's wall time and peak memory, rewritten after every finished run,
+    so that a grid run across sessions adds up, killed invocations included (to their last finished run)."""
 
-    peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
-    with open(out / "invocations.jsonl", "a", encoding="utf-8") as f:
-        f.write(json.dumps({"seconds": seconds, "peak_rss_gb": peak_kb / 2**20}) + "\n")
+    def __init__(self, out: Path):
+        self.started = time.perf_counter()
+        self.path = out / "invocations" / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.json"
+
+    def record(self) -> None:
+        import resource
+
+        peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
+        seconds = time.perf_counter() - self.started
+        atomic_write_text(self.path, json.dumps({"seconds": seconds, "peak_rss_gb": peak_kb / 2**20}))
 
 
 def _spec_for_file(spec: dict) -> dict:

@@ -300,10 +300,9 @@ def _plot_figure3(runs: list[list[dict]], path: Path) -> None:
 
 
 def cost_section(out: Path) -> list[str]:
-    path = out / "invocations.jsonl"
-    if not path.is_file():
+    runs = [json.loads(p.read_text()) for p in sorted((out / "invocations").glob("*.json"))]
+    if not runs:
         return []
-    runs = read_jsonl(path)
     hours = sum(r["seconds"] for r in runs) / 3600
     peak = max(r["peak_rss_gb"] for r in runs)
     return [
