@@ -66,7 +66,8 @@ IN_MEMORY = "<in memory>"  # what the config records as the dataset of a run giv
 
 def resolve_config(args: Config | None, model, reward_funcs, train_dataset, sft_dataset, peft_config) -> Config:
     """`args` with what the other arguments say, its method preset applied and validated (as `ple train` does)."""
-    values = {k: v for k, v in (args or Config()).to_dict().items() if v != getattr(Config(), k)}
+    defaults = Config().to_dict()
+    values = {k: v for k, v in (args or Config()).to_dict().items() if v != defaults[k]}
     if reward_funcs is not None and "reward" not in METHOD_PRESETS[values.get("method", "ple")]:
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         values["reward"] = funcs if all(isinstance(f, str) for f in funcs) else IN_MEMORY  # names go in config.yaml
