@@ -10,10 +10,10 @@ from conftest import tiny_config
 from safetensors.torch import load_file
 
 from ple.cli import main
-from ple.config import load_config
+from ple.config import Config, load_config, save_config
 from ple.errors import PLEError
 from ple.trainer import PLETrainer
-from ple.training.rundir import lock_run_dir
+from ple.training.rundir import config_changes, lock_run_dir
 
 
 def run(config: dict, resume: bool = False) -> PLETrainer:
@@ -92,6 +92,19 @@ def test_resume_checks_what_matters(config, tmp_path, queries_file):
         f.write('{"prompt": "a new query", "id": 99}\n')
     with pytest.raises(PLEError, match=f"dataset file {queries_file} changed since the run started"):
         run({**moved, "iterations": 3}, resume=True)
+
+
+def test_a_principles_file_reinstalled_elsewhere_is_the_same_setting(tmp_path):
+    # A preset's principles file lives inside the installed package, so a reinstall moves it; the bytes decide.
+    first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    first.write_text("kind: be kind\n")
+    second.write_text("kind: be kind\n")
+    saved = tmp_path / "config.yaml"
+    save_config(Config(principle=str(first)), saved)
+    assert config_changes(saved, Config(principle=str(second))) == []
+    second.write_text("kind: be blunt\n")
+    assert config_changes(saved, Config(principle=str(second))) == ["principle"]
+    assert config_changes(saved, Config(principle=str(tmp_path / "missing.yaml"))) == ["principle"]
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(config, tmp_path, capsys):

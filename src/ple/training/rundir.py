@@ -240,11 +240,13 @@ def config_changes(saved: Path, config) -> list[str]:
 
 
 def _same_setting(key: str, a, b) -> bool:
-    """Equal values, or two spellings of one path (runs/ref/ and runs/ref)."""
+    """Equal values, two spellings of one path (runs/ref/ and runs/ref), or two paths to files with the same
+    bytes (a package's preset file after a reinstall elsewhere: the run's input did not change)."""
     if a == b:
         return True
     if key in PATH_FIELDS and isinstance(a, str) and isinstance(b, str) and a and b:
-        return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+        a, b = (Path(os.path.realpath(os.path.expanduser(x))) for x in (a, b))
+        return a == b or (a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes())
     return False
 
 
