@@ -149,6 +149,7 @@ def test_the_lr_grid_picks_each_methods_rate_on_validation_prompts_and_the_verdi
         for v in ("- PLE is ahead of sft.", "- sft is ahead of PLE.", "- no difference detected between PLE and sft.")
     )
     assert "The paper's claim" in report and (grid / "figure3.png").stat().st_size > 1000
+    assert "distinct-2 fell by more than 10% of the base model's" in report
     assert "### PLE's branches per iteration (mean over 2 seeds" in report
     (invocation,) = (grid / "invocations").glob("*.json")
     assert json.loads(invocation.read_text())["peak_rss_gb"] > 0 and "Wall time: " in report

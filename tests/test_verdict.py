@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from ple.evaluation.verdict import claim_sentence, detectable_difference, hierarchical_difference, verdict
+from ple.evaluation.verdict import (
+    claim_sentence,
+    detectable_difference,
+    diversity_sentence,
+    hierarchical_difference,
+    verdict,
+)
 
 
 def test_a_constant_difference_has_no_spread():
@@ -55,3 +61,14 @@ def test_the_claim_sentence_follows_the_baselines_it_names():
     )
     assert "not shown" in claim_sentence({**all_ahead, "dpo": tie})
     assert "none of the baselines" in claim_sentence({"distill": ahead})
+
+
+def test_the_diversity_sentence_flags_falls_past_ten_percent_of_the_base():
+    # base 0.800: 0.680 is a 15% fall (flagged), 0.730 an 8.75% fall (not), 0.200 a 75% fall (flagged).
+    sentence = diversity_sentence(0.8, {"ple": 0.2, "dpo": 0.73, "distill": 0.68})
+    assert sentence.endswith("for ple (0.200, -75%), distill (0.680, -15%).")
+    assert "dpo" not in sentence
+    assert (
+        diversity_sentence(0.8, {"dpo": 0.73})
+        == "No method's distinct-2 fell by more than 10% of the base model's (0.800)."
+    )

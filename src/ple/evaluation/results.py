@@ -13,7 +13,13 @@ import numpy as np
 
 from ple.config import Config
 from ple.evaluation.evaluate import judge_reward_name
-from ple.evaluation.verdict import claim_sentence, detectable_difference, hierarchical_difference, verdict
+from ple.evaluation.verdict import (
+    claim_sentence,
+    detectable_difference,
+    diversity_sentence,
+    hierarchical_difference,
+    verdict,
+)
 from ple.io import atomic_write_text, read_jsonl
 
 COLUMNS = {  # column -> (label, how to read it from a cell)
@@ -127,7 +133,9 @@ def write_results(spec: dict) -> Path:
     ]
     if missing:
         lines.append(f"Not finished yet: {', '.join(missing)}.")
-    lines += learning_rate_section(out) + difference_section(spec) + figure3_section(spec) + cost_section(out)
+    diversity = {s["method"]: s["distinct_2_mean"] for s in summary}
+    lines += learning_rate_section(out) + difference_section(spec, base, diversity)
+    lines += figure3_section(spec) + cost_section(out)
     report = out / "results.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     return report
@@ -195,7 +203,7 @@ def differences(spec: dict) -> dict[str, dict[str, Any]]:
     return out
 
 
-def difference_section(spec: dict) -> list[str]:
+def difference_section(spec: dict, base: dict | None, distinct_2: dict[str, float]) -> list[str]:
     diffs = differences(spec)
     if not diffs:
         return []
@@ -237,6 +245,8 @@ def difference_section(spec: dict) -> list[str]:
         "",
         claim_sentence(diffs),
     ]
+    if base:
+        lines += ["", diversity_sentence(base["metrics"]["distinct_2"]["value"], distinct_2)]
     return lines
 
 

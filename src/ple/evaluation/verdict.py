@@ -12,6 +12,8 @@ AHEAD, BEHIND, NO_DIFFERENCE = (
 )
 # The paper's claim (PLE beats SFT, DPO, PPO-family RL and RAFT) in this harness's method names.
 CLAIMED_BASELINES = ("sft", "dpo", "rloo", "raft")
+# The demo's bar: a judge gain bought with a larger relative fall in distinct-2 is flagged next to the verdict.
+DIVERSITY_FALL_LIMIT = 0.10
 
 
 def hierarchical_difference(
@@ -71,6 +73,21 @@ def claim_sentence(differences: dict[str, dict[str, float]]) -> str:
     return (
         "The paper's claim is not shown on this task at this scale: no difference was detected between PLE and "
         f"{', '.join(undecided)}."
+    )
+
+
+def diversity_sentence(base_distinct_2: float, distinct_2: dict[str, float]) -> str:
+    """The methods whose mean distinct-2 fell by more than DIVERSITY_FALL_LIMIT of the base model's: the held-out
+    judge scores sentiment, not variety, so the verdict lines alone cannot show a gain that came from repetition."""
+    falls = {m: 1 - d / base_distinct_2 for m, d in distinct_2.items()}
+    flagged = [m for m, fall in falls.items() if fall > DIVERSITY_FALL_LIMIT]
+    limit = f"{DIVERSITY_FALL_LIMIT:.0%}"
+    if not flagged:
+        return f"No method's distinct-2 fell by more than {limit} of the base model's ({base_distinct_2:.3f})."
+    shown = ", ".join(f"{m} ({distinct_2[m]:.3f}, -{falls[m]:.0%})" for m in flagged)
+    return (
+        f"The verdict reads the held-out judge only, which scores sentiment, not variety: distinct-2 fell by more "
+        f"than {limit} of the base model's {base_distinct_2:.3f} for {shown}."
     )
 
 
