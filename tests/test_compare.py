@@ -150,6 +150,7 @@ def test_the_lr_grid_picks_each_methods_rate_on_validation_prompts_and_the_verdi
     )
     assert "The paper's claim" in report and (grid / "figure3.png").stat().st_size > 1000
     assert "distinct-2 fell by more than 10% of the base model's" in report
+    assert "2 seed(s) per method (sft 1): mean" in report
     assert "### PLE's branches per iteration (mean over 2 seeds" in report
     (invocation,) = (grid / "invocations").glob("*.json")
     assert json.loads(invocation.read_text())["peak_rss_gb"] > 0 and "Wall time: " in report

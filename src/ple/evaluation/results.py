@@ -108,7 +108,7 @@ def write_results(spec: dict) -> Path:
     lines = [
         "# Method comparison",
         "",
-        f"{len(spec['seeds'])} seed(s) per method: mean ± std over seeds. Every model answers the same "
+        f"{_seed_counts(spec)}: mean ± std over seeds. Every model answers the same "
         f"{base['n_prompts'] if base else '?'} held-out prompts. Win rates are judged in both orders by "
         f"the {_judge_name(spec['base'])} (ties within {spec['tie_margin']}).",
         "",
@@ -139,6 +139,13 @@ def write_results(spec: dict) -> Path:
     report = out / "results.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     return report
+
+
+def _seed_counts(spec: dict) -> str:
+    """ "3 seed(s) per method", or "3 seed(s) per method (ple-rank-only 2)" when seeds_per_method differs."""
+    others = {m: len(seeds) for m, seeds in spec["seeds_per_method"].items() if len(seeds) != len(spec["seeds"])}
+    extra = ", ".join(f"{m} {n}" for m, n in others.items())
+    return f"{len(spec['seeds'])} seed(s) per method" + (f" ({extra})" if extra else "")
 
 
 def learning_rate_section(out: Path) -> list[str]:
