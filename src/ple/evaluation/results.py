@@ -142,7 +142,7 @@ def write_results(spec: dict) -> Path:
 
 
 def _seed_counts(spec: dict) -> str:
-    """ "3 seed(s) per method", or "3 seed(s) per method (ple-rank-only 2)" when seeds_per_method differs."""
+    """The seed count of the table's header, naming the methods whose seeds_per_method differs."""
     others = {m: len(seeds) for m, seeds in spec["seeds_per_method"].items() if len(seeds) != len(spec["seeds"])}
     extra = ", ".join(f"{m} {n}" for m, n in others.items())
     return f"{len(spec['seeds'])} seed(s) per method" + (f" ({extra})" if extra else "")

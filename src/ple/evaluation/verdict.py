@@ -77,8 +77,8 @@ def claim_sentence(differences: dict[str, dict[str, float]]) -> str:
 
 
 def diversity_sentence(base_distinct_2: float, distinct_2: dict[str, float]) -> str:
-    """The methods whose mean distinct-2 fell by more than DIVERSITY_FALL_LIMIT of the base model's: the held-out
-    judge scores sentiment, not variety, so the verdict lines alone cannot show a gain that came from repetition."""
+    """The methods whose mean distinct-2 fell by more than DIVERSITY_FALL_LIMIT of the base model's: a held-out
+    judge does not score variety, so the verdict lines alone cannot show a gain that came from repetition."""
     falls = {m: 1 - d / base_distinct_2 for m, d in distinct_2.items()}
     flagged = [m for m, fall in falls.items() if fall > DIVERSITY_FALL_LIMIT]
     limit = f"{DIVERSITY_FALL_LIMIT:.0%}"
@@ -86,7 +86,7 @@ def diversity_sentence(base_distinct_2: float, distinct_2: dict[str, float]) -> 
         return f"No method's distinct-2 fell by more than {limit} of the base model's ({base_distinct_2:.3f})."
     shown = ", ".join(f"{m} ({distinct_2[m]:.3f}, -{falls[m]:.0%})" for m in flagged)
     return (
-        f"The verdict reads the held-out judge only, which scores sentiment, not variety: distinct-2 fell by more "
+        f"The verdict reads the held-out judge only, which does not score variety: distinct-2 fell by more "
         f"than {limit} of the base model's {base_distinct_2:.3f} for {shown}."
     )
 
