@@ -105,6 +105,10 @@ def test_a_principles_file_reinstalled_elsewhere_is_the_same_setting(tmp_path):
     second.write_text("kind: be blunt\n")
     assert config_changes(saved, Config(principle=str(second))) == ["principle"]
     assert config_changes(saved, Config(principle=str(tmp_path / "missing.yaml"))) == ["principle"]
+    # A directory is compared by where it is: another spelling of it is the same, another directory is not.
+    save_config(Config(model=str(tmp_path)), saved)
+    assert config_changes(saved, Config(model=str(tmp_path) + "/")) == []
+    assert config_changes(saved, Config(model=str(tmp_path.parent))) == ["model"]
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(config, tmp_path, capsys):
