@@ -13,7 +13,7 @@ from ple.cli import main
 from ple.config import Config, load_config, save_config
 from ple.errors import PLEError
 from ple.trainer import PLETrainer
-from ple.training.rundir import config_changes, lock_run_dir
+from ple.training.rundir import config_changes, lock_run_dir, write_input_hashes
 
 
 def run(config: dict, resume: bool = False) -> PLETrainer:
@@ -95,12 +95,15 @@ def test_resume_checks_what_matters(config, tmp_path, queries_file):
 
 
 def test_a_principles_file_reinstalled_elsewhere_is_the_same_setting(tmp_path):
-    # A preset's principles file lives inside the installed package, so a reinstall moves it; the bytes decide.
+    # A preset's principles file lives inside the installed package, so a reinstall moves it (the old copy is
+    # usually gone); the content hash the run recorded decides.
     first, second = tmp_path / "a.yaml", tmp_path / "b.yaml"
     first.write_text("kind: be kind\n")
     second.write_text("kind: be kind\n")
     saved = tmp_path / "config.yaml"
     save_config(Config(principle=str(first)), saved)
+    write_input_hashes(tmp_path, Config(principle=str(first)))
+    first.unlink()
     assert config_changes(saved, Config(principle=str(second))) == []
     second.write_text("kind: be blunt\n")
     assert config_changes(saved, Config(principle=str(second))) == ["principle"]

@@ -77,12 +77,16 @@ def input_hashes(config) -> dict[str, dict[str, str]]:
         value = getattr(config, field)
         if isinstance(value, str) and Path(value).expanduser().is_file():
             path = Path(value).expanduser().resolve()
-            digest = hashlib.sha256()
-            with open(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(block)
-            hashes[field] = {"path": str(path), "sha256": digest.hexdigest()}
+            hashes[field] = {"path": str(path), "sha256": _sha256(path)}
     return hashes
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_input_hashes(run_dir: Path, config) -> None:
@@ -232,21 +236,31 @@ class RunDir:
 
 def config_changes(saved: Path, config) -> list[str]:
     """The fields of `config` that differ from the config.yaml a run directory holds (a field the saved file
-    lacks, from an older version, counts as its default)."""
+    lacks, from an older version, counts as its default). An input file now at another path but with the
+    content hash inputs.json recorded is the same setting: a package's preset file after a reinstall elsewhere."""
     import yaml
 
     before = {**Config().to_dict(), **yaml.safe_load(saved.read_text())}
-    return [k for k, v in config.to_dict().items() if not _same_setting(k, before.get(k), v)]
+    recorded = saved.parent / INPUTS
+    hashes = json.loads(recorded.read_text()) if recorded.is_file() else {}
+
+    def same_input(key: str, value) -> bool:
+        return (
+            key in hashes
+            and isinstance(value, str)
+            and Path(value).expanduser().is_file()
+            and _sha256(Path(value).expanduser()) == hashes[key]["sha256"]
+        )
+
+    return [k for k, v in config.to_dict().items() if not (_same_setting(k, before.get(k), v) or same_input(k, v))]
 
 
 def _same_setting(key: str, a, b) -> bool:
-    """Equal values, two spellings of one path (runs/ref/ and runs/ref), or two paths to files with the same
-    bytes (a package's preset file after a reinstall elsewhere: the run's input did not change)."""
+    """Equal values, or two spellings of one path (runs/ref/ and runs/ref)."""
     if a == b:
         return True
     if key in PATH_FIELDS and isinstance(a, str) and isinstance(b, str) and a and b:
-        a, b = (Path(os.path.realpath(os.path.expanduser(x))) for x in (a, b))
-        return a == b or (a.is_file() and b.is_file() and a.read_bytes() == b.read_bytes())
+        return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
     return False
 
 
