@@ -61,6 +61,8 @@ def test_sampling_baselines_train_and_keep_ples_budget(
     assert not zero, zero  # B starts at zero: every one was trained
     check_outputs(final, tiny_config(tiny_chat_model, queries_file, tmp_path / "x", reward))
     assert not (final / "ref").exists()  # TRL's reference adapter is not saved with the policy
+    log = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
+    assert log and all("step" in r and "iteration" not in r for r in log)  # TRL's logging steps, not iterations
 
     _, _, ple_budget = train("ple", tmp_path, tiny_chat_model, queries_file, reward)
     assert budget["samples"] == ple_budget["samples"] == 2 * QUERIES * ITERATIONS

@@ -24,7 +24,7 @@ def spec_raw(tmp_path, tiny_chat_model, queries_file, reward_module):
         sft_dataset=str(sft),
         eval_dataset=str(queries_file),
         eval_max_prompts=5,
-        eval_rewards=f"{reward_module}:half_none",
+        eval_rewards=[f"{reward_module}:positivity", f"{reward_module}:half_none"],  # the first one judges
     )
     return {
         "output_dir": str(tmp_path / "grid"),
@@ -42,7 +42,12 @@ def test_grid_writes_table_and_charts_and_resumes(spec_raw, tmp_path, capsys):
     assert [r["method"] for r in summary] == ["ple", "sft", "distill"]
     assert all(r["seeds"] == "2" for r in summary)
     cells = list(csv.DictReader(open(grid / "cells.csv")))
-    assert len(cells) == 6
+    assert len(cells) == 6 and {c["step"] for c in cells} == {"1"} and {c["learning_rate"] for c in cells} == {"0.005"}
+    long = list(csv.DictReader(open(grid / "results_long.csv")))
+    assert set(long[0]) == {"method", "learning_rate", "seed", "step", "metric", "value"}
+    ple0 = {r["metric"]: r["value"] for r in long if (r["method"], r["seed"]) == ("ple", "0")}
+    evaluated = json.loads((grid / "cells/ple/lr_0.005/seed0/eval/step_001/eval.json").read_text())
+    assert float(ple0["distinct_2"]) == evaluated["metrics"]["distinct_2"]["value"]
     by_method = {r["method"]: r for r in summary}
     assert float(by_method["ple"]["samples_mean"]) == 8 and float(by_method["sft"]["samples_mean"]) == 0
     assert by_method["sft"]["win_vs_sft_mean"] == ""  # sft is not judged against itself
@@ -51,12 +56,18 @@ def test_grid_writes_table_and_charts_and_resumes(spec_raw, tmp_path, capsys):
         assert (grid / name).stat().st_size > 1000
     text = report.read_text()
     assert "| base model |" in text and "| ple |" in text and "Not finished" not in text
-    assert json.loads((grid / "cells/ple/seed0/vs_base/compare.json").read_text())["n_prompts"] == 5
+    vs_base = json.loads((grid / "cells/ple/lr_0.005/seed0/vs_base/compare.json").read_text())
+    assert vs_base["n_prompts"] == 5 and vs_base["unscored"] == 0
+    # half_none scores only the even answers: its mean and its n count those alone
+    half = evaluated["metrics"][next(k for k in evaluated["metrics"] if k.endswith("half_none"))]
+    rows = [json.loads(line) for line in open(grid / "cells/ple/lr_0.005/seed0/eval/step_001/completions.jsonl")]
+    scored = [r[f"heldout:{spec_raw['config']['eval_rewards'][1]}"] for r in rows[::2]]
+    assert half["n"] == 3 and half["value"] == pytest.approx(sum(scored) / 3)
 
     # A second run redoes only what is missing: one cell's evaluation is deleted, the rest is kept.
-    kept = grid / "cells/sft/seed1/eval/eval.json"
+    kept = grid / "cells/sft/lr_0.005/seed1/eval/step_001/eval.json"
     stamp = kept.stat().st_mtime_ns
-    redone = grid / "cells/ple/seed1/eval"
+    redone = grid / "cells/ple/lr_0.005/seed1/eval/step_001"
     for path in redone.iterdir():
         path.unlink()
     redone.rmdir()
@@ -65,24 +76,30 @@ def test_grid_writes_table_and_charts_and_resumes(spec_raw, tmp_path, capsys):
     assert (redone / "eval.json").is_file()
     assert len(list(csv.DictReader(open(grid / "cells.csv")))) == 6
 
-    # A finished cell is not silently reused under a changed config.
-    spec_raw["config"]["learning_rate"] = 1e-3
-    with pytest.raises(PLEError, match="finished with another config \\(learning_rate\\)"):
+    # A finished cell is not silently reused under a changed config (a learning rate is a cell of its own).
+    spec_raw["config"]["max_new_tokens"] = 5
+    with pytest.raises(PLEError, match="finished with another config \\(max_new_tokens\\)"):
         run_grid(load_grid(spec_raw))
 
 
-def test_a_cell_killed_mid_training_resumes(spec_raw, tmp_path):
+def test_a_cell_killed_mid_training_resumes(spec_raw, tmp_path, monkeypatch):
+    """Resumed, not restarted: iteration 0 is not trained again, and its generations stay as they were."""
     spec_raw.update(methods=["ple"], seeds=[0])
     spec_raw["config"]["iterations"] = 2
-    spec = load_grid(spec_raw)
-    cell = tmp_path / "grid/cells/ple/seed0"
+    grid = load_grid(spec_raw)
+    (cell,) = grid.cells()
     # Simulate a kill after iteration 0: train one iteration, then ask the grid for two.
     from ple.trainer import PLETrainer
 
-    one_iteration = dataclasses.replace(spec["cells"][("ple", 0)], iterations=1)
-    PLETrainer(args=one_iteration).train()
-    run_grid(spec)
-    metrics = [json.loads(line) for line in (cell / "metrics.jsonl").read_text().splitlines()]
+    PLETrainer(args=dataclasses.replace(cell.config, iterations=1)).train()
+    first = (cell.paths.root / "generations/iter_000.jsonl").read_text()
+    ran = []
+    original = PLETrainer.iteration
+    monkeypatch.setattr(PLETrainer, "iteration", lambda self, t: ran.append(t) or original(self, t))
+    run_grid(grid)
+    assert ran == [1]
+    assert (cell.paths.root / "generations/iter_000.jsonl").read_text() == first
+    metrics = [json.loads(line) for line in (cell.paths.root / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [0, 1]
 
 
@@ -95,7 +112,7 @@ def test_bad_compare_files_fail_with_one_line(spec_raw, tmp_path, capsys):
         load_grid({**spec_raw, "method": ["ple"]})
     with pytest.raises(PLEError, match="eval_dataset"):
         load_grid({**spec_raw, "config": {k: v for k, v in spec_raw["config"].items() if k != "eval_dataset"}})
-    with pytest.raises(PLEError, match="cell sft/seed0: .*sft_dataset"):
+    with pytest.raises(PLEError, match="cell sft/lr_0.005/seed0: .*sft_dataset"):
         load_grid({**spec_raw, "config": {k: v for k, v in spec_raw["config"].items() if k != "sft_dataset"}})
     assert main(["compare", "--config", str(tmp_path / "missing.yaml")]) == 2
     assert "compare file not found" in capsys.readouterr().err
@@ -132,12 +149,14 @@ def test_the_lr_grid_picks_each_methods_rate_on_validation_prompts_and_the_verdi
             json.loads(line)["prompt"] for line in open(grid / "lr_grid" / method / "lr_0.05/eval/completions.jsonl")
         ]
         assert evaluated == [f"validate {w}" for w in ("a b", "c d", "e", "f g")]  # never the eval prompts
-        cell_config = grid / "cells" / method / "seed0" / "config.yaml"
-        assert f"learning_rate: {chosen['chosen'][method]}" in cell_config.read_text()
-    assert not (grid / "cells/sft/seed1").exists()  # sft runs its own seeds only
+        rate = chosen["chosen"][method]
+        cell_config = grid / "cells" / method / f"lr_{rate:g}" / "seed0" / "config.yaml"
+        assert f"learning_rate: {rate}" in cell_config.read_text()
+    assert not list(grid.glob("cells/sft/*/seed1"))  # sft runs its own seeds only
 
     def held_out(method):
-        rows = [json.loads(line) for line in open(grid / "cells" / method / "seed0/eval/completions.jsonl")]
+        (path,) = grid.glob(f"cells/{method}/*/seed0/eval/step_001/completions.jsonl")
+        rows = [json.loads(line) for line in open(path)]
         return [r[f"heldout:{reward_module}:positivity"] for r in rows]
 
     delta = sum(a - b for a, b in zip(held_out("ple"), held_out("sft"))) / len(held_out("ple"))  # seed 0 is shared

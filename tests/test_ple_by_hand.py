@@ -86,7 +86,7 @@ def assert_gradients_equal(trainer, captured: list[torch.Tensor]) -> None:
     "method, options",
     [
         ("ple", {"margin": 0.5}),
-        ("ple", {"rank_loss": "logistic", "beta": 1.5, "rank_sft_coef": 0.3}),
+        ("ple", {"rank_loss": "logistic", "rank_beta": 1.5, "rank_sft_coef": 0.3}),
         ("ple", {"wsft_temperature": 0.3, "margin": 0.5}),
         ("ple-symmetric", {"margin": 0.5}),
         ("ple-rank-only", {"margin": 0.5}),
@@ -132,7 +132,7 @@ def test_one_ple_step_has_the_gradient_of_the_spec_formula(
     tokenizer, model = trainer.tokenizer, trainer.model
     tau = 0.2  # iteration 0 of the exponential schedule; constant for no-decay
     temperature = options.get("wsft_temperature", tau)
-    margin, beta = options.get("margin", 0.0), options.get("beta", 2.0)
+    margin, beta = options.get("margin", 0.0), options.get("rank_beta", 2.0)
     rank_coef, sft_coef = (0.0 if method == "ple-wsft-only" else 1.0), (0.0 if method == "ple-rank-only" else 1.0)
     losses, branches = [], []
     # Standardized rewards are divided by the sample std of every reward seen: here, this iteration's 2Q.

@@ -150,16 +150,16 @@ def test_resume_names_a_checkpoint_from_a_deepspeed_run(tmp_path, tiny_chat_mode
         run({**config, "iterations": 2}, resume=True)
 
 
-def test_nan_reward_skips_everything_and_trains_nothing(
-    tmp_path, tiny_chat_model, queries_file, reward_module, track_params
+def test_a_reward_that_scores_nothing_stops_the_run_with_one_line(
+    tmp_path, tiny_chat_model, queries_file, reward_module
 ):
+    """All NaN: before, the run "succeeded" with zero optimizer steps and a final model equal to the base."""
     out = tmp_path / "run"
-    trainer = run(tiny_config(tiny_chat_model, queries_file, out, f"{reward_module}:always_nan", iterations=1))
-    (m,) = read_metrics(out)
-    assert m["n_skip"] == m["n_invalid_reward"] == 6 and m["optimizer_steps"] == 0 and m["loss"] is None
-    assert all(r["s"] is None and r["branch"] == "skip" for r in read_rows(out))
-    params = dict(trainer.model.named_parameters())
-    assert all(torch.equal(p0, params[n]) for n, p0 in trainer.initial.items())
+    with pytest.raises(PLEError, match="iteration 0: the reward gave no valid score .* of the 6 queries"):
+        run(tiny_config(tiny_chat_model, queries_file, out, f"{reward_module}:always_nan", iterations=1))
+    assert not (out / "final").exists() and not (out / "metrics.jsonl").exists()
+    with pytest.raises(PLEError, match="no valid score"):
+        run(tiny_config(tiny_chat_model, queries_file, tmp_path / "raft", f"{reward_module}:always_nan", method="raft"))
 
 
 def test_partly_missing_rewards_are_counted(tmp_path, tiny_chat_model, queries_file, reward_module):
@@ -212,9 +212,12 @@ def test_options_follow_the_spec(tmp_path, tiny_chat_model, queries_file, reward
         for r in rows:
             assert by_query.setdefault(r["index"], r["y"]) == r["y"]
     params = dict(trainer.model.named_parameters())
-    changed = any(not torch.equal(p0, params[n]) for n, p0 in trainer.initial.items())
-    if m["loss"] != 0:
-        assert changed
+    unchanged = [n for n, p0 in trainer.initial.items() if torch.equal(p0, params[n])]
+    changed = len(unchanged) < len(trainer.initial)
+    if m["loss"] != 0 and m["optimizer_steps"] >= 2:  # LoRA's A moves from the second step on (B starts at 0)
+        # Every trainable parameter moved, as TRL's tests demand; in full fine-tuning the embedding rows of words
+        # no batch holds get no gradient, so the embedding (tied to the LM head) is left out.
+        assert [n for n in unchanged if "embed_tokens" not in n] == []
     if config.rank_coef * m["n_rank"] + config.sft_coef * m["n_wsft"] == 0:  # no pair in a branch the method keeps
         assert not changed and m["loss"] is None and m["n_trained"] == 0
 

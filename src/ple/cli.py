@@ -7,8 +7,9 @@ import os
 import sys
 from pathlib import Path
 
-from ple.config import METHOD_PRESETS, config_reference, load_config, parse_overrides
+from ple.config import config_reference, load_config, parse_overrides
 from ple.errors import PLEError
+from ple.methods import METHODS, method_names
 from ple.progress import quiet_libraries
 
 
@@ -25,39 +26,48 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ple", description="Progressively Label Enhancement for LLM alignment.")
     sub = parser.add_subparsers(dest="command", required=True)
     epilog = "config fields:\n" + config_reference()
+    for add in (_add_train, _add_generate, _add_eval, _add_demo, _add_compare):
+        add(sub, epilog)
+    return parser
 
-    train = sub.add_parser(
-        "train",
-        help="run PLE (or one of its ablations) from a config",
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+
+def _subcommand(sub, name: str, help: str, epilog: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, epilog=epilog, formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
+def _add_train(sub, epilog: str) -> None:
+    methods = "\n".join(f"  {m.name}: {m.summary}" for m in METHODS.values())
+    train = _subcommand(
+        sub, "train", "run PLE, an ablation or a baseline from a config", f"methods:\n{methods}\n\n{epilog}"
     )
     _config_args(train, required=True)
     train.add_argument(
-        "--method", choices=tuple(METHOD_PRESETS), help="PLE, an ablation or a baseline (same as --set method=...)"
+        "--method", choices=method_names(), help="PLE, an ablation or a baseline (same as --set method=...)"
     )
     train.add_argument("--resume", action="store_true", help="continue the run in output_dir from its last checkpoint")
 
-    gen = sub.add_parser(
-        "generate",
-        help="sample from a model, a checkpoint or a run's final model",
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+
+def _add_generate(sub, epilog: str) -> None:
+    gen = _subcommand(sub, "generate", "sample from a model, a checkpoint or a run's final model", epilog)
     _config_args(gen, required=False)
     gen.add_argument("--model", help="model path or id, checkpoint or adapter dir (default: the config's model)")
     gen.add_argument("--prompt", action="append", default=[], help="a prompt; repeatable")
     gen.add_argument("--prompts-file", help="a .jsonl/.csv/.parquet file with a prompt column")
     gen.add_argument("--guided", action="store_true", help="insert the config's principle into each prompt")
     gen.add_argument("--output", help="write {prompt, completion} rows to this JSONL file")
-    ev = sub.add_parser(
-        "eval",
-        help="evaluate a model on the eval prompts, or judge two models / generation files pairwise",
-        epilog=epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+
+
+def _add_eval(sub, epilog: str) -> None:
+    ev = _subcommand(
+        sub, "eval", "evaluate models on the eval prompts, or judge two models / generation files pairwise", epilog
     )
     _config_args(ev, required=False)
-    ev.add_argument("--model", help="model path or id, checkpoint or adapter dir to evaluate")
+    ev.add_argument(
+        "--model",
+        nargs="+",
+        help="models to evaluate (paths or ids, checkpoints or adapter dirs); the base model and the rewards load "
+        "once for all of them",
+    )
     ev.add_argument(
         "--compare",
         nargs=2,
@@ -67,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts-file", help="eval prompts (default: the config's eval_dataset)")
     ev.add_argument("--guided", action="store_true", help="generate with the principle in the prompt")
     ev.add_argument("--reference-model", help="model for the perplexity of generations (default: the base model)")
-    ev.add_argument("--judge", choices=("reward", "llm"), default="reward", help="pairwise judge for --compare")
+    ev.add_argument(
+        "--judge",
+        choices=("reward", "llm"),
+        default="reward",
+        help="pairwise judge for --compare: reward is the first held-out reward (eval_rewards), else the training "
+        "reward, as in `ple compare`",
+    )
     ev.add_argument("--judge-url", help="OpenAI-compatible base URL, e.g. https://api.openai.com/v1")
     ev.add_argument("--judge-model", help="the judge model's name at that endpoint")
     ev.add_argument("--tie-margin", type=float, default=0.0, help="reward judge: differences up to this are ties")
@@ -79,32 +95,37 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--judge-max-tokens", type=int, default=512, help="llm judge: max_tokens of each reply")
     ev.add_argument("--output-dir", default="runs/eval", help="where results go (default runs/eval)")
 
-    demo = sub.add_parser(
+
+def _add_demo(sub, epilog: str) -> None:
+    demo = _subcommand(
+        sub,
         "demo",
-        help="the embedded default: PLE on SmolLM2-135M, offline, with a before/after report",
-        epilog="Extra key: eval_prompts (default 200), the number of held-out prompts.\n\n" + epilog,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "the embedded default: PLE on SmolLM2-135M, offline, with a before/after report",
+        "Extra key: eval_prompts (default 200), the number of held-out prompts.\n\n" + epilog,
     )
     demo.add_argument("--output-dir", help="run directory (default runs/demo); rerunning resumes it")
     _set_arg(demo, "override one field of the demo preset; repeatable")
 
+
+def _add_compare(sub, epilog: str) -> None:
+    from ple.presets import COMPARE_PRESETS
+
     compare = sub.add_parser(
         "compare",
-        help="run a methods x seeds grid under one budget, evaluate every model, write a table and charts",
+        help="run a methods x learning rates x seeds grid under one budget, evaluate every model, write the results",
         description="A compare file holds output_dir, methods, seeds, tie_margin, config (shared training "
-        "config) and overrides (per method). See `ple.evaluation.grid` or the README.",
+        "config) and overrides (per method). See `ple.evaluation.grid` or docs/guide.md.",
     )
     source = compare.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="compare file (YAML)")
     source.add_argument(
         "--preset",
-        choices=("sentiment", "sentiment-quick"),
-        help="an embedded sentiment grid on the offline assets: sentiment (powered, hours) or sentiment-quick "
-        "(a harness check, estimated at half an hour)",
+        choices=tuple(COMPARE_PRESETS),
+        help="an embedded grid on the offline assets: "
+        + "; ".join(f"{name} ({what})" for name, (_, what) in COMPARE_PRESETS.items()),
     )
     compare.add_argument("--output-dir", help="where the grid goes (default: the compare file's output_dir)")
     _set_arg(compare, "override one field of the shared training config; repeatable")
-    return parser
 
 
 def cmd_demo(args) -> int:
@@ -135,41 +156,102 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def _evaluate_with_progress(name: str, config, prompts: list, args, out: Path) -> dict:
-    """`ple eval` of one model, with a progress bar over its generation."""
-    from ple.evaluation.evaluate import evaluate_model
+def check_generation(config) -> None:
+    """The generation settings that `ple generate` and `ple eval` use, checked as `ple train` checks them."""
+    from ple.config import generation_problems
+
+    problems = generation_problems(config)
+    if problems:
+        raise PLEError(problems[0])
+
+
+def eval_dirs(names: list[str], out: Path) -> list[Path]:
+    """Where each model's evaluation goes: `out` for one model, out/<name> for several (a name taken twice gets
+    a number). A directory holding another model's results is refused, so that no evaluation replaces another."""
+    dirs = [out] if len(names) == 1 else []
+    if len(names) > 1:
+        taken: set[str] = set()
+        for name in names:
+            stem = Path(name.rstrip("/")).name or "model"
+            label = next(
+                f"{stem}-{i}" if i else stem
+                for i in range(len(names) + 1)
+                if (f"{stem}-{i}" if i else stem) not in taken
+            )
+            taken.add(label)
+            dirs.append(out / label)
+    from ple.evaluation.evaluate import EVAL_JSON
+
+    for name, d in zip(names, dirs):
+        held = d / EVAL_JSON
+        if held.is_file() and json.loads(held.read_text()).get("model") != name:
+            raise PLEError(
+                f"{d} holds the evaluation of {json.loads(held.read_text()).get('model')}; choose another "
+                "--output-dir, so that it is not replaced"
+            )
+    return dirs
+
+
+def evaluate_models(names: list[str], config, prompts: list, args, dirs: list[Path]) -> None:
+    """`ple eval` of a list of models with one Evaluator (the tokenizer, rewards and base model loaded once)."""
+    from ple.evaluation.evaluate import Evaluator
     from ple.progress import Progress
 
-    with Progress(total=1, description=f"eval {Path(name).name}") as progress:
-        result = evaluate_model(name, config, prompts, args.guided, out, args.reference_model, progress)
-        progress.advance()
-    return result
+    evaluator = Evaluator(config, args.reference_model, args.guided)
+    with Progress(total=len(names), description="eval") as progress:
+        for name, out in zip(names, dirs):
+            progress.log(f"evaluating {name}")
+            evaluator.evaluate(name, prompts, out, progress=progress)
+            progress.advance()
 
 
 def cmd_eval(args) -> int:
-    from ple.evaluation.evaluate import eval_prompts
-    from ple.evaluation.pairwise import judge_pair, load_completions, make_judge
+    from ple.evaluation.evaluate import EVAL_JSON, eval_prompts
 
     config = load_config(args.config, parse_overrides(args.overrides), validate=False)
+    check_generation(config)
     out = _output_dir(Path(args.output_dir), "--output-dir")  # checked before any work, not after it
-    if args.compare is None:
-        name = args.model or config.model
-        if name is None:
-            raise PLEError("give --model (or a config with a model), or --compare A B")
-        _evaluate_with_progress(name, config, eval_prompts(config, args.prompts_file), args, out)
-        print((out / "eval.md").read_text())
-        print(f"results: {out / 'eval.json'}")
-        return 0
-    # A model is generated on the eval prompts; a .jsonl file is judged as it is.
-    models = [name for name in args.compare if not name.endswith(".jsonl")]
-    prompts = eval_prompts(config, args.prompts_file) if models else []
-    sides = []
-    for label, name in zip(("a", "b"), args.compare):
-        if name.endswith(".jsonl"):
-            sides.append(load_completions(name))
-        else:
-            _evaluate_with_progress(name, config, prompts, args, out / label)
-            sides.append(load_completions(str(out / label / "completions.jsonl")))
+    if args.compare is not None:
+        return compare_two(config, args, out)
+    names = args.model or ([config.model] if config.model else [])
+    if not names:
+        raise PLEError("give --model (or a config with a model), or --compare A B")
+    config = _with_base_model(config, names[0])
+    dirs = eval_dirs(names, out)
+    evaluate_models(names, config, eval_prompts(config, args.prompts_file), args, dirs)
+    for name, d in zip(names, dirs):
+        print(f"## {name}\n" if len(names) > 1 else "", end="")
+        print((d / "eval.md").read_text())
+        print(f"results: {d / EVAL_JSON}")
+    return 0
+
+
+def _with_base_model(config, name: str):
+    """The config, with a base model for the evaluator when it names none: the adapter's base, or the model."""
+    import dataclasses
+
+    from ple.model import adapter_base
+
+    return config if config.model else dataclasses.replace(config, model=adapter_base(name) or name)
+
+
+def compare_two(config, args, out: Path) -> int:
+    """`ple eval --compare A B`: a model is generated on the eval prompts, a .jsonl file is judged as it is."""
+    from ple.evaluation.evaluate import COMPLETIONS, eval_prompts
+    from ple.evaluation.pairwise import judge_pair, load_completions, make_judge
+
+    labelled = list(zip(("a", "b"), args.compare))
+    models = [(name, out / label) for label, name in labelled if not name.endswith(".jsonl")]
+    if models:
+        config = _with_base_model(config, models[0][0])
+        for name, d in models:
+            eval_dirs([name], d)
+        names, dirs = [n for n, _ in models], [d for _, d in models]
+        evaluate_models(names, config, eval_prompts(config, args.prompts_file), args, dirs)
+    sides = [
+        load_completions(name if name.endswith(".jsonl") else str(out / label / COMPLETIONS))
+        for label, name in labelled
+    ]
     limits = dict(
         timeout=args.judge_timeout,
         concurrency=args.judge_concurrency,
@@ -179,10 +261,13 @@ def cmd_eval(args) -> int:
     judge = make_judge(
         args.judge, config, args.judge_url, args.judge_model, args.tie_margin, out / "judge_cache.jsonl", limits
     )
-    result = judge_pair(sides[0], sides[1], judge, args.compare[0], args.compare[1], out)
+    a, b = args.compare
+    result = judge_pair(sides[0], sides[1], judge, a, b, out)
     if getattr(judge, "stats", None):
         print("judge: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in judge.stats.items()), file=sys.stderr)
-    print(f"A = {args.compare[0]}\nB = {args.compare[1]}\n{result['n_prompts']} prompts, both orders\n")
+    for note in result["notes"]:
+        print(f"ple: note: {note}", file=sys.stderr)
+    print(f"A = {a}\nB = {b}\n{result['n_prompts']} prompts, both orders\n")
     print(result["table"])
     print(f"\nchart: {out / 'win_rate.png'}")
     return 0
@@ -211,9 +296,12 @@ def cmd_generate(args) -> int:
     from ple.principles import PromptBuilder
 
     config = load_config(args.config, parse_overrides(args.overrides), validate=False)
+    check_generation(config)
     name = args.model or config.model
     if name is None:
         raise PLEError("give --model, or a config with a model")
+    if args.output and args.prompts_file and Path(args.output).resolve() == Path(args.prompts_file).resolve():
+        raise PLEError(f"--output {args.output} is the --prompts-file; name another file, so the prompts are kept")
     prompts = list(args.prompt)
     if args.prompts_file:
         prompts += [

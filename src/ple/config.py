@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from ple.errors import PLEError
+from ple.methods import get_method, method_names
 
 
 def _f(default: Any, help: str, choices: tuple | None = None, section: str = "") -> Any:
@@ -24,25 +25,10 @@ def _f(default: Any, help: str, choices: tuple | None = None, section: str = "")
     return field(default=default, metadata=meta)
 
 
-# Method presets: each named ablation of the spec is a fixed set of config values.
-METHOD_PRESETS: dict[str, dict[str, Any]] = {
-    "ple": {},
-    "ple-rank-only": {"sft_coef": 0.0},
-    "ple-wsft-only": {"rank_coef": 0.0},
-    "ple-no-decay": {"schedule": "constant"},
-    # Symmetric ranking: a clear win of the plain answer is ranked too (y over y_p), instead of weighted SFT.
-    "ple-symmetric": {"negative_gap": "rank"},
-    # RLCD: always rank the guided answer over the plain one, whatever the reward says.
-    "rlcd": {"schedule": "constant", "tau0": -math.inf},
-    # Context distillation: SFT on (plain query -> guided answer), no reward at all.
-    "distill": {"reward": None, "sft_weights": "guided", "rank_coef": 0.0},
-    # Baselines (ple.baselines), under the same budget of policy samples.
-    "sft": {},
-    "dpo": {},
-    "rloo": {},
-    "raft": {},
+# Keys that were renamed: an old config names the new key in one line instead of silently meaning something else.
+RENAMED_KEYS = {
+    "beta": "rank_beta (the logistic ranking scale; TRL's KL coefficient is dpo_beta or rloo_beta here)",
 }
-BASELINES = ("sft", "dpo", "rloo", "raft")  # methods that never read the principle
 
 
 @dataclass
@@ -161,9 +147,8 @@ class Config:
     method: str = _f(
         "ple",
         "PLE, one of its named ablations (ple-*, rlcd, distill), or a baseline (sft, dpo, rloo, raft) trained "
-        "under the same budget of policy samples.",
-        tuple(METHOD_PRESETS),
-        "algorithm",
+        "under the same budget of policy samples; the registered methods (ple.methods) are listed below.",
+        section="algorithm",
     )
     iterations: int = _f(3, "Number of PLE iterations I.", section="algorithm")
     queries_per_iteration: int = _f(16, "Queries drawn per iteration.", section="algorithm")
@@ -186,12 +171,16 @@ class Config:
     )
     rank_loss: str = _f(
         "hinge",
-        "Ranking loss on mean token log-probs: hinge max(0, margin - d) or logistic -log sigmoid(beta d).",
+        "Ranking loss on mean token log-probs: hinge max(0, margin - d) or logistic -log sigmoid(rank_beta d).",
         ("hinge", "logistic"),
         "algorithm",
     )
     margin: float = _f(0.0, "Hinge margin (0 is the RRHF form).", section="algorithm")
-    beta: float = _f(2.0, "Logistic ranking loss scale.", section="algorithm")
+    rank_beta: float = _f(
+        2.0,
+        "Scale of the logistic ranking loss (not a KL coefficient: that is dpo_beta or rloo_beta).",
+        section="algorithm",
+    )
     rank_coef: float = _f(1.0, "Weight of the ranking term (0 = weighted-SFT only).", section="algorithm")
     sft_coef: float = _f(1.0, "Weight of the weighted-SFT term (0 = rank only).", section="algorithm")
     rank_sft_coef: float = _f(0.0, "Extra NLL on the winner of a ranked pair.", section="algorithm")
@@ -274,117 +263,141 @@ class Config:
 
 
 def validate(config: "Config") -> "Config":
-    """Every field's choices, and the combinations of fields that cannot work; one PLEError line for the first
-    problem found. Returns the config."""
-
-    def need(ok: bool, message: str) -> None:
-        if not ok:
-            raise PLEError(message)
-
-    for f in dataclasses.fields(config):
-        choices = f.metadata.get("choices")
-        value = getattr(config, f.name)
-        need(
-            choices is None or value in choices,
-            f"{f.name}={value!r} is not one of {', '.join(map(str, choices or ()))}",
-        )
-    need(config.model is not None, "model is required: a local path or a hub id of a causal LM")
-    need(config.dataset is not None, "dataset is required: the query set (a file or a hub dataset name)")
-    need(
-        config.principle is not None or config.method in BASELINES,
-        "principle is required: inline text or a principles file",
-    )
-    for name in (
-        "iterations",
-        "queries_per_iteration",
-        "batch_size",
-        "gradient_accumulation_steps",
-        "epochs_per_iteration",
-        "max_new_tokens",
-        "reward_batch_size",
-        "max_prompt_tokens",
-        "raft_k",
-        "max_nonfinite_steps",
-    ):
-        need(getattr(config, name) >= 1, f"{name} must be >= 1, got {getattr(config, name)}")
-    for name in (
-        "sft_epochs",
-        "generation_batch_size",
-        "keep_checkpoints",
-        "eval_max_prompts",
-        "top_k",
-        "temperature",
-        "rank_coef",
-        "sft_coef",
-        "rank_sft_coef",
-        "margin",
-        "learning_rate",
-        "weight_decay",
-        "max_grad_norm",
-        "lora_dropout",
-    ):
-        need(getattr(config, name) >= 0, f"{name} must be >= 0, got {getattr(config, name)}")
-    need(not math.isnan(config.tau0), "tau0 must be a number (-inf is allowed), got nan")
-    need(0 < config.alpha <= 1, f"alpha must be in (0, 1], got {config.alpha}")
-    need(0 <= config.tau_quantile <= 1, f"tau_quantile must be in [0, 1], got {config.tau_quantile}")
-    need(0 < config.top_p <= 1, f"top_p must be in (0, 1], got {config.top_p}")
-    need(
-        config.wsft_temperature == "auto"
-        or (not isinstance(config.wsft_temperature, str) and config.wsft_temperature > 0),
-        f"wsft_temperature must be auto or a number > 0, got {config.wsft_temperature!r}",
-    )
-    need(config.beta > 0, f"beta must be > 0, got {config.beta}")
-    need(config.rank_coef > 0 or config.sft_coef > 0, "rank_coef and sft_coef are both 0: nothing would be trained")
-    need(
-        config.sft_epochs == 0 or config.sft_dataset is not None,
-        f"sft_epochs={config.sft_epochs} needs an sft_dataset for the warm-up",
-    )
-    need(
-        config.reward is not None
-        or (config.rank_coef == 0 and config.sft_weights == "guided")
-        or config.method == "sft",
-        "reward is required (only method=distill and method=sft run without one)",
-    )
-    need(
-        config.method != "sft" or config.sft_dataset is not None,
-        "method=sft needs an sft_dataset (rows with prompt + response, or messages)",
-    )
-    need(
-        0 < config.vllm_gpu_memory_utilization < 1,
-        f"vllm_gpu_memory_utilization must be in (0, 1), got {config.vllm_gpu_memory_utilization}",
-    )
-    # Equal budgets (ple.baselines): refuse the numbers that the baselines' sample counts cannot match.
-    need(
-        config.method != "raft" or (2 * config.queries_per_iteration) % config.raft_k == 0,
-        f"method=raft draws raft_k={config.raft_k} answers for each of 2*queries_per_iteration/raft_k queries; "
-        f"2*queries_per_iteration={2 * config.queries_per_iteration} must be a multiple of raft_k for PLE's budget",
-    )
-    prompts_per_step = config.batch_size * config.gradient_accumulation_steps
-    need(
-        config.method != "rloo" or (config.queries_per_iteration * config.iterations) % prompts_per_step == 0,
-        f"method=rloo takes batch_size*gradient_accumulation_steps={prompts_per_step} prompts per step; "
-        f"queries_per_iteration*iterations={config.queries_per_iteration * config.iterations} must be a multiple "
-        "of it for PLE's budget",
-    )
-    need(
-        config.method not in ("dpo", "rloo") or config.sft_epochs == 0 or config.use_lora,
-        f"method={config.method} with sft_epochs > 0 needs use_lora: true (TRL's reference model is then a copy "
-        "of the warmed-up adapter; without LoRA it would be the un-warmed base model)",
-    )
-    need(config.dpo_beta > 0, f"dpo_beta must be > 0, got {config.dpo_beta}")
-    need(config.rloo_beta >= 0, f"rloo_beta must be >= 0, got {config.rloo_beta}")
-    need(not config.use_lora or config.lora_r >= 1, f"lora_r must be >= 1, got {config.lora_r}")
-    need(bool(config.output_dir.strip()), "output_dir is empty; name the run directory")
+    """Every field's choices and ranges, the combinations that cannot work, and the method's own needs
+    (ple.methods); one PLEError line for the first problem found. Returns the config."""
+    problems = [*_choice_problems(config), *_range_problems(config), *_combination_problems(config)]
+    problems += get_method(config.method).problems(config)
+    if problems:
+        raise PLEError(problems[0])
     from ple.training.trackers import check_tracker_names
 
     check_tracker_names(config.report_to)
-    need(not config.merge_lora or config.use_lora, "merge_lora needs use_lora: true")
-    need("{principle}" in config.chat_principle_template, "chat_principle_template must contain {principle}")
-    need(
-        "{principle}" in config.text_principle_template and "{query}" in config.text_principle_template,
-        "text_principle_template must contain {principle} and {query}",
-    )
     return config
+
+
+AT_LEAST_1 = (
+    "iterations",
+    "queries_per_iteration",
+    "batch_size",
+    "gradient_accumulation_steps",
+    "epochs_per_iteration",
+    "max_new_tokens",
+    "reward_batch_size",
+    "max_prompt_tokens",
+    "raft_k",
+    "max_nonfinite_steps",
+)
+AT_LEAST_0 = (
+    "sft_epochs",
+    "generation_batch_size",
+    "keep_checkpoints",
+    "eval_max_prompts",
+    "top_k",
+    "temperature",
+    "rank_coef",
+    "sft_coef",
+    "rank_sft_coef",
+    "margin",
+    "learning_rate",
+    "weight_decay",
+    "max_grad_norm",
+    "lora_dropout",
+    "rloo_beta",
+)
+SEED_LIMIT = 2**32  # numpy's seed sequences and torch's generator both take it, with iteration offsets added
+
+
+def _choice_problems(config: "Config") -> list[str]:
+    out = []
+    for f in dataclasses.fields(config):
+        choices = f.metadata.get("choices")
+        value = getattr(config, f.name)
+        if choices is not None and value not in choices:
+            out.append(f"{f.name}={value!r} is not one of {', '.join(map(str, choices))}")
+    if config.model is None:
+        out.append("model is required: a local path or a hub id of a causal LM")
+    if config.dataset is None:
+        out.append("dataset is required: the query set (a file or a hub dataset name)")
+    return out
+
+
+def _range_problems(config: "Config") -> list[str]:
+    def bad(name: str, low: float) -> bool:
+        value = getattr(config, name)
+        return not (value >= low)  # nan fails too
+
+    out = [f"{n} must be >= 1, got {getattr(config, n)}" for n in AT_LEAST_1 if bad(n, 1)]
+    out += [f"{n} must be >= 0, got {getattr(config, n)}" for n in AT_LEAST_0 if bad(n, 0)]
+    checks = [
+        (not math.isnan(config.tau0), f"tau0 must be a number (-inf is allowed), got {config.tau0}"),
+        (0 < config.alpha <= 1, f"alpha must be in (0, 1], got {config.alpha}"),
+        (0 <= config.tau_quantile <= 1, f"tau_quantile must be in [0, 1], got {config.tau_quantile}"),
+        (0 < config.top_p <= 1, f"top_p must be in (0, 1], got {config.top_p}"),
+        (config.rank_beta > 0, f"rank_beta must be > 0, got {config.rank_beta}"),
+        (config.dpo_beta > 0, f"dpo_beta must be > 0, got {config.dpo_beta}"),
+        (0 <= config.seed < SEED_LIMIT, f"seed must be in [0, 2**32), got {config.seed}"),
+        (
+            0 < config.vllm_gpu_memory_utilization < 1,
+            f"vllm_gpu_memory_utilization must be in (0, 1), got {config.vllm_gpu_memory_utilization}",
+        ),
+        (
+            config.wsft_temperature == "auto"
+            or (not isinstance(config.wsft_temperature, str) and config.wsft_temperature > 0),
+            f"wsft_temperature must be auto or a number > 0, got {config.wsft_temperature!r}",
+        ),
+        (not config.use_lora or config.lora_r >= 1, f"lora_r must be >= 1, got {config.lora_r}"),
+    ]
+    return out + [message for ok, message in checks if not ok]
+
+
+def generation_problems(config: "Config") -> list[str]:
+    """The generation settings alone (what `ple generate` and `ple eval` read)."""
+    checks = [
+        (config.temperature >= 0, f"temperature must be >= 0 (0 is greedy), got {config.temperature}"),
+        (0 < config.top_p <= 1, f"top_p must be in (0, 1], got {config.top_p}"),
+        (config.top_k >= 0, f"top_k must be >= 0 (0 is off), got {config.top_k}"),
+        (config.max_new_tokens >= 1, f"max_new_tokens must be >= 1, got {config.max_new_tokens}"),
+        (config.max_prompt_tokens >= 1, f"max_prompt_tokens must be >= 1, got {config.max_prompt_tokens}"),
+        (config.generation_batch_size >= 0, f"generation_batch_size must be >= 0, got {config.generation_batch_size}"),
+        (0 <= config.seed < SEED_LIMIT, f"seed must be in [0, 2**32), got {config.seed}"),
+    ]
+    return [message for ok, message in checks if not ok]
+
+
+def _combination_problems(config: "Config") -> list[str]:
+    checks = [
+        (config.rank_coef > 0 or config.sft_coef > 0, "rank_coef and sft_coef are both 0: nothing would be trained"),
+        (
+            config.sft_epochs == 0 or config.sft_dataset is not None,
+            f"sft_epochs={config.sft_epochs} needs an sft_dataset for the warm-up",
+        ),
+        (bool(config.output_dir.strip()), "output_dir is empty; name the run directory"),
+        (not config.merge_lora or config.use_lora, "merge_lora needs use_lora: true"),
+        (
+            config.principle is None or bool(config.principle.strip()),
+            "principle is empty; give its text or a principles file",
+        ),
+    ]
+    out = [message for ok, message in checks if not ok]
+    out += template_problems("chat_principle_template", config.chat_principle_template, ("principle",))
+    out += template_problems("text_principle_template", config.text_principle_template, ("principle", "query"))
+    return out
+
+
+def template_problems(name: str, template: str, fields: tuple[str, ...]) -> list[str]:
+    """A str.format template must use each of `fields` and nothing else."""
+    import string
+
+    try:
+        used = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as e:
+        return [f"{name} is not a valid template ({e}); write a literal brace as {{{{ or }}}}"]
+    unknown = [f for f in used if f not in fields]
+    if unknown:
+        allowed = ", ".join("{" + f + "}" for f in fields)
+        return [f"{name} uses {{{unknown[0]}}}; it may use only {allowed} (a literal brace is {{{{ or }}}})"]
+    missing = [f for f in fields if f not in used]
+    return [f"{name} must contain {' and '.join('{' + f + '}' for f in missing)}"] if missing else []
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
@@ -433,6 +446,8 @@ def _coerce(name: str, value: Any) -> Any:
 
 
 def _unknown_key(key: str) -> PLEError:
+    if key in RENAMED_KEYS:
+        return PLEError(f"config key '{key}' was renamed to {RENAMED_KEYS[key]}")
     close = difflib.get_close_matches(key, FIELDS, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return PLEError(f"unknown config key '{key}'{hint}; `ple train --help` lists them all")
@@ -452,15 +467,11 @@ def load_config(
     path: str | Path | None = None, overrides: dict[str, Any] | None = None, validate: bool = True
 ) -> Config:
     """Read a YAML config, apply overrides, expand the method preset and validate."""
+    from ple.io import read_yaml_file
+
     raw: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise PLEError(f"config file not found: {path}")
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise PLEError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        loaded = read_yaml_file(path, "config file")
         if loaded is not None and not isinstance(loaded, dict):
             raise PLEError(f"config file {path} must be a mapping of key: value")
         raw.update(loaded or {})
@@ -470,9 +481,7 @@ def load_config(
             raise _unknown_key(key)
     values = {k: _coerce(k, v) for k, v in raw.items()}
     method = values.get("method", "ple")
-    if method not in METHOD_PRESETS:
-        raise PLEError(f"method={method!r} is not one of {', '.join(METHOD_PRESETS)}")
-    for key, preset_value in METHOD_PRESETS[method].items():
+    for key, preset_value in get_method(method).preset.items():
         if key in values and values[key] != preset_value:
             raise PLEError(f"method={method} sets {key}={preset_value!r}; remove {key}={values[key]!r} from the config")
         values[key] = preset_value
@@ -499,7 +508,7 @@ def config_reference(markdown: bool = False) -> str:
                 else [f"\n{section}:"]
             )
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        choices = f.metadata.get("choices")
+        choices = f.metadata.get("choices") or (method_names() if f.name == "method" else None)
         text = f.metadata["help"] + (f" One of: {', '.join(choices)}." if choices else "")
         if markdown:
             lines.append(f"| `{f.name}` | `{default!r}` | {text} |")

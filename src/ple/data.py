@@ -76,16 +76,37 @@ def _check_prompt(value: Any, where: str) -> Prompt:
             raise PLEError(f"{where}: empty prompt")
         return _check_unicode(value, where)
     if isinstance(value, list) and value and all(isinstance(m, dict) and "role" in m and "content" in m for m in value):
-        if not any(str(m["content"]).strip() for m in value):
+        messages = [_check_message(m, f"{where} message {j}") for j, m in enumerate(value)]
+        if not any(m["content"].strip() for m in messages):
             raise PLEError(f"{where}: empty prompt")
-        return [{"role": str(m["role"]), "content": _check_unicode(str(m["content"]), where)} for m in value]
+        return messages
     raise PLEError(f"{where}: prompt must be text or a non-empty list of {{role, content}} messages")
+
+
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def _check_message(message: dict, where: str) -> dict[str, str]:
+    """A chat message as chat templates read it: a known role and text content (never None or a list of parts
+    turned into its Python repr)."""
+    role, content = message["role"], message["content"]
+    if role not in CHAT_ROLES:
+        raise PLEError(f"{where}: role {role!r} is not one of {', '.join(CHAT_ROLES)}")
+    if not isinstance(content, str):
+        raise PLEError(f"{where}: content must be text, got {type(content).__name__}")
+    return {"role": role, "content": _check_unicode(content, where)}
+
+
+RESERVED_COLUMNS = ("prompts", "completions")  # the reward's own arguments (TRL's contract)
 
 
 def query_rows(rows: list[dict[str, Any]], source: str, prompt_column: str = "prompt") -> list[dict[str, Any]]:
     """Validate the query set: each row gets a checked `prompt`; other columns pass through to rewards."""
     if prompt_column not in rows[0]:
         raise PLEError(f"{source}: missing column '{prompt_column}' (columns: {', '.join(map(str, rows[0]))})")
+    clash = [c for c in RESERVED_COLUMNS if c in rows[0] and c != prompt_column]
+    if clash:
+        raise PLEError(f"{source}: a column named '{clash[0]}' would collide with the reward's own argument; rename it")
     out = []
     for i, row in enumerate(rows):
         if prompt_column not in row:

@@ -8,50 +8,39 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from ple import assets
 from ple.config import load_config
-from ple.evaluation.evaluate import eval_prompts, evaluate_model
-from ple.evaluation.metrics import distinct_n, paired_bootstrap, perplexity
+from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, Evaluator, eval_prompts
+from ple.evaluation.metrics import Metric, applicable, paired_bootstrap, reward_metric
 from ple.evaluation.report import write_report
-from ple.io import read_jsonl
+from ple.io import read_jsonl, read_yaml_file
+from ple.presets import COMPARE_PRESETS, DEMO
 from ple.progress import Progress
 from ple.sentiment import PRINCIPLES, prepare, shared_judge
 from ple.trainer import PLETrainer
 
-PRESET = Path(__file__).parent / "presets" / "demo.yaml"
-COMPARE_PRESETS = {
-    "sentiment": Path(__file__).parent / "presets" / "compare_sentiment.yaml",
-    "sentiment-quick": Path(__file__).parent / "presets" / "compare_sentiment_quick.yaml",
-}
 JUDGE = "heldout:ple.sentiment:judge_reward"  # the held-out judge's column in the evaluation rows
 EVAL_SEED_OFFSET = 12345  # the evaluation's sampling seed is the run's seed plus this
-LABELS = {
-    "reward": "training reward (VADER)",
-    "judge_positive_prob": "held-out judge P(positive)",
-    "judge_positive_rate": "held-out judge positive rate",
-    "distinct_1": "distinct-1",
-    "distinct_2": "distinct-2",
-    "mean_length": "mean length (words)",
-    "perplexity": "perplexity under the untrained model",
-}
-METRICS = {
-    "reward": lambda rows: statistics.fmean(r["reward"] for r in rows),
-    "judge_positive_prob": lambda rows: statistics.fmean(r[JUDGE] for r in rows),
-    "judge_positive_rate": lambda rows: statistics.fmean(r[JUDGE] > 0.5 for r in rows),
-    "distinct_1": lambda rows: distinct_n([r["completion"] for r in rows], 1),
-    "distinct_2": lambda rows: distinct_n([r["completion"] for r in rows], 2),
-    "mean_length": lambda rows: statistics.fmean(len(r["completion"].split()) for r in rows),
-    "perplexity": perplexity,
-}
+# The demo's rewards, named for its report; every registered metric (ple.evaluation.metrics) follows them.
+DEMO_METRICS = (
+    reward_metric("reward", "training reward (VADER)"),
+    reward_metric(JUDGE, "held-out judge P(positive)"),
+    Metric(
+        "judge_positive_rate",
+        "held-out judge positive rate",
+        lambda rows: statistics.fmean(r[JUDGE] > 0.5 for r in rows),
+        needs=JUDGE,
+        counts=lambda r: r[JUDGE] is not None,
+    ),
+)
 
 
 def demo_config(overrides: dict):
     """The preset, pointed at the cached assets and evaluated by the held-out judge; overrides win."""
     data = assets.cache_dir() / "sentiment"
     train, evaluation = prepare(data)
-    raw = yaml.safe_load(PRESET.read_text())
+    raw = read_yaml_file(DEMO, "demo preset")
     raw.update(
         model=str(assets.smollm2_path()),
         dataset=str(train),
@@ -69,7 +58,7 @@ def compare_preset(name: str = "sentiment") -> dict:
     rates on validation prompts trains on the pool without them."""
     data = assets.cache_dir() / "sentiment"
     train, evaluation = prepare(data)
-    raw = yaml.safe_load(COMPARE_PRESETS[name].read_text())
+    raw = read_yaml_file(COMPARE_PRESETS[name][0], "compare preset")
     tuned = "lr_grid" in raw
     raw["config"].update(
         model=str(assets.smollm2_path()),
@@ -83,16 +72,24 @@ def compare_preset(name: str = "sentiment") -> dict:
     return raw
 
 
-def evaluate(model: str, config, prompt_rows: list[dict], out: Path) -> list[dict]:
+def evaluate(evaluator: Evaluator, model: str, prompt_rows: list[dict], out: Path) -> list[dict]:
     """Plain-prompt completions of `model` on the eval prompts, scored, with their perplexity under the untrained
     model; cached in `out`."""
-    if not (out / "eval.json").is_file():
+    if not (out / EVAL_JSON).is_file():
         with Progress(total=1, description=f"{out.name} eval") as progress:
-            evaluate_model(
-                model, config, prompt_rows, False, out, progress=progress, seed=config.seed + EVAL_SEED_OFFSET
-            )
+            evaluator.evaluate(model, prompt_rows, out, evaluator.config.seed + EVAL_SEED_OFFSET, progress)
             progress.advance()
-    return read_jsonl(out / "completions.jsonl")
+    return read_jsonl(out / COMPLETIONS)
+
+
+def before_after(before: list[dict], after: list[dict], seed: int) -> tuple[dict, dict]:
+    """Each metric before and after, with a paired bootstrap CI of its change (summary.json), and the labels."""
+    metrics = applicable(before, DEMO_METRICS)
+    summary = {}
+    for m in metrics:
+        pairs = [(b, a) for b, a in zip(before, after) if m.counted([b]) and m.counted([a])]
+        summary[m.name] = paired_bootstrap([b for b, _ in pairs], [a for _, a in pairs], m.compute, seed=seed)
+    return summary, {m.name: m.label for m in metrics}
 
 
 def run_demo(overrides: dict) -> Path:
@@ -105,10 +102,10 @@ def run_demo(overrides: dict) -> Path:
     # does not depend on when it runs.
     final = trainer.train(resume=(run_dir / "config.yaml").is_file()).final_model
     del trainer  # the policy and optimizer are on disk now; free their memory before evaluating
-    before = evaluate(config.model, config, prompt_rows, run_dir / "eval" / "before")
-    after = evaluate(str(final), config, prompt_rows, run_dir / "eval" / "after")
-
-    summary = {key: paired_bootstrap(before, after, fn, seed=config.seed) for key, fn in METRICS.items()}
+    evaluator = Evaluator(config)  # the tokenizer, the rewards and the base model, loaded once for both
+    before = evaluate(evaluator, config.model, prompt_rows, run_dir / "eval" / "before")
+    after = evaluate(evaluator, str(final), prompt_rows, run_dir / "eval" / "after")
+    summary, labels = before_after(before, after, config.seed)
     seconds = time.perf_counter() - started
     judge = shared_judge()
     notes = [
@@ -126,7 +123,7 @@ def run_demo(overrides: dict) -> Path:
     return write_report(
         run_dir,
         summary,
-        LABELS,
+        labels,
         before,
         after,
         {"reward": "VADER reward", JUDGE: "held-out judge P(positive)"},

@@ -65,3 +65,54 @@ def replace_dir(tmp: Path, final: Path) -> None:
     os.replace(tmp, final)
     if old.exists():
         shutil.rmtree(old)
+
+
+def _strict_loader():
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        """YAML's safe loader, refusing a key given twice in one mapping (YAML itself keeps the last silently)."""
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            if key in seen:
+                mark = key_node.start_mark
+                raise yaml.YAMLError(f"key '{key}' is given twice (line {mark.line + 1})")
+            seen.add(key)
+        return yaml.SafeLoader.construct_mapping(loader, node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return StrictLoader
+
+
+def load_yaml(text: str, what: str) -> Any:
+    """YAML text, with a duplicate key refused; one PLEError line naming `what` for any problem."""
+    import yaml
+
+    from ple.errors import PLEError
+
+    try:
+        return yaml.load(text, Loader=_strict_loader())  # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise PLEError(f"{what} is not valid YAML: {str(e).strip().splitlines()[0]}") from None
+
+
+def read_text_file(path: str | Path, what: str) -> str:
+    """A UTF-8 text file, or one PLEError line saying why it cannot be read (missing, a directory, not UTF-8)."""
+    from ple.errors import PLEError
+
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise PLEError(f"{what} {path} is a directory; name a file")
+    if not path.is_file():
+        raise PLEError(f"{what} not found: {path}")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PLEError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
+
+
+def read_yaml_file(path: str | Path, what: str) -> Any:
+    return load_yaml(read_text_file(path, what), f"{what} {path}")

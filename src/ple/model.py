@@ -79,6 +79,16 @@ def load_causal_lm(name: str, dtype: str = "float32"):
     return model
 
 
+def check_context_length(model, config) -> None:
+    """A prompt of max_prompt_tokens plus max_new_tokens must fit the model's positions."""
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and config.max_prompt_tokens + config.max_new_tokens > limit:
+        raise PLEError(
+            f"max_prompt_tokens + max_new_tokens = {config.max_prompt_tokens + config.max_new_tokens} exceeds "
+            f"the model's {limit} positions; lower max_prompt_tokens or max_new_tokens"
+        )
+
+
 def autocast(dtype: str, device: torch.device):
     """bf16 compute for bfloat16 runs (the weights being trained stay fp32, see load_policy)."""
     if dtype == "bfloat16":

@@ -4,30 +4,35 @@ a text prefix for plain LMs."""
 import json
 from pathlib import Path
 
-import yaml
-
 from ple.data import Prompt
 from ple.errors import PLEError
+from ple.io import load_yaml, read_text_file
 
 
-def load_principle(value: str, name: str | None = None) -> str:
-    """Inline text, or one principle from a YAML/JSON file.
+def load_principle(value: str | None, name: str | None = None) -> str | None:
+    """Inline text, or one principle from a YAML/JSON file; None for a method that reads no principle.
 
     The file is a mapping of name -> text (or -> {text: ...}), or a single text.
     """
+    if value is None:
+        return None
+    if not value.strip():
+        raise PLEError("principle is empty; give its text or a principles file")
     path = Path(value).expanduser()
-    is_file_like = path.suffix.lower() in {".yaml", ".yml", ".json"} and "\n" not in value
+    # A file name is one word ending in .yaml/.yml/.json; a sentence that happens to end in ".json" is text.
+    is_file_like = path.suffix.lower() in {".yaml", ".yml", ".json"} and not any(c.isspace() for c in value)
     if not is_file_like:
         if name is not None:
             raise PLEError("principle_name is set, but principle is inline text rather than a file")
         return value
-    if not path.is_file():
-        raise PLEError(f"principles file not found: {value}")
-    try:
-        text = path.read_text(encoding="utf-8")
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as e:
-        raise PLEError(f"principles file {value} could not be parsed: {str(e).splitlines()[0]}") from None
+    text = read_text_file(path, "principles file")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PLEError(f"principles file {value} could not be parsed: {e.msg} (line {e.lineno})") from None
+    else:
+        data = load_yaml(text, f"principles file {value}")
     if isinstance(data, str):
         return data
     if not isinstance(data, dict) or not data:

@@ -8,10 +8,13 @@ Several rewards combine into a weighted sum. A None, NaN or inf score means "no
 reward" for that completion; the trainer skips the query and counts it.
 """
 
+import contextlib
 import importlib
 import importlib.util
+import io
 import math
 import re
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +26,30 @@ from ple.errors import PLEError, first_line
 
 RewardFn = Callable[..., list[float | None]]
 _CALLABLE = re.compile(r"^(?P<module>[^:]+):(?P<attr>[A-Za-z_][A-Za-z0-9_.]*)$")
+
+
+def reward_code_files(spec) -> dict[str, Path]:
+    """The source file of each `module:function` or `file.py:function` reward in a reward spec (a name, a map or a
+    list of them): what a resume checks for edits, as it checks the data files."""
+    items = spec if isinstance(spec, list) else [spec]
+    names = [i.get("name") if isinstance(i, dict) else i for i in items]
+    files = {}
+    for name in names:
+        match = _CALLABLE.match(name) if isinstance(name, str) else None
+        if match is None:
+            continue
+        module = match["module"]
+        if module.endswith(".py"):
+            path = Path(module).expanduser()
+        else:
+            try:
+                found = importlib.util.find_spec(module)
+            except (ImportError, ValueError):
+                found = None
+            path = Path(found.origin) if found is not None and found.origin else None
+        if path is not None and path.is_file():
+            files[name] = path
+    return files
 
 
 def vader_reward(prompts: Sequence[Prompt], completions: Sequence[str], **_: Any) -> list[float]:
@@ -54,29 +81,56 @@ def load_callable(spec: str) -> RewardFn:
     if not match:
         raise PLEError(f"reward '{spec}' is not of the form module:function")
     module_name, attr = match["module"], match["attr"]
+    captured = io.StringIO()
     try:
-        if module_name.endswith(".py"):
-            path = Path(module_name).expanduser()
-            if not path.is_file():
-                raise PLEError(f"reward file not found: {module_name}")
-            module_spec = importlib.util.spec_from_file_location(path.stem, path)
-            module = importlib.util.module_from_spec(module_spec)
-            module_spec.loader.exec_module(module)
-        else:
-            module = importlib.import_module(module_name)
-        fn = module
-        for part in attr.split("."):
-            fn = getattr(fn, part)
+        with _isolated_import(captured):
+            fn = _import_attr(module_name, attr)
     except PLEError:
         raise
     except (ImportError, AttributeError) as e:
         raise PLEError(f"reward '{spec}' could not be loaded: {e}") from None
     except SyntaxError as e:
         raise PLEError(f"reward '{spec}' could not be loaded: {e.msg} ({e.filename}, line {e.lineno})") from None
+    except SystemExit as e:  # argparse at import time, say: never mistaken for ple's own exit
+        said = captured.getvalue().strip().splitlines()
+        raise PLEError(
+            f"reward '{spec}' exited while it was imported (SystemExit {e.code}"
+            f"{': ' + said[-1] if said else ''}); a reward module must not parse sys.argv or exit at import"
+        ) from None
     except Exception as e:  # whatever the module raises while it is imported
         raise PLEError(f"reward '{spec}' could not be loaded: {type(e).__name__}: {e}") from None
+    sys.stderr.write(captured.getvalue())  # what an imported module said (a warning, say) is not lost
     if not callable(fn):
         raise PLEError(f"reward '{spec}' is not callable")
+    return fn
+
+
+@contextlib.contextmanager
+def _isolated_import(stderr: io.StringIO):
+    """While a reward module is imported: sys.argv holds no ple arguments, and what it writes to stderr is held
+    back (an argparse error of its own would read as ple's)."""
+    argv = sys.argv
+    sys.argv = [argv[0]]
+    try:
+        with contextlib.redirect_stderr(stderr):
+            yield
+    finally:
+        sys.argv = argv
+
+
+def _import_attr(module_name: str, attr: str):
+    if module_name.endswith(".py"):
+        path = Path(module_name).expanduser()
+        if not path.is_file():
+            raise PLEError(f"reward file not found: {module_name}")
+        module_spec = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(module_name)
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part)
     return fn
 
 
@@ -161,6 +215,8 @@ def _build_one(spec: str, options: dict[str, Any], batch_size: int, device) -> R
         return vader_reward
     if _CALLABLE.match(spec):
         return load_callable(spec)
+    if ":" in spec:  # no hub id has one
+        raise PLEError(f"reward '{spec}' is not of the form module:function or file.py:function (name the function)")
     return ClassifierReward(spec, batch_size=batch_size, device=device, **options)
 
 
@@ -234,6 +290,8 @@ def score(fn: RewardFn, prompts: Sequence[Prompt], completions: Sequence[str], *
         raise PLEError(f"reward {name!s} raised TypeError: {e}") from None
     except Exception as e:
         raise PLEError(f"reward {name!s} raised {type(e).__name__}: {first_line(e)}") from None
+    except SystemExit as e:
+        raise PLEError(f"reward {name!s} called sys.exit({e.code}); a reward must return scores") from None
     if hasattr(out, "tolist"):
         out = out.tolist()
     if not isinstance(out, (list, tuple)) or len(out) != len(completions):

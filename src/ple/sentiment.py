@@ -16,9 +16,10 @@ import numpy as np
 from ple import assets
 from ple.errors import PLEError
 from ple.io import atomic_write_jsonl, atomic_write_text
+from ple.presets import SENTIMENT_PRINCIPLES
 
 PROMPT_TEMPLATE = 'Continue this movie review: "{opening}"'
-PRINCIPLES = Path(__file__).parent / "presets" / "sentiment_principles.yaml"
+PRINCIPLES = SENTIMENT_PRINCIPLES
 SFT_WORDS = 30
 
 

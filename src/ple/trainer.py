@@ -15,7 +15,6 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from ple.generation import Sample
@@ -23,7 +22,15 @@ from ple.logprobs import shared_prompt_logprobs
 from ple.losses import assign_branch, ple_loss, sft_weights, wsft_temperature
 from ple.model import autocast
 from ple.schedule import threshold
-from ple.training.loop import Trainer, TrainOutput, merge_generation_stats, query_order, signed
+from ple.training.loop import (
+    Trainer,
+    TrainOutput,
+    iteration_rng,
+    merge_generation_stats,
+    no_valid_reward,
+    query_order,
+    signed,
+)
 from ple.training.policy import mean_of_known
 
 
@@ -56,6 +63,8 @@ class PLETrainer(Trainer):
         # Every process needs the whole iteration, so that taus, branches and pairs agree everywhere.
         records = sorted(self.dist.gather(mine), key=lambda r: r.position)
 
+        if all(r.s is None or r.s_p is None for r in records):
+            raise no_valid_reward(t, len(records))
         scale = self.reward_scale([r.s for r in records] + [r.s_p for r in records])
         for r in records:
             r.gap = None if r.s is None or r.s_p is None else (r.s_p - r.s) / scale
@@ -124,7 +133,7 @@ class PLETrainer(Trainer):
 
         policy = self.policy
         started, skipped = time.perf_counter(), policy.skipped_steps
-        rng = np.random.default_rng([config.seed, t + 2, 7])
+        rng = iteration_rng(config.seed, t, 7)
         steps = policy.train_epochs(records, config.epochs_per_iteration, rng, micro_loss, f"training (iteration {t})")
         seconds = time.perf_counter() - started
         totals = {key: self.dist.gather(values) for key, values in totals.items()}
@@ -161,7 +170,7 @@ class PLETrainer(Trainer):
             torch.tensor([r.winner == "guided" for r in records], device=device),
             rank_kind=config.rank_loss,
             margin=config.margin,
-            beta=config.beta,
+            beta=config.rank_beta,
             rank_coef=config.rank_coef,
             sft_coef=config.sft_coef,
             rank_sft_coef=config.rank_sft_coef,

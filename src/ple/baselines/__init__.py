@@ -14,25 +14,15 @@ samples draws the same number over the run, from the same query pool:
 - rloo:    TRL's RLOOTrainer, online, 2 samples for each of Q * iterations queries.
 
 Every method gets the same SFT warm-up when sft_epochs > 0; for dpo and rloo TRL's reference model is then a copy
-of the warmed-up adapter. rlcd and the ple-* ablations are presets of the PLE trainer (ple.config.METHOD_PRESETS).
+of the warmed-up adapter. rlcd and the ple-* ablations are presets of the PLE trainer. Every method is one entry
+of the registry, ple.methods.METHODS.
 """
 
-from ple.baselines.distill import DistillTrainer
-from ple.baselines.raft import RaftTrainer
-from ple.baselines.sft import SFTBaseline
-from ple.baselines.trl import DPOBaseline, RLOOBaseline
 from ple.config import Config
-from ple.trainer import PLETrainer
+from ple.methods import get_method
 from ple.training.loop import Trainer
 
 
 def make_trainer(config: Config, reward_fn=None) -> Trainer:
-    """The trainer for config.method."""
-    trainers = {
-        "sft": SFTBaseline,
-        "raft": RaftTrainer,
-        "distill": DistillTrainer,
-        "dpo": DPOBaseline,
-        "rloo": RLOOBaseline,
-    }
-    return trainers.get(config.method, PLETrainer)(args=config, reward_funcs=reward_fn)
+    """The trainer of config.method, from the method registry (ple.methods)."""
+    return get_method(config.method).trainer_class()(args=config, reward_funcs=reward_fn)

@@ -4,10 +4,9 @@ the equal-sample budget it draws y_p for 2 * queries_per_iteration queries."""
 import time
 from typing import Any
 
-import numpy as np
-
 from ple.training.loop import (
     Trainer,
+    iteration_rng,
     merge_generation_stats,
     query_order,
     samples_per_iteration,
@@ -28,7 +27,7 @@ class DistillTrainer(Trainer):
         samples, gen_stats = policy.sample(policy.encode(queries, guided=True))
         gathered = sorted(self.dist.gather(list(zip(mine, policy.encode(queries), samples))), key=lambda r: r[0])
         examples = [(plain_ids, y_p.response_ids) for _, plain_ids, y_p in gathered]
-        rng = np.random.default_rng([config.seed, t + 2])
+        rng = iteration_rng(config.seed, t)
         stats = policy.train_sft(examples, config.epochs_per_iteration, rng, "training")
 
         generation_rows = [

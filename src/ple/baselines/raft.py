@@ -3,11 +3,11 @@
 import time
 from typing import Any
 
-import numpy as np
-
 from ple.training.loop import (
     Trainer,
+    iteration_rng,
     merge_generation_stats,
+    no_valid_reward,
     query_order,
     samples_per_iteration,
     signed,
@@ -36,10 +36,10 @@ class RaftTrainer(Trainer):
             if valid:
                 j = max(valid, key=lambda j: rewards[j])
                 best.append((i, candidates[j], rewards[j]))
+        if not best:
+            raise no_valid_reward(t, len(rows))
         examples = [(x.prompt_ids, x.response_ids) for _, x, _ in best]
-        stats = policy.train_sft(
-            examples, config.epochs_per_iteration, np.random.default_rng([config.seed, t + 2]), "SFT"
-        )
+        stats = policy.train_sft(examples, config.epochs_per_iteration, iteration_rng(config.seed, t), "SFT")
 
         all_rewards = [r for _, _, rewards in gathered for r in rewards]
         generation_rows = [

@@ -3,9 +3,7 @@
 import time
 from typing import Any
 
-import numpy as np
-
-from ple.training.loop import Trainer, query_order, samples_per_iteration
+from ple.training.loop import Trainer, iteration_rng, query_order, samples_per_iteration
 
 
 class SFTBaseline(Trainer):
@@ -15,7 +13,7 @@ class SFTBaseline(Trainer):
         n = samples_per_iteration(config)
         rows = [self.sft_set[i] for i in query_order(len(self.sft_set), t, n, config.seed, config.shuffle)]
         examples = self.policy.sft_examples([r["prompt"] for r in rows], [r["response"] for r in rows])
-        rng = np.random.default_rng([config.seed, t + 2])
+        rng = iteration_rng(config.seed, t)
         stats = self.policy.train_sft(examples, config.epochs_per_iteration, rng, "SFT")
         metrics = {
             "iteration": t,

@@ -72,7 +72,7 @@ class TRLBaseline(Trainer):
         )
 
     def write_log(self, log_history: list[dict]) -> None:
-        rows = [{"iteration": i, **row} for i, row in enumerate(log_history)]
+        rows = [{"step": i, **row} for i, row in enumerate(log_history)]  # TRL's logging steps, not iterations
         atomic_write_jsonl(self.run_dir.path / "metrics.jsonl", rows)
 
     def all_queries(self) -> list[dict]:

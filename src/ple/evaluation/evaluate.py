@@ -1,8 +1,9 @@
-"""Evaluate a model: generate on the eval prompts, score with the training and held-out rewards, and measure
-distinct-n, perplexity and (with references) BLEU, each with a bootstrap CI. `ple eval`, `ple compare` and
-`ple demo` all evaluate through `evaluate_model`."""
+"""Evaluate models: generate on the eval prompts, score with the training and held-out rewards, and compute every
+registered metric (ple.evaluation.metrics) with a bootstrap CI. `ple eval`, `ple compare` and `ple demo` all
+evaluate through `Evaluator`, which loads the tokenizer, the rewards and the base model once for many models."""
 
-import statistics
+import contextlib
+import os
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +11,32 @@ import torch
 
 from ple.config import Config
 from ple.data import load_task_rows, query_rows
-from ple.errors import PLEError
-from ple.evaluation.metrics import bootstrap_ci, distinct_n, perplexity, response_nll
+from ple.errors import PLEError, first_line
+from ple.evaluation.metrics import (
+    METRICS,
+    Metric,
+    applicable,
+    metric_result,
+    response_kls,
+    response_nll,
+    reward_metric,
+)
 from ple.generation import generate
 from ple.io import atomic_write_jsonl, atomic_write_text, strict_json
-from ple.model import adapter_base, autocast, load_causal_lm, load_tokenizer, resolve_device
+from ple.model import (
+    adapter_base,
+    autocast,
+    check_context_length,
+    load_causal_lm,
+    load_tokenizer,
+    merged_lora,
+    resolve_device,
+)
 from ple.principles import PromptBuilder
 from ple.rewards import check_reward, config_reward, score
 
 REFERENCE_COLUMNS = ("reference", "response", "chosen")
+EVAL_JSON, COMPLETIONS = "eval.json", "completions.jsonl"  # what an evaluation writes in its directory
 
 
 def reward_specs(config: Config) -> dict[str, Any]:
@@ -53,6 +71,7 @@ def generate_rows(
     model, tokenizer, builder, prompts: list, config, guided: bool = False, progress=None, phase: str = "generating"
 ) -> list[dict]:
     """One completion per prompt (plain by default), with the token ids kept for perplexity."""
+    check_context_length(model, config)
     ids, _ = builder.encode(prompts, guided, config.max_prompt_tokens)
     batch = config.generation_batch_size or 64
     if progress is not None:
@@ -77,6 +96,188 @@ def generate_rows(
     return rows
 
 
+class Evaluator:
+    """Evaluates any number of models on the same settings, loading what they share once: the tokenizer, every
+    reward (the training one and the held-out ones) and the base model.
+
+    A LoRA adapter is evaluated on the loaded base model, never on a second copy of it: its answers are generated
+    with the adapter merged into the weights for the call (fp32, as training does; ple.model.merged_lora) or
+    active (bf16), and its answers' perplexity under the base model comes from the same weights with the adapter
+    disabled. The adapter is unloaded afterwards, leaving the base model as it was loaded."""
+
+    def __init__(self, config: Config, reference_model: str | None = None, guided: bool = False):
+        self.config, self.guided, self.reference_name = config, guided, reference_model
+        self.device = resolve_device(config.device)
+        self.models: dict[str, Any] = {}  # name -> a loaded plain model (the base model, a reference model)
+        self.tokenizer = load_tokenizer(config.model)
+        self.builder = PromptBuilder.from_config(self.tokenizer, config)
+        if guided and not self.builder.principle:
+            raise PLEError("--guided needs a principle in the config")
+        if reference_model is not None:  # loaded now, so that a bad name fails before any generation
+            self.model(reference_model)
+        # Built before generating, so a bad reward fails in seconds, not after a long generation.
+        self.rewards = {name: config_reward(spec, config, self.device) for name, spec in reward_specs(config).items()}
+
+    def check(self, prompt_rows: list[dict]) -> None:
+        for fn in self.rewards.values():
+            check_reward(fn, prompt_rows[0])
+
+    def model(self, name: str):
+        """A plain (non-adapter) model by name, loaded on first use."""
+        if name not in self.models:
+            self.models[name] = load_causal_lm(name, self.config.dtype).to(self.device).eval()
+        return self.models[name]
+
+    @contextlib.contextmanager
+    def policy(self, name: str):
+        """(the model that answers, the reference model of its perplexity, the base model of its KL) for `name`,
+        an adapter or a model. The base model is the config's model (an adapter's own base when it has another)."""
+        base = adapter_base(name)
+        if base is None:
+            yield self.model(name), self.model(self.reference_name or name), self.model(self.config.model)
+            return
+        from peft import PeftModel
+
+        base = self.config.model if _same_model(base, self.config.model) else base
+        plain = self.model(base)
+        try:
+            wrapped = PeftModel.from_pretrained(plain, name).eval()
+        except Exception as e:
+            raise PLEError(f"could not load adapter '{name}': {first_line(e)}") from None
+        try:
+            without = _AdapterDisabled(wrapped)
+            yield wrapped, self.model(self.reference_name) if self.reference_name else without, without
+        finally:
+            self.models[base] = wrapped.unload()
+
+    def evaluate(
+        self, name: str, prompt_rows: list[dict], out_dir: Path, seed: int | None = None, progress=None
+    ) -> dict[str, Any]:
+        """Generate for the prompts (sampling seeded with `seed`, config.seed by default), score, and write
+        completions.jsonl, eval.json and eval.md to out_dir."""
+        config = self.config
+        self.check(prompt_rows)
+        with self.policy(name) as (model, reference, base):
+            torch.manual_seed(config.seed if seed is None else seed)
+            with autocast(config.dtype, self.device), answering_model(model, config.dtype) as answering:
+                rows = generate_rows(
+                    answering,
+                    self.tokenizer,
+                    self.builder,
+                    [r["prompt"] for r in prompt_rows],
+                    config,
+                    self.guided,
+                    progress,
+                )
+            self.score(rows, prompt_rows)
+            with autocast(config.dtype, self.device):
+                self.add_logprobs(rows, prompt_rows, model, reference)
+                with answering_model(model, config.dtype) as policy:
+                    kls = response_kls(policy, base, rows, self.tokenizer.pad_token_id)
+            for row, (kl, k1) in zip(rows, kls):
+                row.update(kl=kl, kl_k1=k1)
+        metrics = {m.name: metric_result(m, rows) for m in applicable(rows, self.reward_metrics())}
+        metrics["generation_perplexity"]["reference_model"] = self.reference_name or adapter_base(name) or name
+        metrics["kl"]["between"] = kl_note(config)
+        result = {"model": name, "guided": self.guided, "n_prompts": len(rows), "metrics": metrics}
+        write_evaluation(out_dir, rows, result)
+        return result
+
+    def reward_metrics(self) -> list[Metric]:
+        return [reward_metric(name, reward_label(name)) for name in self.rewards]
+
+    def score(self, rows: list[dict], prompt_rows: list[dict]) -> None:
+        prompts, completions = [r["prompt"] for r in rows], [r["completion"] for r in rows]
+        columns = {k: [r.get(k) for r in prompt_rows] for k in prompt_rows[0] if k != "prompt"}
+        for name, fn in self.rewards.items():
+            for row, s in zip(rows, score(fn, prompts, completions, **columns)):
+                row[name] = s
+
+    def add_logprobs(self, rows: list[dict], prompt_rows: list[dict], model, reference) -> None:
+        """Each answer's NLL under the reference model; with references in the data, each reference's NLL under
+        the evaluated model."""
+        pad = self.tokenizer.pad_token_id
+        for row, (nll, n) in zip(rows, response_nll(reference, rows, pad)):
+            row.update(nll=nll, n_tokens=n)
+        ref_column = next((c for c in REFERENCE_COLUMNS if c in prompt_rows[0]), None)
+        if ref_column is None:
+            return
+        eos = [self.tokenizer.eos_token_id]
+        ref_rows = [
+            {
+                "prompt_ids": r["prompt_ids"],
+                "response_ids": self.tokenizer(str(p[ref_column]), add_special_tokens=False)["input_ids"] + eos,
+            }
+            for r, p in zip(rows, prompt_rows)
+        ]
+        for row, p, (nll, n) in zip(rows, prompt_rows, response_nll(model, ref_rows, pad)):
+            row.update(reference=str(p[ref_column]), ref_nll=nll, ref_n_tokens=n)
+
+
+def kl_note(config: Config) -> str:
+    """Which distributions the KL is between: the policy's own next-token distributions against the base model's,
+    summed over the answers this evaluation sampled."""
+    drawn = (config.temperature, config.top_p, config.top_k)
+    if drawn == (1.0, 1.0, 0):
+        return "KL(pi || pi_base) per answer, answers drawn from pi itself (temperature 1): an unbiased estimate"
+    return (
+        "sum over the answer's tokens of KL(pi || pi_base) of the temperature-1 next-token distributions, for "
+        f"answers drawn at temperature {config.temperature:g}, top_p {config.top_p:g}, top_k {config.top_k}: "
+        "not the sequence-level KL of the sampling distribution"
+    )
+
+
+class _AdapterDisabled:
+    """The base model of a peft model: calls run with its adapter disabled."""
+
+    def __init__(self, wrapped):
+        self.wrapped = wrapped
+
+    def __call__(self, *args, **kwargs):
+        with self.wrapped.disable_adapter():
+            return self.wrapped(*args, **kwargs)
+
+    def parameters(self):
+        return self.wrapped.parameters()
+
+
+def answering_model(model, dtype: str):
+    """fp32: the adapter merged into the weights for the call (one matmul per layer); bf16: the adapter kept
+    separate, because a bf16 weight would round most of a small update away."""
+    return merged_lora(model) if dtype == "float32" else contextlib.nullcontext(model)
+
+
+def _same_model(a: str, b: str | None) -> bool:
+    return b is not None and (
+        a == b or os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+    )
+
+
+def reward_label(name: str) -> str:
+    return f"held-out reward {name.split(':', 1)[1]}" if name.startswith("heldout:") else "training reward"
+
+
+def write_evaluation(out_dir: Path, rows: list[dict], result: dict[str, Any]) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hidden = ("prompt_ids", "response_ids")
+    atomic_write_jsonl(out_dir / COMPLETIONS, [{k: v for k, v in r.items() if k not in hidden} for r in rows])
+    atomic_write_text(out_dir / EVAL_JSON, strict_json(result, indent=2))
+    lines = [
+        f"# Evaluation of `{result['model']}`",
+        "",
+        f"{result['n_prompts']} prompts, {'guided' if result['guided'] else 'plain'} prompt.",
+        "",
+        "| metric | value | 95% CI | n |",
+        "|---|---:|---|---:|",
+    ]
+    for key, v in result["metrics"].items():
+        digits = METRICS[key].digits if key in METRICS else 4
+        lines.append(
+            f"| {key} | {v['value']:.{digits}f} | [{v['ci_low']:.{digits}f}, {v['ci_high']:.{digits}f}] | {v['n']} |"
+        )
+    atomic_write_text(out_dir / "eval.md", "\n".join(lines) + "\n")
+
+
 def evaluate_model(
     model_name: str,
     config: Config,
@@ -87,85 +288,5 @@ def evaluate_model(
     progress=None,
     seed: int | None = None,
 ) -> dict[str, Any]:
-    """Generate for the eval prompts (sampling seeded with `seed`, config.seed by default), score, and write
-    completions.jsonl, eval.json and eval.md to out_dir."""
-    device = resolve_device(config.device)
-    tokenizer = load_tokenizer(adapter_base(model_name) or model_name)
-    model = load_causal_lm(model_name, config.dtype).to(device).eval()
-    builder = PromptBuilder.from_config(tokenizer, config)
-    if guided and not builder.principle:
-        raise PLEError("--guided needs a principle in the config")
-    reward_fns = {  # built before generating, so a bad reward fails in seconds, not after a long generation
-        name: config_reward(spec, config, device) for name, spec in reward_specs(config).items()
-    }
-    for fn in reward_fns.values():
-        check_reward(fn, prompt_rows[0])
-    prompts = [r["prompt"] for r in prompt_rows]
-    torch.manual_seed(config.seed if seed is None else seed)
-    with autocast(config.dtype, device):
-        rows = generate_rows(model, tokenizer, builder, prompts, config, guided=guided, progress=progress)
-    completions = [r["completion"] for r in rows]
-    columns = {k: [r.get(k) for r in prompt_rows] for k in prompt_rows[0] if k != "prompt"}
-
-    metrics: dict[str, Any] = {}
-    for name, fn in reward_fns.items():
-        for row, s in zip(rows, score(fn, prompts, completions, **columns)):
-            row[name] = s
-        metrics[name] = bootstrap_ci(rows, lambda rs, k=name: _mean_or_nan(r[k] for r in rs))
-    metrics["distinct_1"] = bootstrap_ci(rows, lambda rs: distinct_n([r["completion"] for r in rs], 1))
-    metrics["distinct_2"] = bootstrap_ci(rows, lambda rs: distinct_n([r["completion"] for r in rs], 2))
-    metrics["mean_length"] = bootstrap_ci(rows, lambda rs: statistics.fmean(len(r["completion"].split()) for r in rs))
-
-    reference_name = reference_model or adapter_base(model_name) or model_name
-    reference = model if reference_name == model_name else load_causal_lm(reference_name, config.dtype).to(device)
-    with autocast(config.dtype, device):
-        for row, (nll, n) in zip(rows, response_nll(reference, rows, tokenizer.pad_token_id)):
-            row.update(nll=nll, n_tokens=n)
-    metrics["generation_perplexity"] = bootstrap_ci(rows, perplexity)
-    metrics["generation_perplexity"]["reference_model"] = reference_name
-
-    ref_column = next((c for c in REFERENCE_COLUMNS if c in prompt_rows[0]), None)
-    if ref_column is not None:
-        import sacrebleu
-
-        references = [str(r[ref_column]) for r in prompt_rows]
-        for row, ref in zip(rows, references):
-            row["reference"] = ref
-        metrics["bleu"] = bootstrap_ci(
-            rows, lambda rs: sacrebleu.corpus_bleu([r["completion"] for r in rs], [[r["reference"] for r in rs]]).score
-        )
-        ref_rows = [
-            {
-                "prompt_ids": r["prompt_ids"],
-                "response_ids": tokenizer(ref, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id],
-            }
-            for r, ref in zip(rows, references)
-        ]
-        with autocast(config.dtype, device):
-            for row, (nll, n) in zip(ref_rows, response_nll(model, ref_rows, tokenizer.pad_token_id)):
-                row.update(nll=nll, n_tokens=n)
-        metrics["reference_perplexity"] = bootstrap_ci(ref_rows, perplexity)
-
-    result = {"model": model_name, "guided": guided, "n_prompts": len(rows), "metrics": metrics}
-    out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_jsonl(
-        out_dir / "completions.jsonl",
-        [{k: v for k, v in r.items() if k not in ("prompt_ids", "response_ids")} for r in rows],
-    )
-    atomic_write_text(out_dir / "eval.json", strict_json(result, indent=2))
-    lines = [
-        f"# Evaluation of `{model_name}`",
-        "",
-        f"{len(rows)} prompts, {'guided' if guided else 'plain'} prompt.",
-        "",
-        "| metric | value | 95% CI |",
-        "|---|---:|---|",
-    ]
-    lines += [f"| {k} | {v['value']:.4f} | [{v['ci_low']:.4f}, {v['ci_high']:.4f}] |" for k, v in metrics.items()]
-    atomic_write_text(out_dir / "eval.md", "\n".join(lines) + "\n")
-    return result
-
-
-def _mean_or_nan(values) -> float:
-    values = [v for v in values if v is not None]
-    return statistics.fmean(values) if values else float("nan")
+    """One model's evaluation (an Evaluator used once); see Evaluator.evaluate."""
+    return Evaluator(config, reference_model, guided).evaluate(model_name, prompt_rows, out_dir, seed, progress)

@@ -1,19 +1,27 @@
-"""`ple compare`: a methods x seeds grid under one budget, each final model evaluated, one table and two charts.
+"""`ple compare`: a methods x learning rates x seeds grid under one budget, every model evaluated alike, and the
+results (ple.evaluation.results) as one long table with views of it.
 
 A compare file is YAML:
 
     output_dir: runs/compare
     methods: [ple, sft, dpo, rloo, raft, distill, rlcd]
     seeds: [0, 1]
-    tie_margin: 0.05          # the pairwise judge calls reward differences up to this a tie
-    config: {...}             # the training config every cell shares (any `ple train` key)
-    overrides:                # per-method changes, e.g. a baseline's own learning rate
+    seeds_per_method: {rlcd: [0]}      # a method's own seeds (default: seeds)
+    tie_margin: 0.05                   # the pairwise judge calls reward differences up to this a tie
+    reference: ple                     # the method every other one is compared with (default ple)
+    baseline: sft                      # the second pairwise column, "win vs sft" (default sft, when listed)
+    learning_rates: [5e-5, 2e-4]       # every method at every rate, one cell each (default: the config's rate)
+    lr_grid: {rates: [...], validation_dataset: ...}  # or: one rate per method, chosen on validation prompts
+    config: {...}                      # the training config every cell shares (any `ple train` key)
+    overrides:                         # per-method changes, e.g. a baseline's own learning rate
       rloo: {learning_rate: 1e-5}
 
-Cells run one after another in output_dir/cells/METHOD/seedS. A cell whose evaluation is written is
-never rerun; a killed cell resumes its training. The base model is evaluated once, in output_dir/base.
-Win rates use a reward judge over both orders: the first held-out reward (eval_rewards) when there is
-one, the training reward otherwise.
+A cell is one (method, learning rate, seed); it trains in output_dir/cells/METHOD/lr_RATE/seedS and its final model
+is evaluated in eval/step_NNN (NNN: iterations done). A cell whose evaluation is written is never rerun; a killed
+cell resumes its training. The base model is evaluated once, in output_dir/base. The evaluator (the tokenizer, the
+rewards, the base model) is loaded once for the whole grid. Pairwise win rates use the reward judge of
+`judge_reward_name`: the first held-out reward when there is one, the training reward otherwise, as `ple eval
+--compare --judge reward` does.
 """
 
 import dataclasses
@@ -22,39 +30,175 @@ import json
 import os
 import statistics
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from ple.config import METHOD_PRESETS, Config, load_config
+from ple.config import Config, load_config
 from ple.data import load_rows, query_rows
 from ple.errors import PLEError
-from ple.evaluation.evaluate import eval_prompts, evaluate_model, judge_reward_name, reward_specs
+from ple.evaluation.evaluate import EVAL_JSON, Evaluator, eval_prompts, judge_reward_name
 from ple.evaluation.judges import RewardJudge
 from ple.evaluation.pairwise import judge_pair, load_completions
 from ple.evaluation.results import write_results
-from ple.io import atomic_write_text, strict_json
-from ple.model import resolve_device
+from ple.io import atomic_write_text, read_yaml_file, strict_json
+from ple.methods import METHODS, get_method
 from ple.progress import Progress, quiet_libraries
-from ple.rewards import config_reward
-from ple.training.rundir import config_changes
+from ple.training.rundir import BUDGET, CONFIG, config_changes
 
-SPEC_KEYS = {"output_dir", "methods", "seeds", "seeds_per_method", "tie_margin", "config", "overrides", "lr_grid"}
+SPEC_KEYS = {
+    "output_dir",
+    "methods",
+    "seeds",
+    "seeds_per_method",
+    "tie_margin",
+    "reference",
+    "baseline",
+    "learning_rates",
+    "lr_grid",
+    "config",
+    "overrides",
+}
 LR_GRID_KEYS = {"rates", "iterations", "queries_per_iteration", "validation_dataset", "validation_prompts", "seed"}
 
 
+@dataclass(frozen=True)
+class LRGrid:
+    """One learning rate per method, chosen by the held-out judge after a short run at each rate, on validation
+    prompts from the training pool (never the eval prompts)."""
+
+    rates: tuple[float, ...]
+    validation_dataset: str
+    iterations: int = 3
+    queries_per_iteration: int = 16
+    validation_prompts: int = 100
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CellPaths:
+    """Where a cell's files are: its run directory (ple.training.rundir) and its evaluations."""
+
+    root: Path
+
+    def eval(self, step: int) -> Path:
+        return self.root / "eval" / f"step_{step:03d}"
+
+    def vs(self, other: str) -> Path:
+        """Its pairwise judging against `other` (base, or a method)."""
+        return self.root / f"vs_{other}"
+
+    @property
+    def budget(self) -> Path:
+        return self.root / BUDGET
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG
+
+
+@dataclass(frozen=True)
+class Cell:
+    method: str
+    learning_rate: float
+    seed: int
+    config: Config
+
+    @property
+    def key(self) -> tuple[str, float, int]:
+        return self.method, self.learning_rate, self.seed
+
+    @property
+    def paths(self) -> CellPaths:
+        return CellPaths(Path(self.config.output_dir))
+
+    @property
+    def final_step(self) -> int:
+        return self.config.iterations
+
+    @property
+    def label(self) -> str:
+        return f"{self.method}/lr_{self.learning_rate:g}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class Grid:
+    output_dir: Path
+    methods: tuple[str, ...]
+    seeds: tuple[int, ...]
+    base: Config  # the shared config without a method: the base model's evaluation settings
+    config: Mapping[str, Any]  # the shared training config, as written
+    seeds_per_method: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    tie_margin: float = 0.0
+    reference: str = "ple"
+    baseline: str | None = "sft"
+    learning_rates: tuple[float, ...] | None = None
+    lr_grid: LRGrid | None = None
+    overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    chosen_rates: Mapping[str, float] = field(default_factory=dict)  # what the lr grid chose (tune_learning_rates)
+
+    @property
+    def base_dir(self) -> Path:
+        return self.output_dir / "base"
+
+    def method_seeds(self, method: str) -> tuple[int, ...]:
+        return self.seeds_per_method.get(method, self.seeds)
+
+    def rates(self, method: str) -> tuple[float, ...]:
+        """The method's learning rates: the grid's list, else the one its overrides, the lr grid or the shared
+        config give (in that order)."""
+        if self.learning_rates is not None:
+            return self.learning_rates
+        fixed = self.overrides.get(method, {}).get("learning_rate", self.chosen_rates.get(method))
+        return (float(fixed if fixed is not None else self.base.learning_rate),)
+
+    def cells(self) -> tuple[Cell, ...]:
+        return tuple(
+            self.cell(m, rate, s) for m in self.methods for rate in self.rates(m) for s in self.method_seeds(m)
+        )
+
+    def cell(self, method: str, rate: float, seed: int, root: Path | None = None, **changes) -> Cell:
+        """One cell: the shared config (less the keys the method's preset fixes, such as distill's reward), the
+        method's overrides, the rate, the seed and the run directory, then `changes`."""
+        preset = get_method(method).preset
+        shared = {k: v for k, v in self.config.items() if k != "method" and k not in preset}
+        directory = root or self.output_dir / "cells" / method / f"lr_{rate:g}" / f"seed{seed}"
+        values = {
+            **shared,
+            **self.overrides.get(method, {}),
+            "learning_rate": rate,
+            "method": method,
+            "seed": seed,
+            "output_dir": str(directory),
+            **changes,
+        }
+        try:
+            config = load_config(overrides=values)
+        except PLEError as e:
+            raise PLEError(f"compare cell {method}/lr_{rate:g}/seed{seed}: {e}") from None
+        return Cell(method, rate, seed, config)
+
+    def counterpart(self, cell: Cell, method: str) -> Cell | None:
+        """`method`'s cell to judge `cell` against: the same seed and rate, or the same seed when `method` has one
+        rate; None when it has no such cell."""
+        if method not in self.methods or cell.seed not in self.method_seeds(method):
+            return None
+        rates = self.rates(method)
+        if cell.learning_rate in rates:
+            return self.cell(method, cell.learning_rate, cell.seed)
+        return self.cell(method, rates[0], cell.seed) if len(rates) == 1 else None
+
+
 def read_grid_file(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise PLEError(f"compare file not found: {path}")
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise PLEError(f"compare file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    return read_yaml_file(path, "compare file") or {}
 
 
-def load_grid(raw: dict, config_overrides: dict | None = None) -> dict:
-    """Check a compare mapping and build every cell's config; `config_overrides` win over its shared config."""
+def load_grid(raw: dict, config_overrides: dict | None = None) -> Grid:
+    """Check a compare mapping and build the grid; `config_overrides` win over its shared config. Every cell's
+    config is built here, so a bad one fails before any work."""
     if not isinstance(raw, dict):
         raise PLEError("a compare file must be a mapping with methods, seeds and config")
     unknown = set(raw) - SPEC_KEYS
@@ -62,141 +206,201 @@ def load_grid(raw: dict, config_overrides: dict | None = None) -> dict:
         raise PLEError(
             f"unknown compare key(s): {', '.join(sorted(unknown))} (allowed: {', '.join(sorted(SPEC_KEYS))})"
         )
-    methods, seeds = raw.get("methods") or [], raw.get("seeds", [0])
-    if not isinstance(methods, list) or not methods:
-        raise PLEError("compare: `methods` must be a non-empty list")
-    bad = [m for m in methods if m not in METHOD_PRESETS]
-    if bad:
-        raise PLEError(
-            f"compare: unknown method(s) {', '.join(map(str, bad))}; choose from {', '.join(METHOD_PRESETS)}"
-        )
-    if not isinstance(seeds, list) or not seeds or not all(isinstance(s, int) for s in seeds):
-        raise PLEError("compare: `seeds` must be a non-empty list of integers")
+    methods = _method_list(raw.get("methods"))
+    seeds = _seed_list(raw.get("seeds", [0]), "`seeds`")
     overrides = raw.get("overrides") or {}
     if not isinstance(overrides, dict) or any(
         m not in methods or not isinstance(v, dict) for m, v in overrides.items()
     ):
         raise PLEError("compare: `overrides` maps a listed method to a mapping of config keys")
     per_method = raw.get("seeds_per_method") or {}
-    if not isinstance(per_method, dict) or any(
-        m not in methods or not isinstance(v, list) or not v or not all(isinstance(s, int) for s in v)
-        for m, v in per_method.items()
-    ):
+    if not isinstance(per_method, dict) or any(m not in methods for m in per_method):
         raise PLEError("compare: `seeds_per_method` maps a listed method to a non-empty list of integer seeds")
-    spec = {
-        "output_dir": Path(raw.get("output_dir", "runs/compare")),
-        "methods": list(dict.fromkeys(methods)),
-        "seeds": list(dict.fromkeys(seeds)),
-        "seeds_per_method": per_method,
-        "tie_margin": float(raw.get("tie_margin", 0.0)),
-        "config": {**(raw.get("config") or {}), **(config_overrides or {})},
-        "overrides": overrides,
-        "lr_grid": _check_lr_grid(raw.get("lr_grid")),
-        "learning_rates": {},  # method -> the rate the lr grid chose (filled in by run_grid)
-    }
-    spec["cells"] = {(m, s): cell_config(spec, m, s) for m in spec["methods"] for s in method_seeds(spec, m)}
-    base = load_config(overrides=_without_method(spec["config"]), validate=False)
+    config = {**(raw.get("config") or {}), **(config_overrides or {})}
+    base = load_config(overrides={k: v for k, v in config.items() if k != "method"}, validate=False)
     if base.eval_dataset is None:
         raise PLEError("compare: the config needs an eval_dataset (the prompts every model is evaluated on)")
-    spec["base"] = base
-    return spec
+    grid = Grid(
+        output_dir=Path(raw.get("output_dir", "runs/compare")),
+        methods=tuple(methods),
+        seeds=tuple(seeds),
+        base=base,
+        config=config,
+        seeds_per_method={m: tuple(_seed_list(v, "`seeds_per_method`")) for m, v in per_method.items()},
+        tie_margin=float(raw.get("tie_margin", 0.0)),
+        reference=_listed(raw.get("reference", "ple"), methods, "reference"),
+        baseline=_listed(raw.get("baseline", "sft" if "sft" in methods else None), methods, "baseline"),
+        learning_rates=_rate_list(raw.get("learning_rates"), "`learning_rates`"),
+        lr_grid=_lr_grid(raw.get("lr_grid")),
+        overrides=overrides,
+    )
+    if grid.learning_rates is not None and (grid.lr_grid or any("learning_rate" in o for o in overrides.values())):
+        raise PLEError("compare: `learning_rates` gives every method its rates; drop lr_grid and overridden rates")
+    grid.cells()
+    return grid
 
 
-def _check_lr_grid(grid) -> dict | None:
+def _method_list(methods) -> list[str]:
+    if not isinstance(methods, list) or not methods:
+        raise PLEError("compare: `methods` must be a non-empty list")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise PLEError(f"compare: unknown method(s) {', '.join(map(str, bad))}; known methods: {', '.join(METHODS)}")
+    return list(dict.fromkeys(methods))
+
+
+def _seed_list(seeds, what: str) -> list[int]:
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds)
+    ):
+        raise PLEError(f"compare: {what} must be a non-empty list of integers (seeds)")
+    return list(dict.fromkeys(seeds))
+
+
+def _rate_list(rates, what: str) -> tuple[float, ...] | None:
+    if rates is None:
+        return None
+    if not isinstance(rates, list) or not rates or not all(isinstance(r, (int, float)) and r > 0 for r in rates):
+        raise PLEError(f"compare: {what} must be a non-empty list of positive learning rates")
+    return tuple(float(r) for r in dict.fromkeys(rates))
+
+
+def _listed(method: str | None, methods: list[str], key: str) -> str | None:
+    if method is not None and method not in methods:
+        raise PLEError(f"compare: {key}={method!r} is not one of the grid's methods ({', '.join(methods)})")
+    return method
+
+
+def _lr_grid(grid) -> LRGrid | None:
     if grid is None:
         return None
     if not isinstance(grid, dict) or set(grid) - LR_GRID_KEYS or not {"rates", "validation_dataset"} <= set(grid):
         allowed = ", ".join(sorted(LR_GRID_KEYS))
         raise PLEError(f"compare: `lr_grid` is a mapping with rates and validation_dataset (allowed keys: {allowed})")
-    rates = grid["rates"]
-    if not isinstance(rates, list) or not rates or not all(isinstance(r, (int, float)) and r > 0 for r in rates):
-        raise PLEError("compare: `lr_grid.rates` must be a non-empty list of positive learning rates")
-    return {"iterations": 3, "queries_per_iteration": 16, "validation_prompts": 100, "seed": 0, **grid}
+    return LRGrid(**{**grid, "rates": _rate_list(grid["rates"], "`lr_grid.rates`")})
 
 
-def method_seeds(spec: dict, method: str) -> list[int]:
-    return spec["seeds_per_method"].get(method, spec["seeds"])
-
-
-def _without_method(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k != "method"}
-
-
-def cell_config(spec: dict, method: str, seed: int, **changes) -> Config:
-    """The training config of one cell: the shared config, the learning rate the lr grid chose, the method's
-    overrides, its seed and run directory, then `changes`. Keys a method preset fixes (distill's reward, say) are
-    dropped from the shared config for that method."""
-    shared = {k: v for k, v in _without_method(spec["config"]).items() if k not in METHOD_PRESETS[method]}
-    chosen = spec["learning_rates"].get(method)
-    values = {
-        **shared,
-        **({"learning_rate": chosen} if chosen is not None else {}),
-        **spec["overrides"].get(method, {}),
-        "method": method,
-        "seed": seed,
-        "output_dir": str(spec["output_dir"] / "cells" / method / f"seed{seed}"),
-        **changes,
-    }
-    try:
-        return load_config(overrides=values)
-    except PLEError as e:
-        raise PLEError(f"compare cell {method}/seed{seed}: {e}") from None
-
-
-def run_grid(spec: dict) -> Path:
+# ---------------------------------------------------------------------------------------------- running
+def run_grid(grid: Grid) -> Path:
     """Tune each method's learning rate (when the grid has an lr_grid), train and evaluate every cell, judge the
     pairs, and write the results. Every stage skips what a previous invocation finished."""
     quiet_libraries()  # also when called from Python rather than the CLI: our progress bars are the ones to watch
-    out = spec["output_dir"]
-    out.mkdir(parents=True, exist_ok=True)
-    spec["invocation"] = _Invocation(out)
-    base = spec["base"]
-    prompts = eval_prompts(base, None)
-    judge = _judge(base, spec["tie_margin"])
-    atomic_write_text(out / "compare.yaml", yaml.safe_dump(_spec_for_file(spec), sort_keys=False))
+    grid.output_dir.mkdir(parents=True, exist_ok=True)
+    invocation = Invocation(grid.output_dir)
+    prompts = eval_prompts(grid.base, None)
+    evaluator = Evaluator(grid.base)
+    atomic_write_text(grid.output_dir / "compare.yaml", yaml.safe_dump(grid_for_file(grid), sort_keys=False))
 
-    _evaluate_once(base.model, base, prompts, out / "base", "base model")
-    if spec["lr_grid"] is not None:
-        tune_learning_rates(spec)
-    run_cells(spec, prompts)
-    for (method, seed), config in spec["cells"].items():  # after every cell, so that each has its counterparts
-        cell = Path(config.output_dir)
-        _judge_once(cell / "eval", out / "base", judge, cell / "vs_base")
-        if "sft" in spec["methods"] and method != "sft" and ("sft", seed) in spec["cells"]:
-            _judge_once(cell / "eval", _cell_dir(spec, "sft", seed) / "eval", judge, cell / "vs_sft")
-        if "ple" in spec["methods"] and method != "ple" and ("ple", seed) in spec["cells"]:
-            _judge_once(_cell_dir(spec, "ple", seed) / "eval", cell / "eval", judge, cell / "vs_ple")
-    spec["invocation"].record()
-    return write_results(spec)
+    evaluate_once(evaluator, grid.base.model, prompts, grid.base_dir, "base model", grid.base.seed)
+    if grid.lr_grid is not None:
+        grid = dataclasses.replace(grid, chosen_rates=tune_learning_rates(grid, evaluator, invocation))
+    run_cells(grid, evaluator, prompts, invocation)
+    judge_cells(grid, evaluator)
+    invocation.record()
+    return write_results(grid)
 
 
-def _cell_dir(spec: dict, method: str, seed: int) -> Path:
-    return Path(spec["cells"][(method, seed)].output_dir)
+def judge_cells(grid: Grid, evaluator: Evaluator) -> None:
+    """Every cell against the base model, the baseline and the reference method, in both orders, after every cell
+    has trained (so that each has its counterparts)."""
+    judge = RewardJudge(evaluator.rewards[judge_reward_name(grid.base)], grid.tie_margin)
+    cells = grid.cells()
+    with Progress(total=len(cells), description="judging pairs") as progress:
+        for cell in cells:
+            final = cell.paths.eval(cell.final_step)
+            judge_once(final, grid.base_dir, judge, cell.paths.vs("base"))
+            other = grid.counterpart(cell, grid.baseline) if grid.baseline and cell.method != grid.baseline else None
+            if other is not None:
+                judge_once(final, other.paths.eval(other.final_step), judge, cell.paths.vs(grid.baseline))
+            ref = grid.counterpart(cell, grid.reference) if cell.method != grid.reference else None
+            if ref is not None:  # A is the reference method
+                judge_once(ref.paths.eval(ref.final_step), final, judge, cell.paths.vs(grid.reference))
+            progress.advance()
 
 
-def _train_and_evaluate(config: Config, prompts: list, out: Path, label: str, evaluation: Config) -> None:
+def train_and_evaluate(cell: Cell, evaluator: Evaluator, prompts: list, out: Path, seed: int) -> None:
     from ple.baselines import make_trainer
 
-    run_dir = Path(config.output_dir)
-    trainer = make_trainer(config)
-    final = trainer.train(resume=(run_dir / "config.yaml").is_file()).final_model
+    trainer = make_trainer(cell.config)
+    final = trainer.train(resume=cell.paths.config.is_file()).final_model
     del trainer
     gc.collect()
-    _evaluate_once(str(final), evaluation, prompts, out, label, evaluation.model)
+    evaluate_once(evaluator, str(final), prompts, out, cell.label, seed)
 
 
-def _check_unchanged(config: Config, label: str) -> None:
+def check_unchanged(cell: Cell) -> None:
     """A finished run is not silently reused under a changed config."""
-    run_dir = Path(config.output_dir)
-    changed = [k for k in config_changes(run_dir / "config.yaml", config) if k != "device"]
+    changed = [k for k in config_changes(cell.paths.config, cell.config) if k != "device"]
     if changed:
         raise PLEError(
-            f"compare cell {label} finished with another config ({', '.join(changed)}); "
-            f"delete {run_dir} to rerun it, or choose another output_dir"
+            f"compare cell {cell.label} finished with another config ({', '.join(changed)}); "
+            f"delete {cell.paths.root} to rerun it, or choose another output_dir"
         )
 
 
-class _ETA:
+def tune_learning_rates(grid: Grid, evaluator: Evaluator, invocation: "Invocation") -> dict[str, float]:
+    """Each method's learning rate from the lr grid's rates: a short run (its iterations and queries, one seed) at
+    each rate, scored by the held-out judge on validation prompts from the training pool, never on the eval
+    prompts. Writes lr_grid.json; returns method -> chosen rate."""
+    lr, out = grid.lr_grid, grid.output_dir
+    validation = query_rows(load_rows(lr.validation_dataset), lr.validation_dataset)[: lr.validation_prompts]
+    key = judge_reward_name(grid.base)
+    runs = [
+        grid.cell(
+            m,
+            rate,
+            lr.seed,
+            out / "lr_grid" / m / f"lr_{rate:g}",
+            iterations=lr.iterations,
+            queries_per_iteration=lr.queries_per_iteration,
+        )
+        for m in grid.methods
+        for rate in lr.rates
+    ]
+    scores: dict[str, dict[str, float]] = {}
+    for cell in run_each(runs, lambda c: c.paths.root / "eval", "lr grid", invocation, evaluator, validation, lr.seed):
+        result = json.loads((cell.paths.root / "eval" / EVAL_JSON).read_text())
+        scores.setdefault(cell.method, {})[f"{cell.learning_rate:g}"] = result["metrics"][key]["value"]
+    chosen = {m: float(max(rates, key=rates.get)) for m, rates in scores.items()}
+    record = {
+        "judge": key,
+        "validation_dataset": lr.validation_dataset,
+        "validation_prompts": len(validation),
+        "iterations": lr.iterations,
+        "queries_per_iteration": lr.queries_per_iteration,
+        "seed": lr.seed,
+        "scores": scores,
+        "chosen": chosen,
+        "fixed_by_overrides": {m: o["learning_rate"] for m, o in grid.overrides.items() if "learning_rate" in o},
+    }
+    atomic_write_text(out / "lr_grid.json", strict_json(record, indent=2))
+    return chosen
+
+
+def run_cells(grid: Grid, evaluator: Evaluator, prompts: list, invocation: "Invocation") -> None:
+    """Every cell trained and its final model evaluated alike: the shared config's rewards and generation
+    settings, the cell's seed."""
+    list(run_each(grid.cells(), lambda c: c.paths.eval(c.final_step), "cell", invocation, evaluator, prompts))
+
+
+def run_each(cells, eval_dir, what: str, invocation: "Invocation", evaluator: Evaluator, prompts: list, seed=None):
+    """Train and evaluate each cell not finished before (a finished one must have an unchanged config), with an
+    ETA over them; yields every cell once it is done."""
+    eta = ETA([(c.method, (eval_dir(c) / EVAL_JSON).is_file()) for c in cells])
+    for cell in cells:
+        if (eval_dir(cell) / EVAL_JSON).is_file():
+            check_unchanged(cell)
+        else:
+            started = time.perf_counter()
+            train_and_evaluate(cell, evaluator, prompts, eval_dir(cell), cell.seed if seed is None else seed)
+            eta.done(cell.method, time.perf_counter() - started, f"{what} {cell.label}")
+            invocation.record()
+        yield cell
+
+
+class ETA:
     """Minutes left: each remaining job at the mean time of the finished jobs of its kind (else of all of them)."""
 
     def __init__(self, jobs: list[tuple[str, bool]]):
@@ -217,83 +421,7 @@ class _ETA:
         )
 
 
-def tune_learning_rates(spec: dict) -> dict:
-    """Each method's learning rate from the grid's rates: a short run (the grid's iterations and queries, one seed)
-    at each rate, scored by the held-out judge on validation prompts from the training pool, never on the eval
-    prompts. Writes lr_grid.json and sets spec["learning_rates"] and the cells' configs."""
-    grid, base, out = spec["lr_grid"], spec["base"], spec["output_dir"]
-    source = grid["validation_dataset"]
-    validation = query_rows(load_rows(source), source)[: grid["validation_prompts"]]
-    evaluation = dataclasses.replace(base, seed=grid["seed"], eval_max_prompts=0)
-    key = judge_reward_name(base)
-    runs = {
-        (m, rate): cell_config(
-            spec,
-            m,
-            grid["seed"],
-            learning_rate=rate,
-            iterations=grid["iterations"],
-            queries_per_iteration=grid["queries_per_iteration"],
-            output_dir=str(out / "lr_grid" / m / f"lr_{rate:g}"),
-        )
-        for m in spec["methods"]
-        for rate in grid["rates"]
-    }
-    eta = _ETA([(m, (Path(c.output_dir) / "eval" / "eval.json").is_file()) for (m, _), c in runs.items()])
-    scores: dict[str, dict[str, float]] = {}
-    for (method, rate), config in runs.items():
-        run_dir = Path(config.output_dir)
-        if (run_dir / "eval" / "eval.json").is_file():
-            _check_unchanged(config, f"lr_grid/{method}/lr_{rate:g}")
-        else:
-            started = time.perf_counter()
-            _train_and_evaluate(config, validation, run_dir / "eval", f"{method} lr {rate:g}", evaluation)
-            eta.done(method, time.perf_counter() - started, f"lr grid: {method} at {rate:g}")
-            spec["invocation"].record()
-        result = json.loads((run_dir / "eval" / "eval.json").read_text())
-        scores.setdefault(method, {})[f"{rate:g}"] = result["metrics"][key]["value"]
-    chosen = {m: float(max(rates, key=rates.get)) for m, rates in scores.items()}
-    fixed = {m: o["learning_rate"] for m, o in spec["overrides"].items() if "learning_rate" in o}
-    atomic_write_text(
-        out / "lr_grid.json",
-        strict_json(
-            {
-                "judge": key,
-                "validation_dataset": source,
-                "validation_prompts": len(validation),
-                "iterations": grid["iterations"],
-                "queries_per_iteration": grid["queries_per_iteration"],
-                "seed": grid["seed"],
-                "scores": scores,
-                "chosen": chosen,
-                "fixed_by_overrides": fixed,
-            },
-            indent=2,
-        ),
-    )
-    spec["learning_rates"] = chosen
-    spec["cells"] = {(m, s): cell_config(spec, m, s) for m, s in spec["cells"]}
-    return chosen
-
-
-def run_cells(spec: dict, prompts: list) -> None:
-    base = spec["base"]
-    cells = list(spec["cells"].items())
-    eta = _ETA([(m, (Path(c.output_dir) / "eval" / "eval.json").is_file()) for (m, _), c in cells])
-    for (method, seed), config in cells:
-        cell = Path(config.output_dir)
-        if (cell / "eval" / "eval.json").is_file():
-            _check_unchanged(config, f"{method}/seed{seed}")
-            continue
-        started = time.perf_counter()
-        # Every model is evaluated alike: the shared config's rewards and generation settings, the cell's seed.
-        evaluation = dataclasses.replace(base, seed=seed)
-        _train_and_evaluate(config, prompts, cell / "eval", f"{method}/seed{seed}", evaluation)
-        eta.done(method, time.perf_counter() - started, f"{method} seed {seed}")
-        spec["invocation"].record()
-
-
-class _Invocation:
+class Invocation:
     """invocations/<start>.json: this invocation's wall time and peak memory, rewritten after every finished run,
     so that a grid run across sessions adds up, killed invocations included (to their last finished run)."""
 
@@ -309,38 +437,40 @@ class _Invocation:
         atomic_write_text(self.path, json.dumps({"seconds": seconds, "peak_rss_gb": peak_kb / 2**20}))
 
 
-def _spec_for_file(spec: dict) -> dict:
-    keys = ("methods", "seeds", "seeds_per_method", "tie_margin", "config", "overrides", "lr_grid")
-    return {"output_dir": str(spec["output_dir"]), **{k: spec[k] for k in keys}}
+def grid_for_file(grid: Grid) -> dict:
+    """The grid as a compare file would state it (compare.yaml)."""
+    return {
+        "output_dir": str(grid.output_dir),
+        "methods": list(grid.methods),
+        "seeds": list(grid.seeds),
+        "seeds_per_method": {m: list(s) for m, s in grid.seeds_per_method.items()},
+        "tie_margin": grid.tie_margin,
+        "reference": grid.reference,
+        "baseline": grid.baseline,
+        "learning_rates": list(grid.learning_rates) if grid.learning_rates else None,
+        "lr_grid": dataclasses.asdict(grid.lr_grid) if grid.lr_grid else None,
+        "config": dict(grid.config),
+        "overrides": {m: dict(o) for m, o in grid.overrides.items()},
+    }
 
 
-def _judge(config: Config, tie_margin: float):
-    specs = reward_specs(config)
-    name = judge_reward_name(config)
-    if name not in specs:
-        raise PLEError("compare needs a reward or an eval_rewards entry to judge win rates")
-    return RewardJudge(config_reward(specs[name], config, resolve_device(config.device)), tie_margin)
-
-
-def _evaluate_once(
-    model: str, config: Config, prompts: list, out: Path, label: str, reference_model: str | None = None
-) -> None:
+def evaluate_once(evaluator: Evaluator, model: str, prompts: list, out: Path, label: str, seed: int) -> None:
     """Evaluate `model` into `out` unless a previous invocation did."""
-    if (out / "eval.json").is_file():
+    if (out / EVAL_JSON).is_file():
         return
     with Progress(total=1, description=f"eval {label}") as progress:
-        evaluate_model(model, config, prompts, False, out, reference_model, progress)
+        evaluator.evaluate(model, prompts, out, seed, progress)
         progress.advance()
 
 
-def _judge_once(a: Path, b: Path, judge, out: Path) -> None:
+def judge_once(a: Path, b: Path, judge, out: Path) -> None:
     if (out / "compare.json").is_file():
         return
     judge_pair(
         load_completions(str(a / "completions.jsonl")),
         load_completions(str(b / "completions.jsonl")),
         judge,
-        str(a.parent),
-        str(b.parent),
+        str(a),
+        str(b),
         out,
     )

@@ -23,7 +23,8 @@ from ple.data import Prompt, prompt_text
 from ple.errors import PLEError, first_line
 from ple.rewards import RewardFn, score
 
-Verdict = str | None  # "first", "second" or None
+Verdict = str | None  # "first", "second", None, or UNSCORED
+UNSCORED = "unscored"  # a reward judge could not score one of the two: the pair is left out, never a tie
 
 
 class Judge(Protocol):
@@ -35,6 +36,8 @@ def outcome(a_first: Verdict, a_second: Verdict) -> str:
 
     a_first: the verdict when A is shown first; a_second: when A is shown second.
     """
+    if UNSCORED in (a_first, a_second):
+        return UNSCORED
     votes_a = (a_first == "first") + (a_second == "second")
     votes_b = (a_first == "second") + (a_second == "first")
     if votes_a == 2:
@@ -62,7 +65,9 @@ class RewardJudge:
         scores = score(self.reward_fn, list(prompts) * 2, list(firsts) + list(seconds))
         verdicts: list[Verdict] = []
         for s1, s2 in zip(scores[:n], scores[n:]):
-            if s1 is None or s2 is None or abs(s1 - s2) <= self.tie_margin:
+            if s1 is None or s2 is None:
+                verdicts.append(UNSCORED)
+            elif abs(s1 - s2) <= self.tie_margin:
                 verdicts.append(None)
             else:
                 verdicts.append("first" if s1 > s2 else "second")

@@ -1,12 +1,23 @@
-"""Evaluation metrics (distinct-n, perplexity) and the bootstrap that puts a confidence interval on each."""
+"""Evaluation metrics and the bootstrap that puts a confidence interval on each.
+
+The metric registry (`METRICS`) defines each metric once: its name, its label, how it is computed on a set of
+evaluation rows (one row per prompt, with `completion` and what the evaluator adds: `nll` and `n_tokens` under the
+reference model, `reference`, `ref_nll` and `ref_n_tokens` when the data has references, one column per reward),
+and how it is printed. `ple eval`, the demo's report and the `ple compare` tables are views of it: a new metric
+appears in all of them by one `register_metric(Metric(...))` (docs/extending.md)."""
 
 import math
+import re
+import statistics
+from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from ple.batching import pad_batch
 from ple.logprobs import response_logprobs
 
 Rows = Sequence[dict[str, Any]]
@@ -16,6 +27,60 @@ def distinct_n(texts: Sequence[str], n: int) -> float:
     """Unique n-grams over all n-grams of a set of texts (whitespace words, lower-cased)."""
     grams = [tuple(words[i : i + n]) for t in texts for words in [t.lower().split()] for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def repeated_4gram_share(text: str) -> float:
+    """The share of an answer's word 4-grams that repeat an earlier one of the same answer (0 when it has none)."""
+    words = text.lower().split()
+    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+
+
+def sentences(text: str) -> set[str]:
+    """An answer's sentences, lower-cased with their whitespace collapsed, each once."""
+    parts = (" ".join(p.lower().split()) for p in _SENTENCE_END.split(text))
+    return {p for p in parts if p}
+
+
+def top_sentence_share(texts: Sequence[str]) -> float:
+    """The fraction of answers that contain the most common sentence (each answer counts a sentence once)."""
+    counts = Counter(s for t in texts for s in sentences(t))
+    return counts.most_common(1)[0][1] / len(texts) if counts and texts else 0.0
+
+
+@torch.no_grad()
+def response_kls(model, base, rows: Rows, pad_id: int, batch_size: int = 16) -> list[tuple[float, float]]:
+    """(exact, k1) per row: the KL from `base` to `model` over the row's response tokens, given its prompt.
+
+    exact = sum_t sum_v pi(v|x, y_<t) (log pi(v|x, y_<t) - log pi_base(v|x, y_<t)), the Rao-Blackwellized
+    estimator of KL(pi || pi_base) for a y drawn from pi (unbiased, never noisier than k1);
+    k1 = sum_t log pi(y_t|x, y_<t) - log pi_base(y_t|x, y_<t), the sampled log-ratio, as a cross-check.
+    Both read the models' own (temperature 1) next-token distributions."""
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = [(r["prompt_ids"], r["response_ids"]) for r in rows[start : start + batch_size]]
+        device = next(model.parameters()).device
+        ids, mask = pad_batch([p + r for p, r in batch], pad_id, device)
+        keep = min(ids.shape[1], max(len(r) for _, r in batch) + 1)
+        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        # position j of the kept logits predicts token j + 1
+        lp, lq = (
+            torch.log_softmax(m(**inputs, logits_to_keep=keep).logits[:, -keep:-1].float(), -1) for m in (model, base)
+        )
+        for i, (_, response) in enumerate(batch):
+            n = len(response)
+            if n == 0:
+                out.append((0.0, 0.0))
+                continue
+            a, b = lp[i, -n:], lq[i, -n:]
+            tokens = torch.tensor(response, device=device)[:, None]
+            exact = (a.exp() * (a - b)).sum()
+            k1 = (a.gather(1, tokens) - b.gather(1, tokens)).sum()
+            out.append((float(exact), float(k1)))
+    return out
 
 
 @torch.no_grad()
@@ -29,12 +94,6 @@ def response_nll(model, rows: Rows, pad_id: int, batch_size: int = 16) -> list[t
     return out
 
 
-def perplexity(rows: Rows) -> float:
-    """Corpus perplexity exp(total NLL / total tokens) from rows with `nll` and `n_tokens`."""
-    tokens = sum(r["n_tokens"] for r in rows)
-    return math.exp(sum(r["nll"] for r in rows) / tokens) if tokens else float("nan")
-
-
 def bootstrap_interval(n: int, statistic: Callable[[np.ndarray], float], n_resamples: int, seed: int):
     """A 95% bootstrap interval of `statistic(indices)` over n rows resampled with replacement: the resamples
     (drawn by scipy.stats.bootstrap) give the spread, 2.5-97.5% around their median, placed on the full-sample
@@ -46,6 +105,9 @@ def bootstrap_interval(n: int, statistic: Callable[[np.ndarray], float], n_resam
     estimate; for distinct-n that share is near 0 or 1, where its interval collapses and can miss the estimate.)"""
     from scipy.stats import bootstrap
 
+    if n < 2:  # one row has no spread to resample
+        return math.nan, math.nan
+    value = statistic(np.arange(n))
     result = bootstrap(
         (np.arange(n),),
         statistic,
@@ -55,7 +117,6 @@ def bootstrap_interval(n: int, statistic: Callable[[np.ndarray], float], n_resam
         rng=np.random.default_rng(seed),
     )
     low, mid, high = np.percentile(result.bootstrap_distribution, [2.5, 50, 97.5])
-    value = statistic(np.arange(n))
     return float(value + low - mid), float(value + high - mid)
 
 
@@ -81,3 +142,114 @@ def paired_bootstrap(
     b, a = metric(before), metric(after)
     low, high = bootstrap_interval(len(before), delta, n_resamples, seed)
     return {"before": b, "after": a, "delta": a - b, "ci_low": low, "ci_high": high}
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str  # its key in eval.json, summary.json and the compare CSVs
+    label: str  # how tables name it
+    compute: Callable[[Rows], float]  # the metric on a set of evaluation rows
+    needs: str | None = None  # a row column it needs; the metric is left out where the rows lack it
+    counts: Callable[[dict], bool] | None = None  # the rows it is computed on (a reward's unscored rows are not)
+    digits: int = 3  # decimals in eval.md and the compare table
+    in_summary: bool = True  # a column of the compare table (every metric is in the CSVs)
+
+    def applies(self, rows: Rows) -> bool:
+        return bool(rows) and (self.needs is None or self.needs in rows[0])
+
+    def counted(self, rows: Rows) -> list[dict[str, Any]]:
+        return [r for r in rows if self.counts(r)] if self.counts else list(rows)
+
+
+METRICS: dict[str, Metric] = {}
+
+
+def register_metric(metric: Metric) -> Metric:
+    if metric.name in METRICS:
+        raise ValueError(f"metric {metric.name!r} is already registered")
+    METRICS[metric.name] = metric
+    return metric
+
+
+def reward_metric(key: str, label: str) -> Metric:
+    """The mean of one reward column over the rows it scored (None marks a row the reward gave no valid score)."""
+    return Metric(
+        key, label, lambda rows: statistics.fmean(r[key] for r in rows), needs=key, counts=lambda r: r[key] is not None
+    )
+
+
+def corpus_perplexity(nll: str, n_tokens: str) -> Callable[[Rows], float]:
+    """Corpus perplexity exp(total NLL / total tokens) from the rows' `nll` and `n_tokens` columns."""
+
+    def compute(rows: Rows) -> float:
+        tokens = sum(r[n_tokens] for r in rows)
+        return math.exp(sum(r[nll] for r in rows) / tokens) if tokens else float("nan")
+
+    return compute
+
+
+perplexity = corpus_perplexity("nll", "n_tokens")
+
+
+def _bleu(rows: Rows) -> float:
+    import sacrebleu
+
+    return sacrebleu.corpus_bleu([r["completion"] for r in rows], [[r["reference"] for r in rows]]).score
+
+
+for _metric in (
+    Metric("distinct_1", "distinct-1", lambda rows: distinct_n([r["completion"] for r in rows], 1), in_summary=False),
+    Metric("distinct_2", "distinct-2", lambda rows: distinct_n([r["completion"] for r in rows], 2)),
+    Metric(
+        "mean_length",
+        "mean length (words)",
+        lambda rows: statistics.fmean(len(r["completion"].split()) for r in rows),
+        in_summary=False,
+    ),
+    Metric(
+        "generation_perplexity",
+        "perplexity under the base model",
+        corpus_perplexity("nll", "n_tokens"),
+        "nll",
+        digits=2,
+    ),
+    Metric("kl", "KL to the base model (nats/answer)", lambda rows: statistics.fmean(r["kl"] for r in rows), "kl"),
+    Metric(
+        "kl_k1",
+        "KL to the base model, sampled log-ratio (k1)",
+        lambda rows: statistics.fmean(r["kl_k1"] for r in rows),
+        "kl_k1",
+        in_summary=False,
+    ),
+    Metric(
+        "repeated_4grams",
+        "repeated 4-grams within an answer",
+        lambda rows: statistics.fmean(repeated_4gram_share(r["completion"]) for r in rows),
+    ),
+    Metric(
+        "top_sentence_share", "top-sentence share", lambda rows: top_sentence_share([r["completion"] for r in rows])
+    ),
+    Metric("bleu", "BLEU against the references", _bleu, "reference", digits=2),
+    Metric(
+        "reference_perplexity",
+        "perplexity of the references",
+        corpus_perplexity("ref_nll", "ref_n_tokens"),
+        "ref_nll",
+        digits=2,
+        in_summary=False,
+    ),
+):
+    register_metric(_metric)
+
+
+def metric_result(metric: Metric, rows: Rows, n_resamples: int = 1000, seed: int = 0) -> dict[str, Any]:
+    """The metric on the rows it counts, a 95% bootstrap interval over them, and n, how many it counted."""
+    counted = metric.counted(rows)
+    if not counted:
+        return {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan, "n": 0}
+    return {**bootstrap_ci(counted, metric.compute, n_resamples, seed), "n": len(counted)}
+
+
+def applicable(rows: Rows, extra: Sequence[Metric] = ()) -> list[Metric]:
+    """The metrics to report on these rows: `extra` (the rewards), then every registered metric the rows allow."""
+    return [m for m in [*extra, *METRICS.values()] if m.applies(rows)]

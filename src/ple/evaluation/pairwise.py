@@ -2,21 +2,28 @@
 rates with bootstrap CIs, a JSON/Markdown result and a chart."""
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 from ple.config import Config
 from ple.data import prompt_text
 from ple.errors import PLEError
-from ple.evaluation.evaluate import reward_specs
-from ple.evaluation.judges import LLMJudge, RewardJudge, both_orders
+from ple.evaluation.evaluate import judge_reward_name, reward_specs
+from ple.evaluation.judges import UNSCORED, LLMJudge, RewardJudge, both_orders
 from ple.evaluation.metrics import bootstrap_ci
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, strict_json
 from ple.model import resolve_device
 from ple.rewards import config_reward
 
 
-def load_completions(path: str) -> dict[str, dict]:
+class Completions(dict):
+    """prompt text -> row; `repeated` counts the rows whose prompt came again (judged once, on its first row)."""
+
+    repeated = 0
+
+
+def load_completions(path: str) -> Completions:
     """prompt text -> row, from a JSONL file of {prompt, completion} rows (eval outputs) or PLE generation rows."""
     file = Path(path)
     if not file.is_file():
@@ -25,7 +32,7 @@ def load_completions(path: str) -> dict[str, dict]:
         rows = read_jsonl(file)
     except json.JSONDecodeError as e:
         raise PLEError(f"{path}: not valid JSONL ({e.msg})") from None
-    out: dict[str, dict] = {}
+    out = Completions()
     for i, row in enumerate(rows):
         if "completion" not in row and "y" in row:  # a PLE generations/iter_XXX.jsonl row
             row = {"prompt": row["query"], "completion": row["y"]}
@@ -33,11 +40,17 @@ def load_completions(path: str) -> dict[str, dict]:
             raise PLEError(f"{path} row {i}: needs 'prompt' and 'completion'")
         if not isinstance(row["completion"], str):
             raise PLEError(f"{path} row {i}: 'completion' must be text, got {type(row['completion']).__name__}")
-        out.setdefault(prompt_text(row["prompt"]), row)  # a repeated prompt is judged once, on its first row
+        key = prompt_text(row["prompt"])
+        if key in out:
+            out.repeated += 1
+        out.setdefault(key, row)
     return out
 
 
 def win_rates(outcomes: list[str], n_resamples: int = 1000, seed: int = 0) -> dict[str, dict[str, float]]:
+    """Win, tie and loss rates with 95% bootstrap CIs; NaN when no pair was judged."""
+    if not outcomes:
+        return {k: {"value": math.nan, "ci_low": math.nan, "ci_high": math.nan} for k in ("win", "tie", "loss")}
     rows = [{"o": o} for o in outcomes]
     return {
         k: bootstrap_ci(rows, lambda rs, k=k: sum(r["o"] == k for r in rs) / len(rs), n_resamples, seed)
@@ -79,8 +92,7 @@ def make_judge(
         specs = reward_specs(config)
         if not specs:
             raise PLEError("--judge reward needs a reward (or eval_rewards) in the config")
-        spec = specs.get("reward", next(iter(specs.values())))
-        fn = config_reward(spec, config, resolve_device(config.device))
+        fn = config_reward(specs[judge_reward_name(config)], config, resolve_device(config.device))
         return RewardJudge(fn, tie_margin)
     if not url or not model:
         raise PLEError("--judge llm needs --judge-url and --judge-model")
@@ -101,8 +113,21 @@ def judge_pair(
     if not shared:
         raise PLEError("the two sides share no prompts to compare")
     prompts = [a[p]["prompt"] for p in shared]
-    outcomes = both_orders(judge, prompts, [a[p]["completion"] for p in shared], [b[p]["completion"] for p in shared])
+    judged = both_orders(judge, prompts, [a[p]["completion"] for p in shared], [b[p]["completion"] for p in shared])
+    unscored = sum(o == UNSCORED for o in judged)
+    shared, outcomes = [p for p, o in zip(shared, judged) if o != UNSCORED], [o for o in judged if o != UNSCORED]
     rates = win_rates(outcomes)
+    notes = [
+        f"{n} {what}"
+        for n, what in (
+            (len(a) - len(shared) - unscored, "prompt(s) only in A were left out"),
+            (len(b) - len(shared) - unscored, "prompt(s) only in B were left out"),
+            (getattr(a, "repeated", 0), "repeated prompt(s) in A were judged once, on their first row"),
+            (getattr(b, "repeated", 0), "repeated prompt(s) in B were judged once, on their first row"),
+            (unscored, "pair(s) the reward could not score were left out (not counted as ties)"),
+        )
+        if n
+    ]
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "a": label_a,
@@ -110,8 +135,10 @@ def judge_pair(
         "n_prompts": len(shared),
         "rates": rates,
         "judge_stats": getattr(judge, "stats", {}),
-        "only_in_a": len(a) - len(shared),
-        "only_in_b": len(b) - len(shared),
+        "only_in_a": len(a) - len(shared) - unscored,
+        "only_in_b": len(b) - len(shared) - unscored,
+        "unscored": unscored,
+        "notes": notes,
     }
     atomic_write_text(out_dir / "compare.json", strict_json(result, indent=2))
     atomic_write_jsonl(

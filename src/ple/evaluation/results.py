@@ -4,6 +4,7 @@ other method with its interval and its pairwise record, the verdict lines those 
 import csv
 import io
 import json
+import math
 import platform
 import statistics
 from pathlib import Path
@@ -12,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from ple.config import Config
-from ple.evaluation.evaluate import judge_reward_name
+from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, judge_reward_name, reward_label
+from ple.evaluation.metrics import METRICS
 from ple.evaluation.verdict import (
     claim_sentence,
     detectable_difference,
@@ -21,131 +23,144 @@ from ple.evaluation.verdict import (
     verdict,
 )
 from ple.io import atomic_write_text, read_jsonl
+from ple.training.rundir import METRICS_JSONL
 
-COLUMNS = {  # column -> (label, how to read it from a cell)
-    "reward": ("training reward", lambda c: c["eval"]["metrics"].get("reward", {}).get("value")),
-    "heldout": ("held-out reward", lambda c: _heldout(c["eval"])),
-    "win_vs_base": ("win vs base", lambda c: _rate(c.get("vs_base"), "win")),
-    "loss_vs_base": ("loss vs base", lambda c: _rate(c.get("vs_base"), "loss")),
-    "win_vs_sft": ("win vs sft", lambda c: _rate(c.get("vs_sft"), "win")),
-    "distinct_2": ("distinct-2", lambda c: c["eval"]["metrics"]["distinct_2"]["value"]),
-    "perplexity": ("perplexity", lambda c: c["eval"]["metrics"]["generation_perplexity"]["value"]),
-    "samples": ("samples", lambda c: c["budget"].get("samples")),
-    "reward_calls": ("reward calls", lambda c: c["budget"].get("reward_calls")),
-    "gen_tokens": ("tokens generated", lambda c: c["budget"].get("gen_tokens")),
-    "minutes": ("train minutes", lambda c: c["budget"]["seconds"] / 60),
+BUDGET_COLUMNS = {  # budget.json key -> (column, label)
+    "samples": ("samples", "samples"),
+    "reward_calls": ("reward_calls", "reward calls"),
+    "gen_tokens": ("gen_tokens", "tokens generated"),
+    "seconds": ("minutes", "train minutes"),
 }
-
-
-def _heldout(result: dict) -> float | None:
-    key = next((k for k in result["metrics"] if k.startswith("heldout:")), None)
-    return result["metrics"][key]["value"] if key else None
-
-
-def _rate(compare: dict | None, key: str) -> float | None:
-    return compare["rates"][key]["value"] if compare else None
+KEYS = ("method", "learning_rate", "seed", "step")  # what names one evaluation in the long table
 
 
 def _read(path: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def collect(spec: dict) -> tuple[dict, list[dict]]:
-    """The base model's eval, and one row per finished cell with every COLUMNS value."""
-    base = _read(spec["output_dir"] / "base" / "eval.json")
+def cell_values(grid, cell) -> dict[str, float | None] | None:
+    """Every value of a finished cell's final evaluation: each metric of eval.json, the budget, and the pairwise
+    rates against the base model, the baseline and the reference; None for an unfinished cell."""
+    result, budget = _read(cell.paths.eval(cell.final_step) / EVAL_JSON), _read(cell.paths.budget)
+    if result is None or budget is None:
+        return None
+    values = {name: m["value"] for name, m in result["metrics"].items()}
+    for key, (column, _) in BUDGET_COLUMNS.items():
+        values[column] = budget.get(key) / (60 if key == "seconds" else 1) if budget.get(key) is not None else None
+    for other in ("base", grid.baseline):
+        compare = _read(cell.paths.vs(other) / "compare.json") if other else None
+        for outcome in ("win", "tie", "loss"):
+            if other == "base" or outcome == "win":
+                values[f"{outcome}_vs_{other}"] = compare["rates"][outcome]["value"] if compare else None
+    return values
+
+
+def long_table(grid) -> tuple[dict | None, list[dict[str, Any]]]:
+    """The base model's eval.json, and one row (method, learning_rate, seed, step, metric, value) per value of
+    every finished cell: the table every other view (results.md, the CSVs, the plots, the verdicts) is read from.
+    The per-prompt scores stay beside it, in each evaluation's completions.jsonl."""
     rows = []
-    for (method, seed), config in spec["cells"].items():
-        cell = Path(config.output_dir)
-        result = {
-            "eval": _read(cell / "eval" / "eval.json"),
-            "budget": _read(cell / "budget.json"),
-            "vs_base": _read(cell / "vs_base" / "compare.json"),
-            "vs_sft": _read(cell / "vs_sft" / "compare.json"),
-        }
-        if result["eval"] is None or result["budget"] is None:
-            continue
-        rows.append({"method": method, "seed": seed, **{k: read(result) for k, (_, read) in COLUMNS.items()}})
-        rows[-1]["ties_vs_base"] = _rate(result["vs_base"], "tie")
-    return base, rows
+    for cell in grid.cells():
+        values = cell_values(grid, cell)
+        for metric, value in (values or {}).items():
+            rows.append(
+                dict(zip(KEYS, (cell.method, cell.learning_rate, cell.seed, cell.final_step)))
+                | {
+                    "metric": metric,
+                    "value": value,
+                }
+            )
+    return _read(grid.base_dir / EVAL_JSON), rows
 
 
-def summarise(rows: list[dict], methods: list[str]) -> list[dict]:
-    """Mean and std over seeds of every column, per method."""
+def wide(rows: list[dict]) -> list[dict[str, Any]]:
+    """One row per evaluation, one column per metric (cells.csv)."""
+    out: dict[tuple, dict] = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in KEYS), dict(zip(KEYS, (r[k] for k in KEYS))))[r["metric"]] = r["value"]
+    return list(out.values())
+
+
+def summarise(rows: list[dict], methods) -> list[dict]:
+    """Mean and std over seeds of every metric, per method and learning rate."""
     out = []
+    cells = wide(rows)
     for method in methods:
-        mine = [r for r in rows if r["method"] == method]
-        if not mine:
-            continue
-        summary: dict[str, Any] = {"method": method, "seeds": len(mine)}
-        for key in [*COLUMNS, "ties_vs_base"]:
-            values = [r[key] for r in mine if r[key] is not None]
-            summary[f"{key}_mean"] = statistics.fmean(values) if values else None
-            summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
-        out.append(summary)
+        for rate in sorted({c["learning_rate"] for c in cells if c["method"] == method}):
+            mine = [c for c in cells if c["method"] == method and c["learning_rate"] == rate]
+            summary: dict[str, Any] = {"method": method, "learning_rate": rate, "seeds": len(mine)}
+            for key in dict.fromkeys(k for c in mine for k in c if k not in KEYS):
+                values = [c[key] for c in mine if c.get(key) is not None and not math.isnan(c[key])]
+                summary[f"{key}_mean"] = statistics.fmean(values) if values else None
+                summary[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else (0.0 if values else None)
+            out.append(summary)
     return out
 
 
-def write_results(spec: dict) -> Path:
-    out = spec["output_dir"]
-    base, rows = collect(spec)
-    summary = summarise(rows, spec["methods"])
+def table_columns(grid, base: dict | None) -> dict[str, str]:
+    """The compare table's columns, key -> label: the rewards, the pairwise rates, the registered metrics marked
+    in_summary, the budget."""
+    rewards = [k for k in (base or {}).get("metrics", {}) if k == "reward" or k.startswith("heldout:")]
+    columns = {k: reward_label(k) for k in rewards}
+    columns |= {"win_vs_base": "win vs base", "loss_vs_base": "loss vs base"}
+    if grid.baseline:
+        columns[f"win_vs_{grid.baseline}"] = f"win vs {grid.baseline}"
+    columns |= {m.name: m.label for m in METRICS.values() if m.in_summary}
+    return columns | {"samples": "samples", "minutes": "train minutes"}
+
+
+def write_results(grid) -> Path:
+    out = grid.output_dir
+    base, rows = long_table(grid)
+    summary = summarise(rows, grid.methods)
+    _write_csv(out / "results_long.csv", rows)
     _write_csv(out / "results.csv", summary)
-    _write_csv(out / "cells.csv", rows)
+    _write_csv(out / "cells.csv", wide(rows))
     _plot_win_rates(summary, out / "win_rates.png")
-    _plot_reward_vs_samples(summary, base, out / "heldout_vs_samples.png")
-    shown = [
-        "reward",
-        "heldout",
-        "win_vs_base",
-        "loss_vs_base",
-        "win_vs_sft",
-        "distinct_2",
-        "perplexity",
-        "samples",
-        "minutes",
-    ]
-    header = "| method | " + " | ".join(COLUMNS[k][0] for k in shown) + " |"
+    _plot_reward_vs_samples(summary, base, judge_reward_name(grid.base), out / "heldout_vs_samples.png")
+    columns = table_columns(grid, base)
     lines = [
         "# Method comparison",
         "",
-        f"{_seed_counts(spec)}: mean ± std over seeds. Every model answers the same "
+        f"{_seed_counts(grid)}: mean ± std over seeds. Every model answers the same "
         f"{base['n_prompts'] if base else '?'} held-out prompts. Win rates are judged in both orders by "
-        f"the {_judge_name(spec['base'])} (ties within {spec['tie_margin']}).",
+        f"the {_judge_name(grid.base)} (ties within {grid.tie_margin}).",
         "",
-        header,
-        "|---|" + "---:|" * len(shown),
+        "| method | lr | " + " | ".join(columns.values()) + " |",
+        "|---|---:|" + "---:|" * len(columns),
     ]
     if base:
-        values = {k: COLUMNS[k][1]({"eval": base}) for k in ("reward", "heldout", "distinct_2", "perplexity")}
-        values["samples"] = 0
-        lines.append("| base model | " + " | ".join(_cell(values.get(k), None, k) for k in shown) + " |")
+        values = {k: v["value"] for k, v in base["metrics"].items()} | {"samples": 0}
+        lines.append("| base model | - | " + " | ".join(_cell(values.get(k), None, k) for k in columns) + " |")
     for s in summary:
-        lines.append(f"| {s['method']} | " + " | ".join(_cell(s[f"{k}_mean"], s[f"{k}_std"], k) for k in shown) + " |")
-    missing = [f"{m}/seed{s}" for (m, s) in spec["cells"] if not any(r["method"] == m and r["seed"] == s for r in rows)]
+        shown = " | ".join(_cell(s.get(f"{k}_mean"), s.get(f"{k}_std"), k) for k in columns)
+        lines.append(f"| {s['method']} | {s['learning_rate']:g} | {shown} |")
+    finished = {(r["method"], r["learning_rate"], r["seed"]) for r in rows}
+    missing = [c.label for c in grid.cells() if c.key not in finished]
     lines += [
         "",
         "![win/tie/loss against the base model](win_rates.png)",
         "",
         "![held-out reward against policy samples used](heldout_vs_samples.png)",
         "",
-        f"Per-cell values: `cells.csv`; means and stds: `results.csv`. Machine: {platform.machine()}, "
-        f"{_threads()} torch threads.",
+        f"Every value: `results_long.csv` (method, learning rate, seed, step, metric, value); one row per cell: "
+        f"`cells.csv`; means and stds: `results.csv`. Machine: {platform.machine()}, {_threads()} torch threads.",
     ]
     if missing:
         lines.append(f"Not finished yet: {', '.join(missing)}.")
-    diversity = {s["method"]: s["distinct_2_mean"] for s in summary}
-    lines += learning_rate_section(out) + difference_section(spec, base, diversity)
-    lines += figure3_section(spec) + cost_section(out)
+    diversity = {s["method"]: s["distinct_2_mean"] for s in summary if s.get("distinct_2_mean") is not None}
+    lines += learning_rate_section(out) + difference_section(grid, base, diversity)
+    lines += figure3_section(grid) + cost_section(out)
     report = out / "results.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     return report
 
 
-def _seed_counts(spec: dict) -> str:
+def _seed_counts(grid) -> str:
     """The seed count of the table's header, naming the methods whose seeds_per_method differs."""
-    others = {m: len(seeds) for m, seeds in spec["seeds_per_method"].items() if len(seeds) != len(spec["seeds"])}
+    others = {m: len(seeds) for m, seeds in grid.seeds_per_method.items() if len(seeds) != len(grid.seeds)}
     extra = ", ".join(f"{m} {n}" for m, n in others.items())
-    return f"{len(spec['seeds'])} seed(s) per method" + (f" ({extra})" if extra else "")
+    return f"{len(grid.seeds)} seed(s) per method" + (f" ({extra})" if extra else "")
 
 
 def learning_rate_section(out: Path) -> list[str]:
@@ -175,47 +190,59 @@ def learning_rate_section(out: Path) -> list[str]:
     return lines
 
 
-def scores_by_seed(spec: dict, method: str, key: str) -> dict[int, np.ndarray]:
-    """seed -> the held-out score of each eval prompt, for the finished cells of `method`."""
-    out = {}
-    for (m, seed), config in spec["cells"].items():
-        path = Path(config.output_dir) / "eval" / "completions.jsonl"
-        if m == method and path.is_file():
-            out[seed] = np.array([np.nan if r.get(key) is None else float(r[key]) for r in read_jsonl(path)])
-    return out
+def final_cells(grid, method: str) -> list:
+    return [c for c in grid.cells() if c.method == method and (c.paths.eval(c.final_step) / COMPLETIONS).is_file()]
 
 
-def pairwise_record(spec: dict, method: str) -> dict[str, float] | None:
-    """PLE's win / tie / loss rates against `method`, judged in both orders, pooled over their shared seeds."""
+def scores_by_seed(grid, method: str, key: str) -> dict[int, np.ndarray]:
+    """seed -> the held-out score of each eval prompt, for the finished cells of `method` (at its one rate)."""
+    return {
+        c.seed: np.array(
+            [
+                np.nan if r.get(key) is None else float(r[key])
+                for r in read_jsonl(c.paths.eval(c.final_step) / COMPLETIONS)
+            ]
+        )
+        for c in final_cells(grid, method)
+    }
+
+
+def pairwise_record(grid, method: str) -> dict[str, float] | None:
+    """The reference method's win / tie / loss rates against `method`, judged in both orders, pooled over their
+    shared seeds."""
     outcomes = []
-    for (m, _), config in spec["cells"].items():
-        path = Path(config.output_dir) / "vs_ple" / "compare_rows.jsonl"
-        if m == method and path.is_file():
-            outcomes += [r["outcome"] for r in read_jsonl(path)]  # A is PLE
+    for cell in grid.cells():
+        path = cell.paths.vs(grid.reference) / "compare_rows.jsonl"
+        if cell.method == method and path.is_file():
+            outcomes += [r["outcome"] for r in read_jsonl(path)]  # A is the reference
     if not outcomes:
         return None
     return {k: sum(o == k for o in outcomes) / len(outcomes) for k in ("win", "tie", "loss")}
 
 
-def differences(spec: dict) -> dict[str, dict[str, Any]]:
-    """PLE minus every other method in held-out score (ple.evaluation.verdict), with PLE's pairwise record."""
-    key = judge_reward_name(spec["base"])
-    ple = scores_by_seed(spec, "ple", key)
+def differences(grid) -> dict[str, dict[str, Any]]:
+    """The reference (PLE) minus every other method in held-out score (ple.evaluation.verdict), with its pairwise
+    record; for methods at one learning rate (a grid of several rates is compared on its frontier)."""
+    key = judge_reward_name(grid.base)
+    if len(grid.rates(grid.reference)) != 1:
+        return {}
+    ref = scores_by_seed(grid, grid.reference, key)
     out = {}
-    for method in spec["methods"]:
-        other = scores_by_seed(spec, method, key)
-        if method == "ple" or not ple or not set(ple) & set(other):
+    for method in grid.methods:
+        if method == grid.reference or len(grid.rates(method)) != 1:
             continue
-        out[method] = {**hierarchical_difference(ple, other), "pairwise": pairwise_record(spec, method)}
+        other = scores_by_seed(grid, method, key)
+        if ref and set(ref) & set(other):
+            out[method] = {**hierarchical_difference(ref, other), "pairwise": pairwise_record(grid, method)}
     return out
 
 
-def difference_section(spec: dict, base: dict | None, distinct_2: dict[str, float]) -> list[str]:
-    diffs = differences(spec)
+def difference_section(grid, base: dict | None, distinct_2: dict[str, float]) -> list[str]:
+    diffs = differences(grid)
     if not diffs:
         return []
     _write_csv(
-        spec["output_dir"] / "differences.csv",
+        grid.output_dir / "differences.csv",
         [
             {"method": m, **{k: v for k, v in d.items() if k != "pairwise"}, **(d["pairwise"] or {})}
             for m, d in diffs.items()
@@ -225,10 +252,10 @@ def difference_section(spec: dict, base: dict | None, distinct_2: dict[str, floa
         "",
         "## PLE against each method",
         "",
-        f"The held-out score of PLE minus that of each method (`{judge_reward_name(spec['base'])}`, mean over seeds "
+        f"The held-out score of PLE minus that of each method (`{judge_reward_name(grid.base)}`, mean over seeds "
         "and eval prompts), with a 95% interval from a bootstrap that resamples the shared seeds and, within each, "
         "the prompts; and PLE's win / tie / loss rate against the method, judged in both orders by the same judge "
-        f"(ties within {spec['tie_margin']}), pooled over the shared seeds. `detectable` is the smallest true "
+        f"(ties within {grid.tie_margin}), pooled over the shared seeds. `detectable` is the smallest true "
         "difference this grid finds with 80% power, (1.96 + 0.84) x the difference's standard error.",
         "",
         "| PLE minus | difference | 95% interval | seeds | PLE wins / ties / loses | detectable |",
@@ -257,17 +284,14 @@ def difference_section(spec: dict, base: dict | None, distinct_2: dict[str, floa
     return lines
 
 
-def figure3_section(spec: dict) -> list[str]:
+def figure3_section(grid) -> list[str]:
     """The paper's Figure 3 for this task: the mean reward of the guided and the plain answers per iteration, and
     the fraction of ranked pairs, over PLE's seeds."""
-    runs = [
-        read_jsonl(Path(c.output_dir) / "metrics.jsonl")
-        for (m, _), c in spec["cells"].items()
-        if m == "ple" and (Path(c.output_dir) / "budget.json").is_file()
-    ]
+    cells = [c for c in grid.cells() if c.method == "ple" and c.paths.budget.is_file()]
+    runs = [read_jsonl(c.paths.root / METRICS_JSONL) for c in cells]
     if not runs:
         return []
-    path = spec["output_dir"] / "figure3.png"
+    path = grid.output_dir / "figure3.png"
     _plot_figure3(runs, path)
     keys = ("mean_s", "mean_s_p", "frac_rank", "frac_wsft", "n_rank_plain_wins", "wsft_weight_max_mean")
     lines = [
@@ -331,7 +355,7 @@ def cost_section(out: Path) -> list[str]:
 
 def _write_csv(path: Path, rows: list[dict]) -> None:
     text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(rows[0]) if rows else ["method"])
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)) or ["method"])
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, text.getvalue())
@@ -349,11 +373,9 @@ def _threads() -> int:
 
 
 def _cell(mean, std=None, key: str = "") -> str:
-    if mean is None:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "-"
-    if key in ("samples",):
-        return f"{mean:.0f}"
-    digits = 1 if key in ("perplexity", "minutes") else 3
+    digits = {"samples": 0, "minutes": 1}.get(key, METRICS[key].digits if key in METRICS else 3)
     return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
 
 
@@ -363,11 +385,11 @@ def _plot_win_rates(summary: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [s for s in summary if s["win_vs_base_mean"] is not None]
+    rows = [s for s in summary if s.get("win_vs_base_mean") is not None]
     fig, ax = plt.subplots(figsize=(7, 0.45 * len(rows) + 1.2))
-    names = [s["method"] for s in rows]
+    names = [f"{s['method']} (lr {s['learning_rate']:g})" for s in rows]
     left = [0.0] * len(rows)
-    for key, label, color in (("win", "win", "tab:green"), ("ties", "tie", "tab:gray"), ("loss", "loss", "tab:red")):
+    for key, label, color in (("win", "win", "tab:green"), ("tie", "tie", "tab:gray"), ("loss", "loss", "tab:red")):
         values = [s[f"{key}_vs_base_mean"] or 0.0 for s in rows]
         ax.barh(names, values, left=left, color=color, label=label)
         left = [a + b for a, b in zip(left, values)]
@@ -379,7 +401,7 @@ def _plot_win_rates(summary: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_reward_vs_samples(summary: list[dict], base: dict | None, path: Path) -> None:
+def _plot_reward_vs_samples(summary: list[dict], base: dict | None, key: str, path: Path) -> None:
     """Held-out reward against the policy samples a method drew: the base model at 0, each method's final model
     at its budget (mean ± std over seeds)."""
     import matplotlib
@@ -388,9 +410,9 @@ def _plot_reward_vs_samples(summary: list[dict], base: dict | None, path: Path) 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    start = _heldout(base) if base else None
+    start = base["metrics"][key]["value"] if base and key in base["metrics"] else None
     for s in summary:
-        y, err, x = s["heldout_mean"], s["heldout_std"], s["samples_mean"]
+        y, err, x = s.get(f"{key}_mean"), s.get(f"{key}_std"), s.get("samples_mean")
         if y is None or x is None:
             continue
         line = ax.errorbar([x], [y], yerr=[err or 0.0], marker="o", capsize=3, label=s["method"])
@@ -398,7 +420,7 @@ def _plot_reward_vs_samples(summary: list[dict], base: dict | None, path: Path) 
             ax.plot([0, x], [start, y], color=line[0].get_color(), alpha=0.5)
     if start is not None:
         ax.scatter([0], [start], color="black", zorder=3, label="base model")
-    ax.set(xlabel="policy samples drawn in training", ylabel="held-out reward (eval prompts)")
+    ax.set(xlabel="policy samples drawn in training", ylabel=f"{reward_label(key)} (eval prompts)")
     ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -5,13 +5,13 @@ import math
 
 import numpy as np
 
+from ple.methods import claimed_baselines
+
 AHEAD, BEHIND, NO_DIFFERENCE = (
     "PLE is ahead of {x}",
     "{x} is ahead of PLE",
     "no difference detected between PLE and {x}",
 )
-# The paper's claim (PLE beats SFT, DPO, PPO-family RL and RAFT) in this harness's method names.
-CLAIMED_BASELINES = ("sft", "dpo", "rloo", "raft")
 # The demo's bar: a judge gain bought with a larger relative fall in distinct-2 is flagged next to the verdict.
 DIVERSITY_FALL_LIMIT = 0.10
 
@@ -57,9 +57,10 @@ def verdict(method: str, difference: dict[str, float]) -> str:
 
 def claim_sentence(differences: dict[str, dict[str, float]]) -> str:
     """One sentence on the paper's claim, from the verdicts against the baselines it names."""
-    named = [m for m in CLAIMED_BASELINES if m in differences]
+    claimed = claimed_baselines()  # the paper's claim: PLE beats SFT, DPO, PPO-family RL and RAFT
+    named = [m for m in claimed if m in differences]
     if not named:
-        return "The grid holds none of the baselines the paper's claim names (sft, dpo, rloo, raft)."
+        return f"The grid holds none of the baselines the paper's claim names ({', '.join(claimed)})."
     ahead = [m for m in named if differences[m]["ci_low"] > 0]
     behind = [m for m in named if differences[m]["ci_high"] < 0]
     if behind:

@@ -2,6 +2,7 @@
 the loop that resumes, warms up, runs the iterations and saves the final model. PLE (ple.trainer) and the
 baselines (ple.baselines) each write only their own `iteration`."""
 
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,10 +11,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ple.config import METHOD_PRESETS, Config, load_config
+from ple.config import Config, load_config
 from ple.data import load_task_rows, query_rows, sft_rows
 from ple.dist import Dist
 from ple.errors import PLEError
+from ple.methods import get_method
 from ple.model import resolve_device
 from ple.principles import load_principle
 from ple.progress import Progress
@@ -49,6 +51,20 @@ def samples_per_iteration(config: Config) -> int:
     return 2 * config.queries_per_iteration
 
 
+def no_valid_reward(t: int, n: int) -> PLEError:
+    """What stops a run whose reward scored nothing in an iteration: training on it would change nothing."""
+    return PLEError(
+        f"iteration {t}: the reward gave no valid score (None, NaN or inf) to any of the {n} queries' answers; "
+        "nothing to train on, so the run stops (check the reward on a few of the generations)"
+    )
+
+
+def iteration_rng(seed: int, t: int, *stream: int) -> np.random.Generator:
+    """The numpy generator of iteration t's data order (minibatches), the same on a resumed run. `stream` tells
+    two uses within one iteration apart."""
+    return np.random.default_rng([seed, t + 2, *stream])
+
+
 def signed(v) -> str:
     """A metric for a progress line: +0.123, or n/a for none."""
     return "n/a" if v is None else f"{v:+.3f}"
@@ -68,7 +84,7 @@ def resolve_config(args: Config | None, model, reward_funcs, train_dataset, sft_
     """`args` with what the other arguments say, its method preset applied and validated (as `ple train` does)."""
     defaults = Config().to_dict()
     values = {k: v for k, v in (args or Config()).to_dict().items() if v != defaults[k]}
-    if reward_funcs is not None and "reward" not in METHOD_PRESETS[values.get("method", "ple")]:
+    if reward_funcs is not None and "reward" not in get_method(values.get("method", "ple")).preset:
         funcs = list(reward_funcs) if isinstance(reward_funcs, (list, tuple)) else [reward_funcs]
         values["reward"] = funcs if all(isinstance(f, str) for f in funcs) else IN_MEMORY  # names go in config.yaml
     if model is not None:
@@ -151,12 +167,18 @@ class Trainer:
             column,
         )
         self.sft_set = []
-        if config.sft_epochs > 0 or config.method == "sft":
+        if config.sft_epochs > 0 or get_method(config.method).needs_sft_set:
             self.sft_set = sft_rows(
                 dataset_rows(sft_dataset, "sft_dataset")
                 or load_task_rows(config.sft_dataset, config.sft_split, None, config.task, config.seed),
                 config.sft_dataset,
                 column,
+            )
+        if config.queries_per_iteration > len(self.queries) and self.dist.main:
+            print(
+                f"ple: warning: queries_per_iteration={config.queries_per_iteration} is more than the "
+                f"{len(self.queries)} queries in {config.dataset}; an iteration repeats queries",
+                file=sys.stderr,
             )
         self.reward_fn = make_reward(reward_funcs, config, self.device)
         if self.reward_fn is not None:

@@ -17,7 +17,7 @@ from ple.errors import PLEError
 from ple.generation import generate
 from ple.io import replace_dir
 from ple.logprobs import response_logprobs
-from ple.model import autocast, load_policy, merged_lora, save_model
+from ple.model import autocast, check_context_length, load_policy, merged_lora, save_model
 from ple.principles import PromptBuilder
 from ple.vllm_backend import select_backend
 
@@ -67,12 +67,7 @@ class Policy:
             return
         torch.manual_seed(config.seed)  # LoRA's initial A matrices
         self.model, self.tokenizer = load_policy(config, checkpoint, **self.given)
-        limit = getattr(self.model.config, "max_position_embeddings", None)
-        if isinstance(limit, int) and config.max_prompt_tokens + config.max_new_tokens > limit:
-            raise PLEError(
-                f"max_prompt_tokens + max_new_tokens = {config.max_prompt_tokens + config.max_new_tokens} exceeds "
-                f"the model's {limit} positions; lower max_prompt_tokens"
-            )
+        check_context_length(self.model, config)
         self.model.to(self.device)
         self.model.train()
         self.builder = PromptBuilder.from_config(self.tokenizer, config, self.principle)

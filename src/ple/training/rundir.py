@@ -14,7 +14,8 @@ Safety: one run at a time, never into someone else's files, and a resume only of
 
 - A run holds an exclusive lock on `output_dir/.lock` for its whole life (an OS lock: a killed run's lock goes
   with its process, so a stale lock file never blocks the next run; the pid in it names the holder).
-- A run writes only into a missing or empty directory, or into one that holds a ple run (its config.yaml).
+- A run writes only into a missing or empty directory, or into one that holds a ple run (the `.ple-run` marker it
+  writes first). It deletes only what it wrote: checkpoints named iter_NNN or warmup, generations/iter_NNN.jsonl.
 - `inputs.json` records a content hash of each local input file, and a resume refuses one whose data changed.
 """
 
@@ -23,32 +24,38 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
 
-from ple.config import Config, save_config
+import yaml
+
+from ple.config import RENAMED_KEYS, Config, save_config
 from ple.errors import PLEError, first_line
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir, strict_json
 
+# The run directory's files: every module names them through these.
 LOCK = ".lock"
 INPUTS = "inputs.json"
+CONFIG = "config.yaml"
+METRICS_JSONL = "metrics.jsonl"
+BUDGET = "budget.json"
+FINAL = "final"
+GENERATIONS = "generations"
+CHECKPOINTS = "checkpoints"
+TRAINER_STATE = "trainer_state.json"
+MARKER = ".ple-run"  # written first into a new run directory: what tells a ple run from a user's folder
 INPUT_FIELDS = ("dataset", "sft_dataset", "eval_dataset", "principle")
 
 
 def lock_run_dir(run_dir: Path):
     """Create `run_dir` if needed and lock it for this process; the returned file keeps the lock until closed."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise PLEError(f"output_dir {run_dir} is a file, not a directory")
-    if run_dir.is_dir() and not (run_dir / "config.yaml").is_file():
-        foreign = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)
-        if foreign:
-            raise PLEError(
-                f"output_dir {run_dir} is not empty and holds no ple run ({', '.join(foreign[:3])}"
-                f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory"
-            )
+    refuse_foreign(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
+        if not (run_dir / MARKER).is_file():
+            atomic_write_text(run_dir / MARKER, "a ple run directory: ple may replace and prune what it wrote here\n")
         handle = open(run_dir / LOCK, "a+", encoding="utf-8")
     except OSError as e:
         raise PLEError(f"cannot write to output_dir {run_dir}: {e.strerror}") from None
@@ -70,14 +77,48 @@ def lock_run_dir(run_dir: Path):
     return handle
 
 
+def refuse_foreign(run_dir: Path) -> None:
+    """One line unless `run_dir` is missing, empty, or a ple run: a run never writes into a user's folder."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise PLEError(f"output_dir {run_dir} is a file, not a directory")
+    if run_dir.is_dir() and not holds_ple_run(run_dir):
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)
+        if foreign:
+            raise PLEError(
+                f"output_dir {run_dir} is not empty and holds no ple run ({', '.join(foreign[:3])}"
+                f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory"
+            )
+
+
+def holds_ple_run(run_dir: Path) -> bool:
+    """Whether `run_dir` is a ple run: it has the marker ple writes first, or (a run from before the marker) a
+    config.yaml that is a ple config beside the inputs.json ple writes with it. A user's folder that merely holds a
+    file named config.yaml is not one."""
+    if (run_dir / MARKER).is_file():
+        return True
+    if not ((run_dir / CONFIG).is_file() and (run_dir / INPUTS).is_file()):
+        return False
+    try:
+        saved = yaml.safe_load((run_dir / CONFIG).read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+    known = set(Config().to_dict()) | set(RENAMED_KEYS)
+    return isinstance(saved, dict) and {"method", "output_dir", "model"} <= set(saved) <= known
+
+
 def input_hashes(config) -> dict[str, dict[str, str]]:
     """{field: {path, sha256}} for each config field that names a local file."""
+    from ple.rewards import reward_code_files
+
     hashes = {}
     for field in INPUT_FIELDS:
         value = getattr(config, field)
         if isinstance(value, str) and Path(value).expanduser().is_file():
             path = Path(value).expanduser().resolve()
             hashes[field] = {"path": str(path), "sha256": _sha256(path)}
+    for spec_field in ("reward", "eval_rewards"):
+        for name, path in reward_code_files(getattr(config, spec_field)).items():
+            hashes[f"{spec_field} {name}"] = {"path": str(path.resolve()), "sha256": _sha256(path)}
     return hashes
 
 
@@ -105,11 +146,13 @@ def check_inputs_unchanged(run_dir: Path, config) -> None:
         if field in now and now[field]["sha256"] != saved["sha256"]:
             raise PLEError(
                 f"cannot resume {run_dir}: {field} file {now[field]['path']} changed since the run started; "
-                "start a new run (another output_dir) to train on the new data"
+                "start a new run (another output_dir) to train on the new data or code"
             )
 
 
 WARMUP = -1  # iteration index of the SFT warm-up checkpoint
+CHECKPOINT_DIR = re.compile(r"iter_(\d{3,})|warmup")
+GENERATION_FILE = re.compile(r"iter_(\d{3,})\.jsonl")
 PATH_FIELDS = ("model", "dataset", "sft_dataset", "eval_dataset", "principle", "output_dir")
 BUDGET_KEYS = ("samples", "reward_calls", "gen_tokens", "seconds")
 RESUMABLE_CHANGES = ("iterations", "device", "output_dir")  # output_dir: the run may have been moved or renamed
@@ -128,11 +171,14 @@ class RunDir:
         """Lock the directory and check that this run may start (or continue) in it; the finished checkpoints,
         oldest first. A run with a finished checkpoint continues only with `resume` and an unchanged config and
         data; one that failed before its first checkpoint restarts, with the config given now."""
+        refuse_foreign(self.path)
+        if resume and not (self.path / CONFIG).is_file():
+            raise PLEError(f"nothing to resume in {self.path}: it holds no ple run; drop --resume to start one")
         if self.main:
             self._lock = lock_run_dir(self.path)
-        saved = self.path / "config.yaml"
+        saved = self.path / CONFIG
         finished = self.checkpoints() if saved.is_file() else []
-        if (finished or (self.path / "budget.json").is_file()) and not resume:
+        if (finished or (self.path / BUDGET).is_file()) and not resume:
             raise PLEError(
                 f"{self.path} already holds a run; pass --resume to continue it, or choose another output_dir"
             )
@@ -144,14 +190,34 @@ class RunDir:
         """Record the config and inputs, and drop what iterations after `done` (the last checkpoint) wrote."""
         if not self.main:
             return
-        save_config(config, self.path / "config.yaml")
+        save_config(config, self.path / CONFIG)
         write_input_hashes(self.path, config)
-        metrics = self.path / "metrics.jsonl"
-        if metrics.exists():  # rows of iterations that finished after the last checkpoint: they are redone alike
-            atomic_write_jsonl(metrics, [r for r in read_jsonl(metrics) if r["iteration"] <= done])
-        for path in (self.path / "generations").glob("iter_*.jsonl"):
-            if int(path.stem.split("_")[1]) > done:
+        self._drop_after(done)
+        for path in (self.path / GENERATIONS).glob("iter_*.jsonl"):
+            match = GENERATION_FILE.fullmatch(path.name)  # exactly what write_iteration writes, never a user's file
+            if match and int(match[1]) > done:
                 path.unlink()
+
+    def _drop_after(self, done: int) -> None:
+        """Keep the metrics rows of the iterations up to `done` (those after it are redone alike); refuse a resume
+        whose checkpoint covers an iteration metrics.jsonl has lost, since budget.json is summed from it."""
+        metrics = self.path / METRICS_JSONL
+        rows = read_jsonl(metrics) if metrics.exists() else []
+        if done < 0:  # nothing checkpointed: every row is redone (a TRL run's log rows too)
+            kept = []
+        else:
+            bad = next((i for i, r in enumerate(rows) if not isinstance(r.get("iteration"), int)), None)
+            if bad is not None:
+                raise PLEError(f"cannot resume {self.path}: {METRICS_JSONL} row {bad + 1} has no iteration number")
+            kept = [r for r in rows if r["iteration"] <= done]
+            missing = sorted(set(range(done + 1)) - {r["iteration"] for r in kept})
+            if missing:
+                raise PLEError(
+                    f"cannot resume {self.path}: {METRICS_JSONL} has no row for iteration(s) "
+                    f"{', '.join(map(str, missing))}, which its checkpoint covers; restore the file or start a new run"
+                )
+        if metrics.exists():
+            atomic_write_jsonl(metrics, kept)
 
     def close(self) -> None:
         lock, self._lock = self._lock, None
@@ -159,7 +225,7 @@ class RunDir:
             lock.close()
 
     def _check_resumable(self, config, last: int) -> None:
-        changed = [k for k in config_changes(self.path / "config.yaml", config) if k not in RESUMABLE_CHANGES]
+        changed = [k for k in config_changes(self.path / CONFIG, config) if k not in RESUMABLE_CHANGES]
         if changed:
             raise PLEError(
                 f"cannot resume {self.path}: the config changed ({', '.join(changed)}); only iterations and device may"
@@ -171,14 +237,14 @@ class RunDir:
     # -------------------------------------------------------------- checkpoints
     def checkpoints(self) -> list[tuple[int, Path]]:
         """Finished checkpoints as (iteration, dir), oldest first; half-written ones have no trainer_state.json."""
-        root = self.path / "checkpoints"
+        root = self.path / CHECKPOINTS
         if not root.is_dir():
             return []
-        found = [
-            (int(read_json(d / "trainer_state.json")["iteration"]), d)
-            for d in root.glob("[!.]*")
-            if (d / "trainer_state.json").is_file()
-        ]
+        found = []
+        for d in root.iterdir():  # only the names ple writes: a user's copy (best/) or another tool's is left alone
+            match = CHECKPOINT_DIR.fullmatch(d.name)
+            if match and d.is_dir() and (d / TRAINER_STATE).is_file():
+                found.append((WARMUP if match[0] == "warmup" else int(match[1]), d))
         return sorted(found)
 
     def load_newest(self, finished: list[tuple[int, Path]], load) -> tuple[int, dict] | None:
@@ -187,7 +253,14 @@ class RunDir:
         before it."""
         for t, checkpoint in reversed(finished):
             try:
-                state = read_json(checkpoint / "trainer_state.json")
+                state = read_json(checkpoint / TRAINER_STATE)
+                if not isinstance(state.get("reward_std"), dict):
+                    raise ValueError(f"{TRAINER_STATE} has no reward_std")
+                if state.get("iteration") != t:
+                    raise PLEError(
+                        f"checkpoint {checkpoint} says iteration {state.get('iteration')!r} in {TRAINER_STATE}, not "
+                        f"{t} as its name does; restore it, or start a new run"
+                    )
                 load(checkpoint)
             except PLEError:
                 raise
@@ -201,14 +274,14 @@ class RunDir:
 
     def new_checkpoint(self, t: int) -> Path:
         """The hidden directory checkpoint t is written into, emptied; `commit_checkpoint` makes it visible."""
-        tmp = self.path / "checkpoints" / f".{checkpoint_name(t)}.tmp"
+        tmp = self.path / CHECKPOINTS / f".{checkpoint_name(t)}.tmp"
         if self.main:
             shutil.rmtree(tmp, ignore_errors=True)
         return tmp
 
     def commit_checkpoint(self, tmp: Path, t: int, state: dict, keep: int) -> None:
-        atomic_write_text(tmp / "trainer_state.json", json.dumps({"iteration": t, **state}))
-        replace_dir(tmp, self.path / "checkpoints" / checkpoint_name(t))
+        atomic_write_text(tmp / TRAINER_STATE, json.dumps({"iteration": t, **state}))
+        replace_dir(tmp, self.path / CHECKPOINTS / checkpoint_name(t))
         if keep:
             for _, old in self.checkpoints()[:-keep]:
                 shutil.rmtree(old)
@@ -216,12 +289,12 @@ class RunDir:
     # -------------------------------------------------------------- results
     def write_iteration(self, t: int, rows: list[dict], metrics: dict) -> None:
         if self.main:
-            atomic_write_jsonl(self.path / "generations" / f"iter_{t:03d}.jsonl", rows)
-            with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as f:
+            atomic_write_jsonl(self.path / GENERATIONS / f"iter_{t:03d}.jsonl", rows)
+            with open(self.path / METRICS_JSONL, "a", encoding="utf-8") as f:
                 f.write(strict_json(metrics) + "\n")
 
     def metrics(self) -> list[dict]:
-        path = self.path / "metrics.jsonl"
+        path = self.path / METRICS_JSONL
         return read_jsonl(path) if path.is_file() else []
 
     def write_budget(self, extra: dict | None = None) -> dict[str, float]:
@@ -230,7 +303,7 @@ class RunDir:
         rows = self.metrics()
         budget = {key: sum(r.get(key) or 0 for r in rows) for key in BUDGET_KEYS}
         budget.update(extra or {})
-        atomic_write_text(self.path / "budget.json", strict_json(budget, indent=2))
+        atomic_write_text(self.path / BUDGET, strict_json(budget, indent=2))
         return budget
 
 
@@ -238,9 +311,10 @@ def config_changes(saved: Path, config) -> list[str]:
     """The fields of `config` that differ from the config.yaml a run directory holds (a field the saved file
     lacks, from an older version, counts as its default). An input file now at another path but with the
     content hash inputs.json recorded is the same setting: a package's preset file after a reinstall elsewhere."""
-    import yaml
-
-    before = {**Config().to_dict(), **yaml.safe_load(saved.read_text())}
+    saved_values = yaml.safe_load(saved.read_text())
+    if "beta" in saved_values:  # a run from before the rename to rank_beta
+        saved_values.setdefault("rank_beta", saved_values.pop("beta"))
+    before = {**Config().to_dict(), **saved_values}
     recorded = saved.parent / INPUTS
     hashes = json.loads(recorded.read_text()) if recorded.is_file() else {}
 
