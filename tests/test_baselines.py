@@ -62,7 +62,10 @@ def test_sampling_baselines_train_and_keep_ples_budget(
     check_outputs(final, tiny_config(tiny_chat_model, queries_file, tmp_path / "x", reward))
     assert not (final / "ref").exists()  # TRL's reference adapter is not saved with the policy
     log = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
-    assert log and all("step" in r and "iteration" not in r for r in log)  # TRL's logging steps, not iterations
+    if method in ("dpo", "rloo"):  # TRL's logging steps are steps, not iterations
+        assert log and all("step" in r and "iteration" not in r for r in log)
+    else:
+        assert [r["iteration"] for r in log] == list(range(ITERATIONS))
 
     _, _, ple_budget = train("ple", tmp_path, tiny_chat_model, queries_file, reward)
     assert budget["samples"] == ple_budget["samples"] == 2 * QUERIES * ITERATIONS

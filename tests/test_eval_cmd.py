@@ -38,6 +38,10 @@ def test_eval_a_model_reports_every_metric_with_a_ci(tmp_path, tiny_chat_model, 
         "distinct_2",
         "mean_length",
         "generation_perplexity",
+        "kl",
+        "kl_k1",
+        "repeated_4grams",
+        "top_sentence_share",
         "bleu",
         "reference_perplexity",
     }
@@ -45,6 +49,8 @@ def test_eval_a_model_reports_every_metric_with_a_ci(tmp_path, tiny_chat_model, 
     for m in result["metrics"].values():
         assert m["ci_low"] <= m["value"] <= m["ci_high"]
     assert result["metrics"]["generation_perplexity"]["value"] > 1
+    assert result["metrics"]["kl"]["value"] == 0.0  # the base model itself: no distance from the base model
+    assert all(m["n"] == 6 for m in result["metrics"].values())
     rows = [json.loads(line) for line in (out / "completions.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all({"prompt", "completion", "reward", "heldout:vader"} <= set(r) for r in rows)
     assert "| distinct_2 |" in capsys.readouterr().out

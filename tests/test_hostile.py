@@ -274,3 +274,17 @@ def test_a_bad_reference_model_fails_before_any_generation(tmp_path, tiny_chat_m
     argv = ["eval", "--model", tiny_chat_model, "--prompts-file", str(prompts), "--set", "reward=vader"]
     err = one_line(capsys, [*argv, "--reference-model", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "e")])
     assert "model not found" in err
+
+
+def test_a_chat_role_the_models_template_rejects_is_one_line(config, tmp_path, tiny_chat_model):
+    """Some chat templates have no system role (the principle's place): the template's own error, on one line."""
+    model = tmp_path / "no_system"
+    shutil.copytree(tiny_chat_model, model)
+    settings = json.loads((model / "tokenizer_config.json").read_text())
+    template = "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('no system role') }}"
+    template += "{% endif %}{{ m['content'] }} {% endfor %}"
+    (model / "chat_template.jinja").write_text(template)
+    settings.pop("chat_template", None)
+    (model / "tokenizer_config.json").write_text(json.dumps(settings))
+    with pytest.raises(PLEError, match="chat template refused a prompt with roles system, user: no system role"):
+        run({**config, "model": str(model), "iterations": 1})

@@ -15,7 +15,7 @@ from ple.config import load_config
 from ple.errors import PLEError
 from ple.evaluation import evaluate as evaluate_module
 from ple.evaluation.evaluate import Evaluator, generate_rows
-from ple.evaluation.metrics import METRICS, Metric, register_metric, response_nll
+from ple.evaluation.metrics import METRICS, Metric, register_metric, response_kls, response_nll
 from ple.methods import METHODS, Method, get_method, register
 from ple.model import load_causal_lm, load_tokenizer
 from ple.principles import PromptBuilder
@@ -174,6 +174,9 @@ def test_the_evaluator_gives_what_a_fresh_load_gives(tmp_path, tiny_chat_model, 
     base_after = evaluator.evaluate(tiny_chat_model, prompts, tmp_path / "e2", seed=3)
     again = Evaluator(config).evaluate(adapters[1], prompts, tmp_path / "e3", seed=3)
     assert first["metrics"] == again["metrics"]
+    # KL to the base model: the adapter's is its distance from the untouched base, the base model's is 0.
+    assert base_after["metrics"]["kl"]["value"] == 0.0 and base_after["metrics"]["kl_k1"]["value"] == 0.0
+    assert first["metrics"]["kl"]["value"] > 0
 
     tokenizer = load_tokenizer(tiny_chat_model)
     builder = PromptBuilder.from_config(tokenizer, config)
@@ -183,7 +186,11 @@ def test_the_evaluator_gives_what_a_fresh_load_gives(tmp_path, tiny_chat_model, 
         fresh = generate_rows(loaded, tokenizer, builder, [p["prompt"] for p in prompts], config)
         written = [json.loads(line) for line in (tmp_path / out / "completions.jsonl").read_text().splitlines()]
         assert [r["completion"] for r in written] == [r["completion"] for r in fresh]
-        nll = response_nll(load_causal_lm(tiny_chat_model), fresh, tokenizer.pad_token_id)
+        base = load_causal_lm(tiny_chat_model)
+        nll = response_nll(base, fresh, tokenizer.pad_token_id)
         assert [r["nll"] for r in written] == pytest.approx([x for x, _ in nll], rel=1e-6)
+        kls = response_kls(loaded, base, fresh, tokenizer.pad_token_id)  # the merged model against a fresh base
+        assert [r["kl"] for r in written] == pytest.approx([e for e, _ in kls], rel=1e-4, abs=1e-7)
+        assert [r["kl_k1"] for r in written] == pytest.approx([k for _, k in kls], rel=1e-4, abs=1e-7)
     fresh_base = Evaluator(config).evaluate(tiny_chat_model, prompts, tmp_path / "e4", seed=3)
     assert base_after["metrics"] == fresh_base["metrics"]

@@ -168,27 +168,20 @@ def check_generation(config) -> None:
 def eval_dirs(names: list[str], out: Path) -> list[Path]:
     """Where each model's evaluation goes: `out` for one model, out/<name> for several (a name taken twice gets
     a number). A directory holding another model's results is refused, so that no evaluation replaces another."""
-    dirs = [out] if len(names) == 1 else []
-    if len(names) > 1:
-        taken: set[str] = set()
-        for name in names:
-            stem = Path(name.rstrip("/")).name or "model"
-            label = next(
-                f"{stem}-{i}" if i else stem
-                for i in range(len(names) + 1)
-                if (f"{stem}-{i}" if i else stem) not in taken
-            )
-            taken.add(label)
-            dirs.append(out / label)
     from ple.evaluation.evaluate import EVAL_JSON
 
+    dirs = [out] if len(names) == 1 else []
+    for name in names if len(names) > 1 else []:
+        stem, n = Path(name.rstrip("/")).name or "model", 1
+        label = stem
+        while out / label in dirs:
+            n += 1
+            label = f"{stem}-{n}"
+        dirs.append(out / label)
     for name, d in zip(names, dirs):
-        held = d / EVAL_JSON
-        if held.is_file() and json.loads(held.read_text()).get("model") != name:
-            raise PLEError(
-                f"{d} holds the evaluation of {json.loads(held.read_text()).get('model')}; choose another "
-                "--output-dir, so that it is not replaced"
-            )
+        held = json.loads((d / EVAL_JSON).read_text()).get("model") if (d / EVAL_JSON).is_file() else name
+        if held != name:
+            raise PLEError(f"{d} holds the evaluation of {held}; choose another --output-dir, so that it is kept")
     return dirs
 
 

@@ -5,7 +5,7 @@ import json
 from pathlib import Path
 
 from ple.data import Prompt
-from ple.errors import PLEError
+from ple.errors import PLEError, first_line
 from ple.io import load_yaml, read_text_file
 
 
@@ -132,9 +132,14 @@ class PromptBuilder:
 
     def render(self, prompt: Prompt, guided: bool = False) -> str:
         if self.chat:
-            return self.tokenizer.apply_chat_template(
-                self.messages(prompt, guided), tokenize=False, add_generation_prompt=True
-            )
+            messages = self.messages(prompt, guided)
+            try:
+                return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except Exception as e:  # a template that raises (no system role, roles that must alternate, ...)
+                roles = ", ".join(m["role"] for m in messages)
+                raise PLEError(
+                    f"the model's chat template refused a prompt with roles {roles}: {first_line(e)}"
+                ) from None
         from ple.data import prompt_text
 
         query = prompt_text(prompt)

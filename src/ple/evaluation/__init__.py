@@ -1,9 +1,11 @@
 """Evaluation, one package for `ple eval`, `ple compare` and `ple demo`:
 
-- metrics:  distinct-n, perplexity, and the bootstrap CIs (scipy, BCa) of a metric and of a paired change;
-- evaluate: generate on the eval prompts and score one model (`evaluate_model`);
+- metrics:  the metric registry (distinct-n, perplexity, KL to the base model, degeneration, BLEU, ...) and the
+            bootstrap CIs of a metric and of a paired change;
+- evaluate: generate on the eval prompts and score many models with one `Evaluator`;
 - judges:   pairwise judges (a reward, or an OpenAI-compatible LLM endpoint) and the two-order protocol;
 - pairwise: judge two models' generations against each other: win, tie and loss rates;
-- grid:     the methods x seeds comparison (`ple compare`) and its results table and charts;
+- grid:     the typed methods x learning rates x seeds grid (`ple compare`);
+- results:  the grid's long table and its views (results.md, CSVs, plots, verdicts);
 - report:   the before/after report of a run (`ple demo`).
 """

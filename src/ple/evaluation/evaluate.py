@@ -3,6 +3,7 @@ registered metric (ple.evaluation.metrics) with a bootstrap CI. `ple eval`, `ple
 evaluate through `Evaluator`, which loads the tokenizer, the rewards and the base model once for many models."""
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -172,8 +173,8 @@ class Evaluator:
             self.score(rows, prompt_rows)
             with autocast(config.dtype, self.device):
                 self.add_logprobs(rows, prompt_rows, model, reference)
-                with answering_model(model, config.dtype) as policy:
-                    kls = response_kls(policy, base, rows, self.tokenizer.pad_token_id)
+                running = functools.partial(answering_model, dtype=config.dtype)
+                kls = response_kls(model, base, rows, self.tokenizer.pad_token_id, running=running)
             for row, (kl, k1) in zip(rows, kls):
                 row.update(kl=kl, kl_k1=k1)
         metrics = {m.name: metric_result(m, rows) for m in applicable(rows, self.reward_metrics())}
@@ -276,17 +277,3 @@ def write_evaluation(out_dir: Path, rows: list[dict], result: dict[str, Any]) ->
             f"| {key} | {v['value']:.{digits}f} | [{v['ci_low']:.{digits}f}, {v['ci_high']:.{digits}f}] | {v['n']} |"
         )
     atomic_write_text(out_dir / "eval.md", "\n".join(lines) + "\n")
-
-
-def evaluate_model(
-    model_name: str,
-    config: Config,
-    prompt_rows: list[dict],
-    guided: bool,
-    out_dir: Path,
-    reference_model: str | None = None,
-    progress=None,
-    seed: int | None = None,
-) -> dict[str, Any]:
-    """One model's evaluation (an Evaluator used once); see Evaluator.evaluate."""
-    return Evaluator(config, reference_model, guided).evaluate(model_name, prompt_rows, out_dir, seed, progress)

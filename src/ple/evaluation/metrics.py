@@ -6,6 +6,7 @@ reference model, `reference`, `ref_nll` and `ref_n_tokens` when the data has ref
 and how it is printed. `ple eval`, the demo's report and the `ple compare` tables are views of it: a new metric
 appears in all of them by one `register_metric(Metric(...))` (docs/extending.md)."""
 
+import contextlib
 import math
 import re
 import statistics
@@ -51,14 +52,22 @@ def top_sentence_share(texts: Sequence[str]) -> float:
     return counts.most_common(1)[0][1] / len(texts) if counts and texts else 0.0
 
 
+def last_logprobs(model, inputs: dict, keep: int) -> torch.Tensor:
+    """Next-token log-probabilities at the last keep - 1 positions (position j predicts token j + 1)."""
+    return torch.log_softmax(model(**inputs, logits_to_keep=keep).logits[:, -keep:-1].float(), -1)
+
+
 @torch.no_grad()
-def response_kls(model, base, rows: Rows, pad_id: int, batch_size: int = 16) -> list[tuple[float, float]]:
+def response_kls(
+    model, base, rows: Rows, pad_id: int, batch_size: int = 16, running=contextlib.nullcontext
+) -> list[tuple[float, float]]:
     """(exact, k1) per row: the KL from `base` to `model` over the row's response tokens, given its prompt.
 
     exact = sum_t sum_v pi(v|x, y_<t) (log pi(v|x, y_<t) - log pi_base(v|x, y_<t)), the Rao-Blackwellized
     estimator of KL(pi || pi_base) for a y drawn from pi (unbiased, never noisier than k1);
     k1 = sum_t log pi(y_t|x, y_<t) - log pi_base(y_t|x, y_<t), the sampled log-ratio, as a cross-check.
-    Both read the models' own (temperature 1) next-token distributions."""
+    Both read the models' own (temperature 1) next-token distributions. `running(model)` is a context that gives
+    the module to run for pi (an adapter merged into the base weights, say); `base` runs outside it."""
     out = []
     for start in range(0, len(rows), batch_size):
         batch = [(r["prompt_ids"], r["response_ids"]) for r in rows[start : start + batch_size]]
@@ -66,10 +75,9 @@ def response_kls(model, base, rows: Rows, pad_id: int, batch_size: int = 16) -> 
         ids, mask = pad_batch([p + r for p, r in batch], pad_id, device)
         keep = min(ids.shape[1], max(len(r) for _, r in batch) + 1)
         inputs = dict(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
-        # position j of the kept logits predicts token j + 1
-        lp, lq = (
-            torch.log_softmax(m(**inputs, logits_to_keep=keep).logits[:, -keep:-1].float(), -1) for m in (model, base)
-        )
+        with running(model) as policy:
+            lp = last_logprobs(policy, inputs, keep)
+        lq = last_logprobs(base, inputs, keep)
         for i, (_, response) in enumerate(batch):
             n = len(response)
             if n == 0:
@@ -117,7 +125,7 @@ def bootstrap_interval(n: int, statistic: Callable[[np.ndarray], float], n_resam
         rng=np.random.default_rng(seed),
     )
     low, mid, high = np.percentile(result.bootstrap_distribution, [2.5, 50, 97.5])
-    return float(value + low - mid), float(value + high - mid)
+    return float(value + (low - mid)), float(value + (high - mid))
 
 
 def bootstrap_ci(rows: Rows, metric: Callable[[Rows], float], n_resamples: int = 1000, seed: int = 0) -> dict:
