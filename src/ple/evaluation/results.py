@@ -40,15 +40,15 @@ def _read(path: Path) -> dict | None:
 
 def cell_values(grid, cell) -> dict[str, float | None] | None:
     """Every value of a finished cell's final evaluation: each metric of eval.json, the budget, and the pairwise
-    rates against the base model, the baseline and the reference; None for an unfinished cell."""
+    rates against the base model and the baseline; None for an unfinished cell."""
     result, budget = _read(cell.paths.eval(cell.final_step) / EVAL_JSON), _read(cell.paths.budget)
     if result is None or budget is None:
         return None
     values = {name: m["value"] for name, m in result["metrics"].items()}
     for key, (column, _) in BUDGET_COLUMNS.items():
         values[column] = budget.get(key) / (60 if key == "seconds" else 1) if budget.get(key) is not None else None
-    for other in ("base", grid.baseline):
-        compare = _read(cell.paths.vs(other) / "compare.json") if other else None
+    for other in ("base", grid.baseline) if grid.baseline else ("base",):
+        compare = _read(cell.paths.vs(other) / "compare.json")
         for outcome in ("win", "tie", "loss"):
             if other == "base" or outcome == "win":
                 values[f"{outcome}_vs_{other}"] = compare["rates"][outcome]["value"] if compare else None
