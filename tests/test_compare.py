@@ -87,7 +87,7 @@ def test_a_cell_killed_mid_training_resumes(spec_raw, tmp_path, monkeypatch):
     spec_raw.update(methods=["ple"], seeds=[0])
     spec_raw["config"]["iterations"] = 2
     grid = load_grid(spec_raw)
-    (cell,) = grid.cells()
+    (cell,) = grid.cells
     # Simulate a kill after iteration 0: train one iteration, then ask the grid for two.
     from ple.trainer import PLETrainer
 

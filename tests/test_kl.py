@@ -5,23 +5,15 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from ple.evaluation.metrics import repeated_4gram_share, response_kls, sentences, top_sentence_share
+from ple.testing import tiny_llama_config
 
 
 def tiny(seed: int, vocab: int = 3) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=16,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=16,
-        pad_token_id=0,
-    )
+    config = tiny_llama_config(vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1, pad_token_id=0)
     model = LlamaForCausalLM(config).eval()
     with torch.no_grad():  # a sharper distribution than the random init's near-uniform one
         model.lm_head.weight.mul_(40)

@@ -168,8 +168,6 @@ def check_generation(config) -> None:
 def eval_dirs(names: list[str], out: Path) -> list[Path]:
     """Where each model's evaluation goes: `out` for one model, out/<name> for several (a name taken twice gets
     a number). A directory holding another model's results is refused, so that no evaluation replaces another."""
-    from ple.evaluation.evaluate import EVAL_JSON
-
     dirs = [out] if len(names) == 1 else []
     for name in names if len(names) > 1 else []:
         stem, n = Path(name.rstrip("/")).name or "model", 1
@@ -179,10 +177,17 @@ def eval_dirs(names: list[str], out: Path) -> list[Path]:
             label = f"{stem}-{n}"
         dirs.append(out / label)
     for name, d in zip(names, dirs):
-        held = json.loads((d / EVAL_JSON).read_text()).get("model") if (d / EVAL_JSON).is_file() else name
-        if held != name:
-            raise PLEError(f"{d} holds the evaluation of {held}; choose another --output-dir, so that it is kept")
+        refuse_others_results(name, d)
     return dirs
+
+
+def refuse_others_results(name: str, out: Path) -> None:
+    """One line when `out` holds the evaluation of a model other than `name`: no evaluation replaces another."""
+    from ple.evaluation.evaluate import EVAL_JSON
+
+    held = json.loads((out / EVAL_JSON).read_text()).get("model") if (out / EVAL_JSON).is_file() else name
+    if held != name:
+        raise PLEError(f"{out} holds the evaluation of {held}; choose another --output-dir, so that it is kept")
 
 
 def evaluate_models(names: list[str], config, prompts: list, args, dirs: list[Path]) -> None:
@@ -238,7 +243,7 @@ def compare_two(config, args, out: Path) -> int:
     if models:
         config = _with_base_model(config, models[0][0])
         for name, d in models:
-            eval_dirs([name], d)
+            refuse_others_results(name, d)
         names, dirs = [n for n, _ in models], [d for _, d in models]
         evaluate_models(names, config, eval_prompts(config, args.prompts_file), args, dirs)
     sides = [
@@ -268,6 +273,7 @@ def compare_two(config, args, out: Path) -> int:
 
 def cmd_train(args) -> int:
     from ple.baselines import make_trainer
+    from ple.training.rundir import METRICS_JSONL
 
     overrides = parse_overrides(args.overrides)
     if args.method:
@@ -275,7 +281,7 @@ def cmd_train(args) -> int:
     config = load_config(args.config, overrides)
     final = make_trainer(config).train(resume=args.resume).final_model
     print(f"final model: {final}")
-    print(f"metrics: {Path(config.output_dir) / 'metrics.jsonl'}")
+    print(f"metrics: {Path(config.output_dir) / METRICS_JSONL}")
     return 0
 
 

@@ -26,8 +26,8 @@ def _f(default: Any, help: str, choices: tuple | None = None, section: str = "")
 
 
 # Keys that were renamed: an old config names the new key in one line instead of silently meaning something else.
-RENAMED_KEYS = {
-    "beta": "rank_beta (the logistic ranking scale; TRL's KL coefficient is dpo_beta or rloo_beta here)",
+RENAMED_KEYS = {  # old key -> (new key, what it is)
+    "beta": ("rank_beta", "the logistic ranking scale; TRL's KL coefficient is dpo_beta or rloo_beta here"),
 }
 
 
@@ -447,7 +447,8 @@ def _coerce(name: str, value: Any) -> Any:
 
 def _unknown_key(key: str) -> PLEError:
     if key in RENAMED_KEYS:
-        return PLEError(f"config key '{key}' was renamed to {RENAMED_KEYS[key]}")
+        new, what = RENAMED_KEYS[key]
+        return PLEError(f"config key '{key}' was renamed to {new} ({what})")
     close = difflib.get_close_matches(key, FIELDS, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return PLEError(f"unknown config key '{key}'{hint}; `ple train --help` lists them all")

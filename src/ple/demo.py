@@ -19,6 +19,7 @@ from ple.presets import COMPARE_PRESETS, DEMO
 from ple.progress import Progress
 from ple.sentiment import PRINCIPLES, prepare, shared_judge
 from ple.trainer import PLETrainer
+from ple.training.rundir import CONFIG
 
 JUDGE = "heldout:ple.sentiment:judge_reward"  # the held-out judge's column in the evaluation rows
 EVAL_SEED_OFFSET = 12345  # the evaluation's sampling seed is the run's seed plus this
@@ -100,7 +101,7 @@ def run_demo(overrides: dict) -> Path:
     trainer = PLETrainer(args=config)  # reads the data and the reward first, so bad input fails before any work
     # Training first: the run directory is the trainer's (ple.training.rundir), and the base model's evaluation
     # does not depend on when it runs.
-    final = trainer.train(resume=(run_dir / "config.yaml").is_file()).final_model
+    final = trainer.train(resume=(run_dir / CONFIG).is_file()).final_model
     del trainer  # the policy and optimizer are on disk now; free their memory before evaluating
     evaluator = Evaluator(config)  # the tokenizer, the rewards and the base model, loaded once for both
     before = evaluate(evaluator, config.model, prompt_rows, run_dir / "eval" / "before")

@@ -55,6 +55,13 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def same_path(a, b) -> bool:
+    """Two non-empty strings that spell one path (runs/ref/ and runs/ref, ~/m and /root/m)."""
+    if not (isinstance(a, str) and isinstance(b, str) and a and b):
+        return False
+    return a == b or os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
+
+
 def replace_dir(tmp: Path, final: Path) -> None:
     """Move a fully written directory into place, replacing an older one."""
     old = final.with_name(f".{final.name}.old")

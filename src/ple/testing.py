@@ -31,24 +31,30 @@ def _build_tokenizer(chat: bool):
     return fast
 
 
-def build_tiny_model(path: Path, chat: bool = True, seed: int = 0) -> Path:
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_llama_config(vocab_size: int, **changes):
+    """A 2-layer Llama of hidden size 32 (changes override any field)."""
+    from transformers import LlamaConfig
 
-    tokenizer = _build_tokenizer(chat)
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    fields = dict(
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
         num_attention_heads=2,
         num_key_value_heads=2,
         max_position_embeddings=1024,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
         bos_token_id=None,
     )
+    return LlamaConfig(**{**fields, **changes})
+
+
+def build_tiny_model(path: Path, chat: bool = True, seed: int = 0) -> Path:
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tokenizer = _build_tokenizer(chat)
+    torch.manual_seed(seed)
+    config = tiny_llama_config(len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -14,15 +14,15 @@ from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from ple.progress import Progress
 from ple.rewards import score
 from ple.training.loop import Trainer, TrainOutput, iteration_seed, query_order
-from ple.training.rundir import WARMUP
+from ple.training.rundir import BUDGET, FINAL, METRICS_JSONL, WARMUP
 from ple.training.trackers import tracker_names
 from ple.vllm_backend import select_backend
 
 
 class TRLBaseline(Trainer):
     def train(self, resume: bool = False) -> TrainOutput:
-        final = self.run_dir.path / "final"
-        if resume and (self.run_dir.path / "budget.json").is_file() and final.is_dir():
+        final = self.run_dir.path / FINAL
+        if resume and (self.run_dir.path / BUDGET).is_file() and final.is_dir():
             return TrainOutput(final, self.run_dir.metrics())
         if self.dist.world > 1 or self.dist.accelerator is not None:
             raise PLEError(
@@ -73,7 +73,7 @@ class TRLBaseline(Trainer):
 
     def write_log(self, log_history: list[dict]) -> None:
         rows = [{"step": i, **row} for i, row in enumerate(log_history)]  # TRL's logging steps, not iterations
-        atomic_write_jsonl(self.run_dir.path / "metrics.jsonl", rows)
+        atomic_write_jsonl(self.run_dir.path / METRICS_JSONL, rows)
 
     def all_queries(self) -> list[dict]:
         """The queries PLE would draw over the whole run, in its order."""

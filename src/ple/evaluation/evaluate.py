@@ -4,7 +4,6 @@ evaluate through `Evaluator`, which loads the tokenizer, the rewards and the bas
 
 import contextlib
 import functools
-import os
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ from ple.evaluation.metrics import (
     reward_metric,
 )
 from ple.generation import generate
-from ple.io import atomic_write_jsonl, atomic_write_text, strict_json
+from ple.io import atomic_write_jsonl, atomic_write_text, same_path, strict_json
 from ple.model import (
     adapter_base,
     autocast,
@@ -139,7 +138,7 @@ class Evaluator:
             return
         from peft import PeftModel
 
-        base = self.config.model if _same_model(base, self.config.model) else base
+        base = self.config.model if same_path(base, self.config.model) else base
         plain = self.model(base)
         try:
             wrapped = PeftModel.from_pretrained(plain, name).eval()
@@ -246,12 +245,6 @@ def answering_model(model, dtype: str):
     """fp32: the adapter merged into the weights for the call (one matmul per layer); bf16: the adapter kept
     separate, because a bf16 weight would round most of a small update away."""
     return merged_lora(model) if dtype == "float32" else contextlib.nullcontext(model)
-
-
-def _same_model(a: str, b: str | None) -> bool:
-    return b is not None and (
-        a == b or os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
-    )
 
 
 def reward_label(name: str) -> str:

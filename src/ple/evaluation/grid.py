@@ -32,6 +32,7 @@ import statistics
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -155,7 +156,9 @@ class Grid:
         fixed = self.overrides.get(method, {}).get("learning_rate", self.chosen_rates.get(method))
         return (float(fixed if fixed is not None else self.base.learning_rate),)
 
+    @cached_property
     def cells(self) -> tuple[Cell, ...]:
+        """Every cell, built once per grid (a grid with chosen rates is a new grid, dataclasses.replace)."""
         return tuple(
             self.cell(m, rate, s) for m in self.methods for rate in self.rates(m) for s in self.method_seeds(m)
         )
@@ -236,7 +239,8 @@ def load_grid(raw: dict, config_overrides: dict | None = None) -> Grid:
     )
     if grid.learning_rates is not None and (grid.lr_grid or any("learning_rate" in o for o in overrides.values())):
         raise PLEError("compare: `learning_rates` gives every method its rates; drop lr_grid and overridden rates")
-    grid.cells()
+    if not grid.cells:  # built now, so that a bad cell config fails before any work
+        raise PLEError("compare: the grid has no cells")
     return grid
 
 
@@ -306,7 +310,7 @@ def judge_cells(grid: Grid, evaluator: Evaluator) -> None:
     """Every cell against the base model, the baseline and the reference method, in both orders, after every cell
     has trained (so that each has its counterparts)."""
     judge = RewardJudge(evaluator.rewards[judge_reward_name(grid.base)], grid.tie_margin)
-    cells = grid.cells()
+    cells = grid.cells
     with Progress(total=len(cells), description="judging pairs") as progress:
         for cell in cells:
             final = cell.paths.eval(cell.final_step)
@@ -382,7 +386,7 @@ def tune_learning_rates(grid: Grid, evaluator: Evaluator, invocation: "Invocatio
 def run_cells(grid: Grid, evaluator: Evaluator, prompts: list, invocation: "Invocation") -> None:
     """Every cell trained and its final model evaluated alike: the shared config's rewards and generation
     settings, the cell's seed."""
-    list(run_each(grid.cells(), lambda c: c.paths.eval(c.final_step), "cell", invocation, evaluator, prompts))
+    list(run_each(grid.cells, lambda c: c.paths.eval(c.final_step), "cell", invocation, evaluator, prompts))
 
 
 def run_each(cells, eval_dir, what: str, invocation: "Invocation", evaluator: Evaluator, prompts: list, seed=None):

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 from ple.io import atomic_write_text, read_jsonl, strict_json
+from ple.training.rundir import METRICS_JSONL
 
 
 def _plot_iterations(metrics: list[dict], out: Path) -> list[str]:
@@ -79,7 +80,7 @@ def write_report(
 ) -> Path:
     """summary.json, the plots and report.md in run_dir; returns the report's path."""
     atomic_write_text(run_dir / "summary.json", strict_json(summary, indent=2))
-    metrics = read_jsonl(run_dir / "metrics.jsonl")
+    metrics = read_jsonl(run_dir / METRICS_JSONL)
     plots = _plot_iterations(metrics, run_dir) + [_plot_distributions(before, after, distribution_keys, run_dir)]
 
     lines = [

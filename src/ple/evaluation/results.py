@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 
-from ple.config import Config
 from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, judge_reward_name, reward_label
 from ple.evaluation.metrics import METRICS
 from ple.evaluation.verdict import (
@@ -60,7 +59,7 @@ def long_table(grid) -> tuple[dict | None, list[dict[str, Any]]]:
     every finished cell: the table every other view (results.md, the CSVs, the plots, the verdicts) is read from.
     The per-prompt scores stay beside it, in each evaluation's completions.jsonl."""
     rows = []
-    for cell in grid.cells():
+    for cell in grid.cells:
         values = cell_values(grid, cell)
         for metric, value in (values or {}).items():
             rows.append(
@@ -124,7 +123,7 @@ def write_results(grid) -> Path:
         "",
         f"{_seed_counts(grid)}: mean ± std over seeds. Every model answers the same "
         f"{base['n_prompts'] if base else '?'} held-out prompts. Win rates are judged in both orders by "
-        f"the {_judge_name(grid.base)} (ties within {grid.tie_margin}).",
+        f"the {reward_label(judge_reward_name(grid.base))} (ties within {grid.tie_margin}).",
         "",
         "| method | lr | " + " | ".join(columns.values()) + " |",
         "|---|---:|" + "---:|" * len(columns),
@@ -136,7 +135,7 @@ def write_results(grid) -> Path:
         shown = " | ".join(_cell(s.get(f"{k}_mean"), s.get(f"{k}_std"), k) for k in columns)
         lines.append(f"| {s['method']} | {s['learning_rate']:g} | {shown} |")
     finished = {(r["method"], r["learning_rate"], r["seed"]) for r in rows}
-    missing = [c.label for c in grid.cells() if c.key not in finished]
+    missing = [c.label for c in grid.cells if c.key not in finished]
     lines += [
         "",
         "![win/tie/loss against the base model](win_rates.png)",
@@ -191,7 +190,7 @@ def learning_rate_section(out: Path) -> list[str]:
 
 
 def final_cells(grid, method: str) -> list:
-    return [c for c in grid.cells() if c.method == method and (c.paths.eval(c.final_step) / COMPLETIONS).is_file()]
+    return [c for c in grid.cells if c.method == method and (c.paths.eval(c.final_step) / COMPLETIONS).is_file()]
 
 
 def scores_by_seed(grid, method: str, key: str) -> dict[int, np.ndarray]:
@@ -211,7 +210,7 @@ def pairwise_record(grid, method: str) -> dict[str, float] | None:
     """The reference method's win / tie / loss rates against `method`, judged in both orders, pooled over their
     shared seeds."""
     outcomes = []
-    for cell in grid.cells():
+    for cell in grid.cells:
         path = cell.paths.vs(grid.reference) / "compare_rows.jsonl"
         if cell.method == method and path.is_file():
             outcomes += [r["outcome"] for r in read_jsonl(path)]  # A is the reference
@@ -287,7 +286,7 @@ def difference_section(grid, base: dict | None, distinct_2: dict[str, float]) ->
 def figure3_section(grid) -> list[str]:
     """The paper's Figure 3 for this task: the mean reward of the guided and the plain answers per iteration, and
     the fraction of ranked pairs, over PLE's seeds."""
-    cells = [c for c in grid.cells() if c.method == "ple" and c.paths.budget.is_file()]
+    cells = [c for c in grid.cells if c.method == "ple" and c.paths.budget.is_file()]
     runs = [read_jsonl(c.paths.root / METRICS_JSONL) for c in cells]
     if not runs:
         return []
@@ -359,11 +358,6 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, text.getvalue())
-
-
-def _judge_name(config: Config) -> str:
-    name = judge_reward_name(config)
-    return f"held-out reward `{name.split(':', 1)[1]}`" if name != "reward" else "training reward"
 
 
 def _threads() -> int:

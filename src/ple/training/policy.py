@@ -19,6 +19,7 @@ from ple.io import replace_dir
 from ple.logprobs import response_logprobs
 from ple.model import autocast, check_context_length, load_policy, merged_lora, save_model
 from ple.principles import PromptBuilder
+from ple.training.rundir import FINAL
 from ple.vllm_backend import select_backend
 
 ZERO_STATE = "deepspeed"  # a checkpoint's subdirectory of DeepSpeed optimizer shards
@@ -241,7 +242,7 @@ class Policy:
     def save_final(self, run_dir: Path) -> Path:
         """run_dir/final: written beside it and renamed, so a kill never leaves a half-saved model. Every process
         calls it (under ZeRO-3 they all take part in gathering the weights); the main one writes."""
-        tmp, final = run_dir / ".final.tmp", run_dir / "final"
+        tmp, final = run_dir / f".{FINAL}.tmp", run_dir / FINAL
         with self.full_model() as model:
             if self.dist.main:
                 shutil.rmtree(tmp, ignore_errors=True)

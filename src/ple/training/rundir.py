@@ -33,7 +33,7 @@ import yaml
 
 from ple.config import RENAMED_KEYS, Config, save_config
 from ple.errors import PLEError, first_line
-from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir, strict_json
+from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir, same_path, strict_json
 
 # The run directory's files: every module names them through these.
 LOCK = ".lock"
@@ -312,8 +312,9 @@ def config_changes(saved: Path, config) -> list[str]:
     lacks, from an older version, counts as its default). An input file now at another path but with the
     content hash inputs.json recorded is the same setting: a package's preset file after a reinstall elsewhere."""
     saved_values = yaml.safe_load(saved.read_text())
-    if "beta" in saved_values:  # a run from before the rename to rank_beta
-        saved_values.setdefault("rank_beta", saved_values.pop("beta"))
+    for old, (new, _) in RENAMED_KEYS.items():  # a run from before a rename
+        if old in saved_values:
+            saved_values.setdefault(new, saved_values.pop(old))
     before = {**Config().to_dict(), **saved_values}
     recorded = saved.parent / INPUTS
     hashes = json.loads(recorded.read_text()) if recorded.is_file() else {}
@@ -333,9 +334,7 @@ def _same_setting(key: str, a, b) -> bool:
     """Equal values, or two spellings of one path (runs/ref/ and runs/ref)."""
     if a == b:
         return True
-    if key in PATH_FIELDS and isinstance(a, str) and isinstance(b, str) and a and b:
-        return os.path.realpath(os.path.expanduser(a)) == os.path.realpath(os.path.expanduser(b))
-    return False
+    return key in PATH_FIELDS and same_path(a, b)
 
 
 def checkpoint_name(t: int) -> str:
