@@ -3,7 +3,8 @@
     python bench/evaluation.py [--adapter DIR] [--prompts 200]    # SmolLM2-135M-Instruct from the ple cache
     python bench/evaluation.py --tiny                              # a tiny model built in code
 
-Both sides answer the same prompts (the demo's held-out ones, 32 new tokens, the demo's sampling) with the same
+Both sides answer the same prompts (the demo's held-out ones, 32 new tokens, temperature 1 as the frontier
+samples; --temperature 0.7 --max-new-tokens 40 for the demo's settings) with the same
 seed: first generation alone (`generate_rows` on the adapter merged into the base model, as the evaluation
 generates), then `Evaluator.evaluate`: the same generation, both rewards, the perplexity pass, the KL pass (policy
 and base model) and every registered metric with its bootstrap interval. The evaluator is built before the
@@ -25,6 +26,8 @@ def main() -> None:
     parser.add_argument("--tiny", action="store_true")
     parser.add_argument("--adapter", help="a LoRA adapter directory to evaluate (default: the base model itself)")
     parser.add_argument("--prompts", type=int, default=200)
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--temperature", type=float, default=1.0, help="1: the frontier's sampling (top_k 0, top_p 1)")
     args = parser.parse_args()
 
     from ple.config import load_config
@@ -42,7 +45,9 @@ def main() -> None:
         from ple.demo import demo_config
         from ple.evaluation.evaluate import eval_prompts
 
-        config = demo_config({"output_dir": tempfile.mkdtemp()})
+        config = demo_config(
+            {"output_dir": tempfile.mkdtemp(), "max_new_tokens": args.max_new_tokens, "temperature": args.temperature}
+        )
         model = config.model
         prompts = eval_prompts(config, None)[: args.prompts]
     name = args.adapter or model

@@ -173,3 +173,37 @@ def test_the_lr_grid_picks_each_methods_rate_on_validation_prompts_and_the_verdi
     assert "### PLE's branches per iteration (mean over 2 seeds" in report
     (invocation,) = (grid / "invocations").glob("*.json")
     assert json.loads(invocation.read_text())["peak_rss_gb"] > 0 and "Wall time: " in report
+
+
+def test_a_frontier_grid_evaluates_every_snapshot_and_draws_the_base_models_best_of_n(spec_raw, tmp_path):
+    spec_raw["config"].update(iterations=2, snapshot_every=1, temperature=0.7)
+    spec = {
+        **spec_raw,
+        "methods": ["ple", "dpo"],
+        "seeds": [0],
+        "evaluation": {"temperature": 1.0, "top_k": 0, "top_p": 1.0},
+        "best_of_n": [1, 3],
+    }
+    grid = load_grid(spec)
+    assert grid.base.temperature == 1.0 and grid.cells[0].config.temperature != 1.0  # evaluation only
+    run_grid(grid)
+    root = tmp_path / "grid"
+    for method in ("ple", "dpo"):
+        cell = root / "cells" / method / "lr_0.005" / "seed0"
+        assert sorted(p.name for p in (cell / "eval").iterdir()) == ["step_001", "step_002"]
+        first, last = (json.loads((cell / "eval" / s / "eval.json").read_text()) for s in ("step_001", "step_002"))
+        assert first["model"].endswith("snapshots/step_001") and last["model"].endswith("final")
+        assert "answers drawn from pi itself" in last["metrics"]["kl"]["between"]
+    draws = sorted(p.name for p in (root / "base_draws").iterdir())
+    assert draws == ["draw_01", "draw_02"]  # draw 0 is the base model's evaluation itself
+    answers = [
+        [json.loads(line)["completion"] for line in (d / "completions.jsonl").read_text().splitlines()]
+        for d in (root / "base", root / "base_draws" / "draw_01")
+    ]
+    assert answers[0] != answers[1]  # another seed, other answers
+    with pytest.raises(PLEError, match="evaluation"):
+        load_grid({**spec, "evaluation": {"learning_rate": 1.0}})
+    with pytest.raises(PLEError, match="best_of_n"):
+        load_grid({**spec, "best_of_n": [0]})
+    with pytest.raises(PLEError, match="budgets"):
+        load_grid({**spec, "frontier": {"budgets": []}})

@@ -189,8 +189,10 @@ def test_the_evaluator_gives_what_a_fresh_load_gives(tmp_path, tiny_chat_model, 
         base = load_causal_lm(tiny_chat_model)
         nll = response_nll(base, fresh, tokenizer.pad_token_id)
         assert [r["nll"] for r in written] == pytest.approx([x for x, _ in nll], rel=1e-6)
-        kls = response_kls(loaded, base, fresh, tokenizer.pad_token_id)  # the merged model against a fresh base
-        assert [r["kl"] for r in written] == pytest.approx([e for e, _ in kls], rel=1e-4, abs=1e-7)
-        assert [r["kl_k1"] for r in written] == pytest.approx([k for _, k in kls], rel=1e-4, abs=1e-7)
+        # The merged model against a fresh base, both teacher-forced; the evaluation takes the policy's side from
+        # its generation's cached decode steps, which agree with a teacher-forced pass to float32 round-off.
+        kls = response_kls(loaded, base, fresh, tokenizer.pad_token_id)
+        assert [r["kl"] for r in written] == pytest.approx([e for e, _ in kls], rel=1e-4, abs=1e-5)
+        assert [r["kl_k1"] for r in written] == pytest.approx([k for _, k in kls], rel=1e-4, abs=1e-5)
     fresh_base = Evaluator(config).evaluate(tiny_chat_model, prompts, tmp_path / "e4", seed=3)
     assert base_after["metrics"] == fresh_base["metrics"]

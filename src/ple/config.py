@@ -246,6 +246,13 @@ class Config:
     # --- output ---
     output_dir: str = _f("runs/ple", "Run directory.", section="output")
     keep_checkpoints: int = _f(2, "Checkpoints kept (one is written per iteration; 0 keeps all).", section="output")
+    snapshot_every: int = _f(
+        0,
+        "Every this many iterations the policy's weights are also saved to snapshots/step_NNN (NNN: iterations "
+        "done) and never pruned, to evaluate the run along its training (ple compare does); DPO and RLOO save at "
+        "the matching optimizer step. 0: none.",
+        section="output",
+    )
     report_to: str | list = _f(
         "none",
         "Trackers that also get each iteration's metrics (metrics.jsonl is always written): none, or one or a list "
@@ -291,6 +298,7 @@ AT_LEAST_0 = (
     "sft_epochs",
     "generation_batch_size",
     "keep_checkpoints",
+    "snapshot_every",
     "eval_max_prompts",
     "top_k",
     "temperature",

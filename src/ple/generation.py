@@ -14,6 +14,7 @@ class Sample:
     prompt_ids: list[int]
     response_ids: list[int]  # up to and including the first eos
     text: str
+    logprobs: torch.Tensor | None = None  # (response tokens x vocab): the model's own next-token log-softmax
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -35,8 +36,12 @@ def generate(
     top_k: int = 0,
     batch_size: int = 0,
     speedups: bool | None = None,
+    keep_logprobs: bool = False,
 ) -> list[Sample]:
     """Sample one response per prompt (none for no prompts). batch_size=0 puts every prompt in one call.
+
+    With `keep_logprobs`, each sample keeps the log-softmax of the model's raw logits (temperature 1, before any
+    warper) at each of its response positions, which the evaluation's KL needs: no second pass of the policy.
 
     With `speedups` (by default: when the model is on a CPU) the calls go through ple.cpu_speedups (a shared-prefix
     KV cache, decode-step matmuls and an inverse-CDF draw, each tested equal in distribution or in value to the
@@ -66,13 +71,17 @@ def generate(
                 max_new_tokens=max_new_tokens,
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=sorted(eos) or None,
+                return_dict_in_generate=True,
+                output_logits=keep_logprobs,
                 **sampling,
             )
-        for prompt, row in zip(batch, out[:, inputs["input_ids"].shape[1] :].tolist()):
+        logprobs = torch.stack(out.logits, 1).float().log_softmax(-1) if keep_logprobs else None
+        for j, (prompt, row) in enumerate(zip(batch, out.sequences[:, inputs["input_ids"].shape[1] :].tolist())):
             end = next((i + 1 for i, tok in enumerate(row) if tok in eos), len(row))
             response = row[:end]
             text = tokenizer.decode(response, skip_special_tokens=True)
-            samples.append(Sample(prompt_ids=prompt, response_ids=response, text=text))
+            kept = logprobs[j, :end].clone() if logprobs is not None else None  # a copy: the batch's tensor is freed
+            samples.append(Sample(prompt_ids=prompt, response_ids=response, text=text, logprobs=kept))
     model.train(was_training)
     return samples
 

@@ -14,7 +14,7 @@ from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from ple.progress import Progress
 from ple.rewards import score
 from ple.training.loop import Trainer, TrainOutput, iteration_seed, query_order
-from ple.training.rundir import BUDGET, FINAL, METRICS_JSONL, WARMUP
+from ple.training.rundir import BUDGET, FINAL, METRICS_JSONL, WARMUP, snapshot_dir, snapshot_steps
 from ple.training.trackers import tracker_names
 from ple.vllm_backend import select_backend
 
@@ -71,6 +71,11 @@ class TRLBaseline(Trainer):
             **extra,
         )
 
+    def callbacks(self) -> list:
+        if not self.config.snapshot_every:
+            return []
+        return [snapshot_callback(self.run_dir.path, self.config, self.policy.tokenizer)]
+
     def write_log(self, log_history: list[dict]) -> None:
         rows = [{"step": i, **row} for i, row in enumerate(log_history)]  # TRL's logging steps, not iterations
         atomic_write_jsonl(self.run_dir.path / METRICS_JSONL, rows)
@@ -100,7 +105,11 @@ class DPOBaseline(TRLBaseline):
         )
         dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
         trainer = DPOTrainer(
-            model=self.policy.model, args=args, train_dataset=dataset, processing_class=self.policy.tokenizer
+            model=self.policy.model,
+            args=args,
+            train_dataset=dataset,
+            processing_class=self.policy.tokenizer,
+            callbacks=self.callbacks(),
         )
         trainer.train()
         self.policy.model = trainer.model
@@ -186,11 +195,45 @@ class RLOOBaseline(TRLBaseline):
             args=args,
             train_dataset=dataset,
             processing_class=self.policy.tokenizer,
+            callbacks=self.callbacks(),
         )
         trainer.train()
         self.policy.model = trainer.model
         self.write_log(trainer.state.log_history)
         return {"samples": counter.samples, "reward_calls": counter.samples, "gen_tokens": counter.tokens}
+
+
+def snapshot_step(done: int, iterations: int, max_steps: int) -> int:
+    """The optimizer step that matches `done` of `iterations` iterations, when training takes max_steps steps: the
+    run's queries are spread evenly over its steps (DPO's pairs and RLOO's prompts are in PLE's query order)."""
+    return max(1, round(done * max_steps / iterations))
+
+
+def snapshot_callback(run_dir, config, tokenizer):
+    """A TRL (transformers) callback that saves the policy's adapter to snapshots/step_NNN at the optimizer step
+    matching each of config's snapshot steps, as PLE's loop does after iteration NNN."""
+    from transformers import TrainerCallback
+
+    from ple.io import replace_dir
+
+    class SnapshotCallback(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.at = {snapshot_step(d, config.iterations, state.max_steps): d for d in snapshot_steps(config)}
+
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            done = self.at.get(state.global_step)
+            if done is None or not state.is_world_process_zero:
+                return
+            path = snapshot_dir(run_dir, done)
+            tmp = path.with_name(f".{path.name}.tmp")
+            adapters = list(getattr(model, "peft_config", {}))
+            # TRL may hold a frozen reference copy of the adapter beside the policy's own ("default").
+            selected = {"selected_adapters": ["default"]} if "default" in adapters and len(adapters) > 1 else {}
+            model.save_pretrained(tmp, **selected)
+            tokenizer.save_pretrained(tmp)
+            replace_dir(tmp, path)
+
+    return SnapshotCallback()
 
 
 class CountingReward:

@@ -15,9 +15,11 @@ from ple.errors import PLEError, first_line
 from ple.evaluation.metrics import (
     METRICS,
     Metric,
+    answer_kl,
+    answer_nll,
     applicable,
+    continuation_logprobs,
     metric_result,
-    response_kls,
     response_nll,
     reward_metric,
 )
@@ -68,9 +70,21 @@ def eval_prompts(config: Config, prompts_file: str | None) -> list[dict]:
 
 
 def generate_rows(
-    model, tokenizer, builder, prompts: list, config, guided: bool = False, progress=None, phase: str = "generating"
+    model,
+    tokenizer,
+    builder,
+    prompts: list,
+    config,
+    guided: bool = False,
+    progress=None,
+    phase: str = "generating",
+    running=contextlib.nullcontext,
+    after_batch=None,
 ) -> list[dict]:
-    """One completion per prompt (plain by default), with the token ids kept for perplexity."""
+    """One completion per prompt (plain by default), with the token ids kept for perplexity. Each batch is sampled
+    from `running(model)` (a context giving the module to run); with `after_batch`, the batch's rows and their
+    samples' next-token log-probabilities go to `after_batch(rows, logprobs)` before the next batch is drawn, so
+    that only one batch of them is held."""
     check_context_length(model, config)
     ids, _ = builder.encode(prompts, guided, config.max_prompt_tokens)
     batch = config.generation_batch_size or 64
@@ -78,19 +92,24 @@ def generate_rows(
         progress.phase(phase, total=-(-len(ids) // batch))
     rows = []
     for start in range(0, len(ids), batch):
-        samples = generate(
-            model,
-            tokenizer,
-            ids[start : start + batch],
-            config.max_new_tokens,
-            config.temperature,
-            config.top_p,
-            config.top_k,
-        )
-        rows += [
+        with running(model) as answering:
+            samples = generate(
+                answering,
+                tokenizer,
+                ids[start : start + batch],
+                config.max_new_tokens,
+                config.temperature,
+                config.top_p,
+                config.top_k,
+                keep_logprobs=after_batch is not None,
+            )
+        batch_rows = [
             {"prompt": p, "completion": s.text, "prompt_ids": s.prompt_ids, "response_ids": s.response_ids}
             for p, s in zip(prompts[start : start + batch], samples)
         ]
+        if after_batch is not None:
+            after_batch(batch_rows, [s.logprobs for s in samples])
+        rows += batch_rows
         if progress is not None:
             progress.step()
     return rows
@@ -157,25 +176,21 @@ class Evaluator:
         completions.jsonl, eval.json and eval.md to out_dir."""
         config = self.config
         self.check(prompt_rows)
-        with self.policy(name) as (model, reference, base):
+        with self.policy(name) as (model, reference, base), autocast(config.dtype, self.device):
             torch.manual_seed(config.seed if seed is None else seed)
-            with autocast(config.dtype, self.device), answering_model(model, config.dtype) as answering:
-                rows = generate_rows(
-                    answering,
-                    self.tokenizer,
-                    self.builder,
-                    [r["prompt"] for r in prompt_rows],
-                    config,
-                    self.guided,
-                    progress,
-                )
+            rows = generate_rows(
+                model,
+                self.tokenizer,
+                self.builder,
+                [r["prompt"] for r in prompt_rows],
+                config,
+                self.guided,
+                progress,
+                running=functools.partial(answering_model, dtype=config.dtype),
+                after_batch=functools.partial(self.add_kl, model=model, reference=reference, base=base),
+            )
             self.score(rows, prompt_rows)
-            with autocast(config.dtype, self.device):
-                self.add_logprobs(rows, prompt_rows, model, reference)
-                running = functools.partial(answering_model, dtype=config.dtype)
-                kls = response_kls(model, base, rows, self.tokenizer.pad_token_id, running=running)
-            for row, (kl, k1) in zip(rows, kls):
-                row.update(kl=kl, kl_k1=k1)
+            self.add_reference_nll(rows, prompt_rows, model)
         metrics = {m.name: metric_result(m, rows) for m in applicable(rows, self.reward_metrics())}
         metrics["generation_perplexity"]["reference_model"] = self.reference_name or adapter_base(name) or name
         metrics["kl"]["between"] = kl_note(config)
@@ -193,12 +208,31 @@ class Evaluator:
             for row, s in zip(rows, score(fn, prompts, completions, **columns)):
                 row[name] = s
 
-    def add_logprobs(self, rows: list[dict], prompt_rows: list[dict], model, reference) -> None:
-        """Each answer's NLL under the reference model; with references in the data, each reference's NLL under
-        the evaluated model."""
+    def add_kl(self, rows: list[dict], logprobs: list, model, reference, base) -> None:
+        """Each answer's KL to the base model (exact and k1) and its NLL under the reference model, from the
+        policy's own next-token log-probabilities (kept by the generation) and one pass of the base model; none
+        when the base model is the policy, whose KL is then exactly 0."""
         pad = self.tokenizer.pad_token_id
-        for row, (nll, n) in zip(rows, response_nll(reference, rows, pad)):
-            row.update(nll=nll, n_tokens=n)
+        base_logprobs = logprobs
+        if base is not model:
+            base_logprobs = [
+                lq
+                for batch in (rows[i : i + 16] for i in range(0, len(rows), 16))
+                for lq in continuation_logprobs(
+                    base, [r["prompt_ids"] for r in batch], [r["response_ids"] for r in batch], pad
+                )
+            ]
+        for row, lp, lq in zip(rows, logprobs, base_logprobs):
+            row["kl"], row["kl_k1"] = answer_kl(lp, lq, row["response_ids"])
+            if reference is model or reference is base:
+                row["nll"] = answer_nll(lp if reference is model else lq, row["response_ids"])
+                row["n_tokens"] = len(row["response_ids"])
+        if reference is not model and reference is not base:  # a separate reference model: its own pass
+            for row, (nll, n) in zip(rows, response_nll(reference, rows, pad)):
+                row.update(nll=nll, n_tokens=n)
+
+    def add_reference_nll(self, rows: list[dict], prompt_rows: list[dict], model) -> None:
+        """With references in the data, each reference's NLL under the evaluated model."""
         ref_column = next((c for c in REFERENCE_COLUMNS if c in prompt_rows[0]), None)
         if ref_column is None:
             return
@@ -210,6 +244,7 @@ class Evaluator:
             }
             for r, p in zip(rows, prompt_rows)
         ]
+        pad = self.tokenizer.pad_token_id
         for row, p, (nll, n) in zip(rows, prompt_rows, response_nll(model, ref_rows, pad)):
             row.update(reference=str(p[ref_column]), ref_nll=nll, ref_n_tokens=n)
 
@@ -228,7 +263,7 @@ def kl_note(config: Config) -> str:
 
 
 class _AdapterDisabled:
-    """The base model of a peft model: calls run with its adapter disabled."""
+    """The base model of a peft model: calls run with its adapter disabled; everything else is the model's."""
 
     def __init__(self, wrapped):
         self.wrapped = wrapped
@@ -237,8 +272,8 @@ class _AdapterDisabled:
         with self.wrapped.disable_adapter():
             return self.wrapped(*args, **kwargs)
 
-    def parameters(self):
-        return self.wrapped.parameters()
+    def __getattr__(self, name):
+        return getattr(self.wrapped, name)
 
 
 def answering_model(model, dtype: str):

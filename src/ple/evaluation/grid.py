@@ -13,11 +13,15 @@ A compare file is YAML:
     learning_rates: [5e-5, 2e-4]       # every method at every rate, one cell each (default: the config's rate)
     lr_grid: {rates: [...], validation_dataset: ...}  # or: one rate per method, chosen on validation prompts
     config: {...}                      # the training config every cell shares (any `ple train` key)
+    evaluation: {temperature: 1.0}     # sampling settings for the evaluations only (EVALUATION_KEYS)
+    best_of_n: [1, 2, 4, 8, 16]        # the base model's best-of-n by the training reward, a training-free yardstick
+    frontier: {budgets: [0.5, 1.5, 3]} # the reward-KL frontier's rules (ple.evaluation.frontier.Rules)
     overrides:                         # per-method changes, e.g. a baseline's own learning rate
       rloo: {learning_rate: 1e-5}
 
-A cell is one (method, learning rate, seed); it trains in output_dir/cells/METHOD/lr_RATE/seedS and its final model
-is evaluated in eval/step_NNN (NNN: iterations done). A cell whose evaluation is written is never rerun; a killed
+A cell is one (method, learning rate, seed); it trains in output_dir/cells/METHOD/lr_RATE/seedS and its model is
+evaluated in eval/step_NNN (NNN: iterations done) after its last iteration and, when the config sets snapshot_every,
+at each of its snapshots too. A cell whose evaluation is written is never rerun; a killed
 cell resumes its training. The base model is evaluated once, in output_dir/base. The evaluator (the tokenizer, the
 rewards, the base model) is loaded once for the whole grid. Pairwise win rates use the reward judge of
 `judge_reward_name`: the first held-out reward when there is one, the training reward otherwise, as `ple eval
@@ -48,7 +52,7 @@ from ple.evaluation.results import write_results
 from ple.io import atomic_write_text, read_yaml_file, strict_json
 from ple.methods import METHODS, get_method
 from ple.progress import Progress, quiet_libraries
-from ple.training.rundir import BUDGET, CONFIG, config_changes
+from ple.training.rundir import BUDGET, CONFIG, FINAL, config_changes, snapshot_dir, snapshot_steps
 
 SPEC_KEYS = {
     "output_dir",
@@ -62,7 +66,11 @@ SPEC_KEYS = {
     "lr_grid",
     "config",
     "overrides",
+    "evaluation",
+    "best_of_n",
+    "frontier",
 }
+EVALUATION_KEYS = {"temperature", "top_p", "top_k", "max_new_tokens", "generation_batch_size", "eval_max_prompts"}
 LR_GRID_KEYS = {"rates", "iterations", "queries_per_iteration", "validation_dataset", "validation_prompts", "seed"}
 
 
@@ -121,6 +129,14 @@ class Cell:
         return self.config.iterations
 
     @property
+    def steps(self) -> list[int]:
+        """The iteration counts its model is evaluated at: every snapshot, and the end."""
+        return sorted({*snapshot_steps(self.config), self.final_step})
+
+    def model_at(self, step: int) -> Path:
+        return self.paths.root / FINAL if step == self.final_step else snapshot_dir(self.paths.root, step)
+
+    @property
     def label(self) -> str:
         return f"{self.method}/lr_{self.learning_rate:g}/seed{self.seed}"
 
@@ -140,10 +156,20 @@ class Grid:
     lr_grid: LRGrid | None = None
     overrides: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     chosen_rates: Mapping[str, float] = field(default_factory=dict)  # what the lr grid chose (tune_learning_rates)
+    evaluation: Mapping[str, Any] = field(default_factory=dict)  # the evaluations' own sampling settings
+    best_of_n: tuple[int, ...] = ()
+    frontier: Mapping[str, Any] | None = None  # the frontier's rules as written (ple.evaluation.frontier.Rules)
 
     @property
     def base_dir(self) -> Path:
         return self.output_dir / "base"
+
+    def base_draw(self, i: int) -> tuple[Path, int]:
+        """(directory, seed) of the base model's i-th answer to every prompt, for best-of-n; draw 0 is its
+        evaluation itself."""
+        if i == 0:
+            return self.base_dir, self.base.seed
+        return self.output_dir / "base_draws" / f"draw_{i:02d}", self.base.seed + i
 
     def method_seeds(self, method: str) -> tuple[int, ...]:
         return self.seeds_per_method.get(method, self.seeds)
@@ -220,7 +246,10 @@ def load_grid(raw: dict, config_overrides: dict | None = None) -> Grid:
     if not isinstance(per_method, dict) or any(m not in methods for m in per_method):
         raise PLEError("compare: `seeds_per_method` maps a listed method to a non-empty list of integer seeds")
     config = {**(raw.get("config") or {}), **(config_overrides or {})}
-    base = load_config(overrides={k: v for k, v in config.items() if k != "method"}, validate=False)
+    evaluation = raw.get("evaluation") or {}
+    if not isinstance(evaluation, dict) or set(evaluation) - EVALUATION_KEYS:
+        raise PLEError(f"compare: `evaluation` maps sampling keys ({', '.join(sorted(EVALUATION_KEYS))}) to values")
+    base = load_config(overrides={**{k: v for k, v in config.items() if k != "method"}, **evaluation}, validate=False)
     if base.eval_dataset is None:
         raise PLEError("compare: the config needs an eval_dataset (the prompts every model is evaluated on)")
     grid = Grid(
@@ -236,6 +265,9 @@ def load_grid(raw: dict, config_overrides: dict | None = None) -> Grid:
         learning_rates=_rate_list(raw.get("learning_rates"), "`learning_rates`"),
         lr_grid=_lr_grid(raw.get("lr_grid")),
         overrides=overrides,
+        evaluation=evaluation,
+        best_of_n=_best_of_n(raw.get("best_of_n")),
+        frontier=_frontier(raw.get("frontier")),
     )
     if grid.learning_rates is not None and (grid.lr_grid or any("learning_rate" in o for o in overrides.values())):
         raise PLEError("compare: `learning_rates` gives every method its rates; drop lr_grid and overridden rates")
@@ -277,6 +309,23 @@ def _listed(method: str | None, methods: list[str], key: str) -> str | None:
     return method
 
 
+def _best_of_n(values) -> tuple[int, ...]:
+    if values is None:
+        return ()
+    if not isinstance(values, list) or not values or not all(isinstance(n, int) and n >= 1 for n in values):
+        raise PLEError("compare: `best_of_n` must be a non-empty list of positive integers (n)")
+    return tuple(sorted(set(values)))
+
+
+def _frontier(rules) -> Mapping[str, Any] | None:
+    if rules is None:
+        return None
+    from ple.evaluation.frontier import rules_from
+
+    rules_from(rules)  # checked now, so that a bad rule fails before any work
+    return dict(rules)
+
+
 def _lr_grid(grid) -> LRGrid | None:
     if grid is None:
         return None
@@ -298,6 +347,9 @@ def run_grid(grid: Grid) -> Path:
     atomic_write_text(grid.output_dir / "compare.yaml", yaml.safe_dump(grid_for_file(grid), sort_keys=False))
 
     evaluate_once(evaluator, grid.base.model, prompts, grid.base_dir, "base model", grid.base.seed)
+    for i in range(1, max(grid.best_of_n, default=1)):
+        out, seed = grid.base_draw(i)
+        evaluate_once(evaluator, grid.base.model, prompts, out, f"base model draw {i + 1}", seed)
     if grid.lr_grid is not None:
         grid = dataclasses.replace(grid, chosen_rates=tune_learning_rates(grid, evaluator, invocation))
     run_cells(grid, evaluator, prompts, invocation)
@@ -324,14 +376,16 @@ def judge_cells(grid: Grid, evaluator: Evaluator) -> None:
             progress.advance()
 
 
-def train_and_evaluate(cell: Cell, evaluator: Evaluator, prompts: list, out: Path, seed: int) -> None:
+def train_and_evaluate(cell: Cell, evaluator: Evaluator, prompts: list, outs: dict[int, Path], seed: int) -> None:
+    """Train the cell (or resume it), then evaluate its model at each step of `outs` (step -> directory)."""
     from ple.baselines import make_trainer
 
     trainer = make_trainer(cell.config)
-    final = trainer.train(resume=cell.paths.config.is_file()).final_model
+    trainer.train(resume=cell.paths.config.is_file())
     del trainer
     gc.collect()
-    evaluate_once(evaluator, str(final), prompts, out, cell.label, seed)
+    for step, out in outs.items():
+        evaluate_once(evaluator, str(cell.model_at(step)), prompts, out, f"{cell.label} step {step}", seed)
 
 
 def check_unchanged(cell: Cell) -> None:
@@ -364,7 +418,8 @@ def tune_learning_rates(grid: Grid, evaluator: Evaluator, invocation: "Invocatio
         for rate in lr.rates
     ]
     scores: dict[str, dict[str, float]] = {}
-    for cell in run_each(runs, lambda c: c.paths.root / "eval", "lr grid", invocation, evaluator, validation, lr.seed):
+    final_only = lambda c: {c.final_step: c.paths.root / "eval"}  # noqa: E731
+    for cell in run_each(runs, final_only, "lr grid", invocation, evaluator, validation, lr.seed):
         result = json.loads((cell.paths.root / "eval" / EVAL_JSON).read_text())
         scores.setdefault(cell.method, {})[f"{cell.learning_rate:g}"] = result["metrics"][key]["value"]
     chosen = {m: float(max(rates, key=rates.get)) for m, rates in scores.items()}
@@ -386,19 +441,25 @@ def tune_learning_rates(grid: Grid, evaluator: Evaluator, invocation: "Invocatio
 def run_cells(grid: Grid, evaluator: Evaluator, prompts: list, invocation: "Invocation") -> None:
     """Every cell trained and its final model evaluated alike: the shared config's rewards and generation
     settings, the cell's seed."""
-    list(run_each(grid.cells, lambda c: c.paths.eval(c.final_step), "cell", invocation, evaluator, prompts))
+    every_step = lambda c: {step: c.paths.eval(step) for step in c.steps}  # noqa: E731
+    list(run_each(grid.cells, every_step, "cell", invocation, evaluator, prompts))
 
 
-def run_each(cells, eval_dir, what: str, invocation: "Invocation", evaluator: Evaluator, prompts: list, seed=None):
+def run_each(cells, eval_dirs, what: str, invocation: "Invocation", evaluator: Evaluator, prompts: list, seed=None):
     """Train and evaluate each cell not finished before (a finished one must have an unchanged config), with an
-    ETA over them; yields every cell once it is done."""
-    eta = ETA([(c.method, (eval_dir(c) / EVAL_JSON).is_file()) for c in cells])
+    ETA over them; yields every cell once it is done. `eval_dirs(cell)` maps each step to evaluate to its
+    directory."""
+
+    def finished(cell) -> bool:
+        return all((out / EVAL_JSON).is_file() for out in eval_dirs(cell).values())
+
+    eta = ETA([(c.method, finished(c)) for c in cells])
     for cell in cells:
-        if (eval_dir(cell) / EVAL_JSON).is_file():
+        if finished(cell):
             check_unchanged(cell)
         else:
             started = time.perf_counter()
-            train_and_evaluate(cell, evaluator, prompts, eval_dir(cell), cell.seed if seed is None else seed)
+            train_and_evaluate(cell, evaluator, prompts, eval_dirs(cell), cell.seed if seed is None else seed)
             eta.done(cell.method, time.perf_counter() - started, f"{what} {cell.label}")
             invocation.record()
         yield cell
@@ -455,6 +516,9 @@ def grid_for_file(grid: Grid) -> dict:
         "lr_grid": dataclasses.asdict(grid.lr_grid) if grid.lr_grid else None,
         "config": dict(grid.config),
         "overrides": {m: dict(o) for m, o in grid.overrides.items()},
+        "evaluation": dict(grid.evaluation),
+        "best_of_n": list(grid.best_of_n) or None,
+        "frontier": dict(grid.frontier) if grid.frontier else None,
     }
 
 

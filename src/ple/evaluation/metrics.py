@@ -7,6 +7,7 @@ and how it is printed. `ple eval`, the demo's report and the `ple compare` table
 appears in all of them by one `register_metric(Metric(...))` (docs/extending.md)."""
 
 import contextlib
+import functools
 import math
 import re
 import statistics
@@ -24,26 +25,33 @@ from ple.logprobs import response_logprobs
 Rows = Sequence[dict[str, Any]]
 
 
+@functools.lru_cache(maxsize=65536)
+def _ngrams(text: str, n: int) -> tuple[tuple[str, ...], ...]:
+    # Cached: a bootstrap recomputes a corpus metric on a thousand resamples of the same answers.
+    words = text.lower().split()
+    return tuple(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+
+
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Unique n-grams over all n-grams of a set of texts (whitespace words, lower-cased)."""
-    grams = [tuple(words[i : i + n]) for t in texts for words in [t.lower().split()] for i in range(len(words) - n + 1)]
+    grams = [g for t in texts for g in _ngrams(t, n)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
 def repeated_4gram_share(text: str) -> float:
     """The share of an answer's word 4-grams that repeat an earlier one of the same answer (0 when it has none)."""
-    words = text.lower().split()
-    grams = [tuple(words[i : i + 4]) for i in range(len(words) - 3)]
+    grams = _ngrams(text, 4)
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 
 
-def sentences(text: str) -> set[str]:
+@functools.lru_cache(maxsize=65536)
+def sentences(text: str) -> frozenset[str]:
     """An answer's sentences, lower-cased with their whitespace collapsed, each once."""
     parts = (" ".join(p.lower().split()) for p in _SENTENCE_END.split(text))
-    return {p for p in parts if p}
+    return frozenset(p for p in parts if p)
 
 
 def top_sentence_share(texts: Sequence[str]) -> float:
@@ -52,42 +60,69 @@ def top_sentence_share(texts: Sequence[str]) -> float:
     return counts.most_common(1)[0][1] / len(texts) if counts and texts else 0.0
 
 
-def last_logprobs(model, inputs: dict, keep: int) -> torch.Tensor:
-    """Next-token log-probabilities at the last keep - 1 positions (position j predicts token j + 1)."""
-    return torch.log_softmax(model(**inputs, logits_to_keep=keep).logits[:, -keep:-1].float(), -1)
+def answer_kl(policy: torch.Tensor, base: torch.Tensor, response: Sequence[int]) -> tuple[float, float]:
+    """(exact, k1) for one answer from the two models' next-token log-probabilities at its positions (response
+    tokens x vocab each):
+
+    exact = sum_t sum_v pi(v|x, y_<t) (log pi(v|x, y_<t) - log pi_base(v|x, y_<t)), the Rao-Blackwellized
+    estimator of KL(pi || pi_base) for a y drawn from pi (unbiased, never noisier than k1);
+    k1 = sum_t log pi(y_t|x, y_<t) - log pi_base(y_t|x, y_<t), the sampled log-ratio, as a cross-check."""
+    if not len(response):
+        return 0.0, 0.0
+    tokens = torch.tensor(response, device=policy.device)[:, None]
+    exact = (policy.exp() * (policy - base)).sum()
+    k1 = (policy.gather(1, tokens) - base.gather(1, tokens)).sum()
+    return float(exact), float(k1)
+
+
+def answer_nll(logprobs: torch.Tensor, response: Sequence[int]) -> float:
+    """The summed NLL of an answer from a model's next-token log-probabilities at its positions."""
+    if not len(response):
+        return 0.0
+    return -float(logprobs.gather(1, torch.tensor(response, device=logprobs.device)[:, None]).sum())
+
+
+@torch.no_grad()
+def continuation_logprobs(model, prompts: list[list[int]], responses: list[list[int]], pad_id: int):
+    """Each response's next-token log-probabilities (its tokens x vocab, temperature 1) given its prompt, in one
+    teacher-forced pass; the prompts' common beginnings (a chat template's system prompt) run once, through the
+    shared-prefix KV cache generation uses (ple.cpu_speedups.prompt_inputs)."""
+    from ple.batching import cache_kwarg
+    from ple.cpu_speedups import prompt_inputs
+
+    device = next(model.parameters()).device
+    inputs = prompt_inputs(model, prompts, pad_id, device)
+    name = cache_kwarg(model)
+    cache = inputs.get(name)
+    cached = cache.get_seq_length() if cache is not None else 0
+    response_ids, response_mask = pad_batch(responses, pad_id, device, side="right")
+    mask = torch.cat([inputs["attention_mask"], response_mask], dim=1)
+    logits = model(
+        input_ids=torch.cat([inputs["input_ids"][:, cached:], response_ids], dim=1),
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0)[:, cached:],
+        logits_to_keep=response_ids.shape[1] + 1,  # the last prompt token predicts the first response token
+        **({name: cache, "use_cache": True} if cache is not None else {}),
+    ).logits[:, :-1]
+    logprobs = logits.float().log_softmax(-1)
+    return [logprobs[i, : len(r)] for i, r in enumerate(responses)]
 
 
 @torch.no_grad()
 def response_kls(
     model, base, rows: Rows, pad_id: int, batch_size: int = 16, running=contextlib.nullcontext
 ) -> list[tuple[float, float]]:
-    """(exact, k1) per row: the KL from `base` to `model` over the row's response tokens, given its prompt.
-
-    exact = sum_t sum_v pi(v|x, y_<t) (log pi(v|x, y_<t) - log pi_base(v|x, y_<t)), the Rao-Blackwellized
-    estimator of KL(pi || pi_base) for a y drawn from pi (unbiased, never noisier than k1);
-    k1 = sum_t log pi(y_t|x, y_<t) - log pi_base(y_t|x, y_<t), the sampled log-ratio, as a cross-check.
-    Both read the models' own (temperature 1) next-token distributions. `running(model)` is a context that gives
-    the module to run for pi (an adapter merged into the base weights, say); `base` runs outside it."""
+    """`answer_kl` (exact, k1) per row, both models teacher-forced on the row's prompt and response.
+    `running(model)` is a context that gives the module to run for pi (an adapter merged into the base weights,
+    say); `base` runs outside it. (The evaluation takes pi's side from the generation itself.)"""
     out = []
     for start in range(0, len(rows), batch_size):
-        batch = [(r["prompt_ids"], r["response_ids"]) for r in rows[start : start + batch_size]]
-        device = next(model.parameters()).device
-        ids, mask = pad_batch([p + r for p, r in batch], pad_id, device)
-        keep = min(ids.shape[1], max(len(r) for _, r in batch) + 1)
-        inputs = dict(input_ids=ids, attention_mask=mask, position_ids=(mask.cumsum(-1) - 1).clamp(min=0))
+        batch = rows[start : start + batch_size]
+        prompts, responses = [r["prompt_ids"] for r in batch], [r["response_ids"] for r in batch]
         with running(model) as policy:
-            lp = last_logprobs(policy, inputs, keep)
-        lq = last_logprobs(base, inputs, keep)
-        for i, (_, response) in enumerate(batch):
-            n = len(response)
-            if n == 0:
-                out.append((0.0, 0.0))
-                continue
-            a, b = lp[i, -n:], lq[i, -n:]
-            tokens = torch.tensor(response, device=device)[:, None]
-            exact = (a.exp() * (a - b)).sum()
-            k1 = (a.gather(1, tokens) - b.gather(1, tokens)).sum()
-            out.append((float(exact), float(k1)))
+            lp = continuation_logprobs(policy, prompts, responses, pad_id)
+        lq = continuation_logprobs(base, prompts, responses, pad_id)
+        out += [answer_kl(a, b, r) for a, b, r in zip(lp, lq, responses)]
     return out
 
 

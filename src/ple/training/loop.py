@@ -21,7 +21,7 @@ from ple.principles import load_principle
 from ple.progress import Progress
 from ple.rewards import ClassifierReward, RunningStd, check_reward, config_reward, score, summed_reward
 from ple.training.policy import Policy
-from ple.training.rundir import WARMUP, RunDir
+from ple.training.rundir import WARMUP, RunDir, snapshot_dir, snapshot_steps
 from ple.training.trackers import Trackers
 
 
@@ -221,6 +221,8 @@ class Trainer:
                     rows, metrics = self.iteration(t)
                     self.run_dir.write_iteration(t, rows, metrics)
                     trackers.log(metrics, step=t)
+                    if t + 1 in snapshot_steps(config):  # before the checkpoint: a resume never skips one
+                        self.policy.save_snapshot(snapshot_dir(self.run_dir.path, t + 1))
                     self.checkpoint(t)
                     progress.advance()
                     progress.log(self.summary_line(metrics))

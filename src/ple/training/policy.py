@@ -239,6 +239,15 @@ class Policy:
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         self.dist.barrier()
 
+    def save_snapshot(self, path: Path) -> None:
+        """The policy's weights (no optimizer) into `path`, written beside it and renamed; every process calls it."""
+        tmp = path.with_name(f".{path.name}.tmp")
+        with self.full_model() as model:
+            if self.dist.main:
+                shutil.rmtree(tmp, ignore_errors=True)
+                save_model(model, self.tokenizer, tmp)
+                replace_dir(tmp, path)
+
     def save_final(self, run_dir: Path) -> Path:
         """run_dir/final: written beside it and renamed, so a kill never leaves a half-saved model. Every process
         calls it (under ZeRO-3 they all take part in gathering the weights); the main one writes."""

@@ -5,6 +5,7 @@
       metrics.jsonl                 one line per finished iteration
       generations/iter_TTT.jsonl    what the policy generated in iteration t, with rewards and branches
       checkpoints/iter_TTT/         model + optimizer + trainer_state.json (iteration, running reward std)
+      snapshots/step_NNN/           the policy after NNN iterations, every snapshot_every (never pruned)
       final/                        the trained model
       budget.json                   what the run spent: policy samples, reward calls, tokens, seconds
 
@@ -44,6 +45,7 @@ BUDGET = "budget.json"
 FINAL = "final"
 GENERATIONS = "generations"
 CHECKPOINTS = "checkpoints"
+SNAPSHOTS = "snapshots"
 TRAINER_STATE = "trainer_state.json"
 MARKER = ".ple-run"  # written first into a new run directory: what tells a ple run from a user's folder
 INPUT_FIELDS = ("dataset", "sft_dataset", "eval_dataset", "principle")
@@ -335,6 +337,17 @@ def _same_setting(key: str, a, b) -> bool:
     if a == b:
         return True
     return key in PATH_FIELDS and same_path(a, b)
+
+
+def snapshot_dir(run_dir: Path, done: int) -> Path:
+    """Where the policy after `done` iterations is kept (config.snapshot_every)."""
+    return run_dir / SNAPSHOTS / f"step_{done:03d}"
+
+
+def snapshot_steps(config) -> list[int]:
+    """The iteration counts a run snapshots its policy at: every snapshot_every, up to its iterations."""
+    every = config.snapshot_every
+    return list(range(every, config.iterations + 1, every)) if every > 0 else []
 
 
 def checkpoint_name(t: int) -> str:
