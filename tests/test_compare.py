@@ -183,6 +183,7 @@ def test_a_frontier_grid_evaluates_every_snapshot_and_draws_the_base_models_best
         "seeds": [0],
         "evaluation": {"temperature": 1.0, "top_k": 0, "top_p": 1.0},
         "best_of_n": [1, 3],
+        "frontier": {"budgets": [0.5, 50.0], "resamples": 100, "max_top_sentence_share": 1.0},
     }
     grid = load_grid(spec)
     assert grid.base.temperature == 1.0 and grid.cells[0].config.temperature != 1.0  # evaluation only
@@ -201,6 +202,16 @@ def test_a_frontier_grid_evaluates_every_snapshot_and_draws_the_base_models_best
         for d in (root / "base", root / "base_draws" / "draw_01")
     ]
     assert answers[0] != answers[1]  # another seed, other answers
+    frontier = json.loads((root / "frontier.json").read_text())
+    assert len(frontier["points"]) == 2 * 2 + 2  # two methods at two steps, best-of-1 and best-of-3
+    assert [r["method"] for r in frontier["differences"]] == ["dpo", "dpo"]  # PLE minus dpo at each budget
+    assert frontier["claim"].startswith("On the held-out judge, at matched KL")
+    assert json.loads((root / "probe.json").read_text())["n"] == 5
+    text = (root / "frontier.md").read_text()
+    assert "## Verdict" in text and "| dpo |" in text
+    assert "## The reward-KL frontier" in (root / "results.md").read_text()
+    for plot in ("frontier.png", "frontier_diversity.png", "frontier_forest.png"):
+        assert (root / plot).stat().st_size > 1000
     with pytest.raises(PLEError, match="evaluation"):
         load_grid({**spec, "evaluation": {"learning_rate": 1.0}})
     with pytest.raises(PLEError, match="best_of_n"):

@@ -354,6 +354,10 @@ def run_grid(grid: Grid) -> Path:
         grid = dataclasses.replace(grid, chosen_rates=tune_learning_rates(grid, evaluator, invocation))
     run_cells(grid, evaluator, prompts, invocation)
     judge_cells(grid, evaluator)
+    if grid.frontier is not None:
+        from ple.evaluation.frontier import run_probe
+
+        run_probe(grid, evaluator.rewards[judge_reward_name(grid.base)])
     invocation.record()
     return write_results(grid)
 

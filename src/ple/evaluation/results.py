@@ -149,10 +149,23 @@ def write_results(grid) -> Path:
         lines.append(f"Not finished yet: {', '.join(missing)}.")
     diversity = {s["method"]: s["distinct_2_mean"] for s in summary if s.get("distinct_2_mean") is not None}
     lines += learning_rate_section(out) + difference_section(grid, base, diversity)
-    lines += figure3_section(grid) + cost_section(out)
+    lines += figure3_section(grid) + frontier_section(grid) + cost_section(out)
     report = out / "results.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     return report
+
+
+def frontier_section(grid) -> list[str]:
+    """The frontier's verdict (ple.evaluation.frontier), written to frontier.md; the table above is final models
+    only and judges them without regard to KL or diversity."""
+    from ple.evaluation.frontier import write_frontier
+
+    path = write_frontier(grid)
+    if path is None:
+        return []
+    claim = json.loads((grid.output_dir / "frontier.json").read_text())["claim"]
+    details = "Details: [frontier.md](frontier.md)."
+    return ["", "## The reward-KL frontier", "", claim or "No comparison yet.", "", details]
 
 
 def _seed_counts(grid) -> str:
