@@ -402,8 +402,47 @@ def analyse(grid, rules: Rules) -> dict[str, Any] | None:
         "differences": rows,
         "claim": claim_sentence(rows, reference, rules) if rows else None,
         "probe": _read_probe(grid),
+        "growth": growth(grid, point_rows),
     }
     return result
+
+
+BRANCH_KEYS = ("frac_rank", "frac_wsft", "frac_skip", "wsft_weight_max_mean", "mean_gap")
+
+
+def growth(grid, point_rows: Sequence[dict]) -> list[dict[str, Any]]:
+    """Per method and learning rate: KL, judge and distinct-2 at each evaluated step (mean over seeds), and, for
+    the methods that log them, PLE's branch fractions and weights per iteration (metrics.jsonl, mean over seeds):
+    what shows how a method's KL grows and why."""
+    from ple.training.rundir import METRICS_JSONL
+
+    out = []
+    for method in grid.methods:
+        for rate in grid.rates(method):
+            mine = [p for p in point_rows if p["method"] == method and p["learning_rate"] == rate]
+            if not mine:
+                continue
+            row: dict[str, Any] = {"method": method, "learning_rate": rate, "steps": {}}
+            for step in sorted({p["step"] for p in mine}):
+                at = [p for p in mine if p["step"] == step]
+                row["steps"][step] = {
+                    k: float(np.mean([p[k] for p in at])) for k in ("kl", "judge", "distinct_2", "top_sentence_share")
+                }
+            logs = []
+            for seed in grid.method_seeds(method):
+                path = grid.cell(method, rate, seed).paths.root / METRICS_JSONL
+                logs += read_jsonl(path) if path.is_file() else []
+            branches = {}
+            for k in BRANCH_KEYS:
+                per_iteration: dict[int, list[float]] = {}
+                for r in logs:
+                    if isinstance(r.get("iteration"), int) and r.get(k) is not None:
+                        per_iteration.setdefault(r["iteration"], []).append(float(r[k]))
+                if per_iteration:
+                    branches[k] = [float(np.mean(per_iteration[t])) for t in sorted(per_iteration)]
+            row["branches"] = branches
+            out.append(row)
+    return out
 
 
 def _read_probe(grid) -> dict | None:
@@ -591,8 +630,46 @@ def frontier_markdown(result: dict, rules: Rules, grid) -> str:
         )
     if result["differences"]:
         lines += ["", "![PLE minus each method at each budget](frontier_forest.png)"]
+    lines += growth_markdown(result["growth"])
     lines += ["", "Every number: `frontier.json`; every point: `frontier_points.csv`.", ""]
     return "\n".join(lines)
+
+
+def growth_markdown(rows: Sequence[dict]) -> list[str]:
+    if not rows:
+        return []
+    steps = sorted({int(s) for r in rows for s in r["steps"]})
+    lines = [
+        "",
+        "## How KL and diversity grow along training",
+        "",
+        "Mean over seeds at each evaluated step: KL / judge / distinct-2.",
+        "",
+        "| method | lr | " + " | ".join(f"step {s}" for s in steps) + " |",
+        "|---|---:|" + "---|" * len(steps),
+    ]
+    for r in rows:
+        cells = []
+        for s in steps:
+            v = r["steps"].get(s) or r["steps"].get(str(s))
+            cells.append(f"{v['kl']:.2f} / {v['judge']:.3f} / {v['distinct_2']:.3f}" if v else "-")
+        lines.append(f"| {r['method']} | {r['learning_rate']:g} | " + " | ".join(cells) + " |")
+    logged = [r for r in rows if r["branches"].get("frac_rank")]
+    if logged:
+        lines += [
+            "",
+            "PLE's branches per iteration (metrics.jsonl, mean over seeds): the share of queries on the ranking "
+            "branch / on the weighted-SFT branch, and the mean largest weighted-SFT weight.",
+            "",
+            "| method | lr | frac_rank | frac_wsft | max wsft weight |",
+            "|---|---:|---|---|---|",
+        ]
+        for r in logged:
+            b = r["branches"]
+            shown = [" ".join(f"{x:.2f}" for x in b.get(k, [])) or "-" for k in BRANCH_KEYS[:2]]
+            shown.append(" ".join(f"{x:.2f}" for x in b.get("wsft_weight_max_mean", [])) or "-")
+            lines.append(f"| {r['method']} | {r['learning_rate']:g} | " + " | ".join(shown) + " |")
+    return lines
 
 
 def _pyplot():
