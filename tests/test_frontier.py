@@ -64,13 +64,16 @@ def test_the_envelope_chooses_on_one_half_and_scores_on_the_other():
     """Prompts 0-1 and 2-3 are the halves. Within KL 2: choosing on the first half takes P1 (0.5 there), which
     scores 0.2 on the second; choosing on the second takes P2 (0.6), which scores 0.3 on the first: (0.2 + 0.3)
     / 2 = 0.25, below the 0.45 of the best point on all prompts (the winner's curse it guards against). The
-    collapsed point (one sentence everywhere) would win on both halves but fails the gate; P4 is over budget."""
+    collapsed point (one sentence everywhere) would win on both halves but fails the gate, and so does the
+    repetitive one (distinct-2 3/12 on each half against the base model's 1); P4 is over budget."""
     base = Features(unique_texts("base"), VOCABULARY)
     points = [
         point([0.9, 0.1, 0.2, 0.2], [1, 1, 1, 1], unique_texts("p1")),
         point([0.3, 0.3, 0.6, 0.6], [1, 1, 1, 1], unique_texts("p2")),
         point([1.0, 1.0, 1.0, 1.0], [0.5] * 4, ["Great film. Great film."] * 4),
         point([0.8, 0.8, 0.8, 0.8], [3, 3, 3, 3], unique_texts("p4")),
+        # Every answer its own sentence (the top-sentence share passes), all repeating one bigram: distinct-2 fails.
+        point([1.0, 1.0, 1.0, 1.0], [0.5] * 4, [f"good good good good good good x{i}." for i in range(4)]),
     ]
     rules = Rules(budgets=(0.4, 2.0, 4.0), max_top_sentence_share=0.5)  # with 2 answers a half, 1/2 is the least
     halves = (np.array([0, 1]), np.array([2, 3]))

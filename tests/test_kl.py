@@ -73,3 +73,40 @@ def test_degeneration_metrics_by_hand():
     answers = ["I'm so glad. The plot is thin.", "i'm   so glad. A fine film.", "Dull. I'm so glad.", "No."]
     assert top_sentence_share(answers) == 3 / 4  # "i'm so glad." is in three of the four answers
     assert top_sentence_share(["x", "y"]) == 0.5 and top_sentence_share([]) == 0.0
+
+
+def test_a_pass_with_a_shared_prompt_prefix_gives_each_rows_own_logprobs():
+    """Prompts that begin alike run their common beginning once (the chat template's system prompt, say); each
+    row's log-probabilities must still be those of its own prompt and answer, run alone."""
+    from ple.evaluation.metrics import continuation_logprobs
+
+    model = tiny(2, vocab=8)
+    shared = [1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4, 5, 6, 7, 1, 2, 3, 4]  # 18 tokens: past the 16 that trigger sharing
+    prompts = [shared + [5], shared + [6, 7, 2], [3, 1]]
+    responses = [[2, 2, 1], [4], [7, 7, 7, 7]]
+    got = continuation_logprobs(model, prompts, responses, pad_id=0)
+    for p, r, lp in zip(prompts, responses, got):
+        with torch.no_grad():
+            alone = model(torch.tensor([p + r])).logits[0, len(p) - 1 : len(p) + len(r) - 1].float().log_softmax(-1)
+        assert lp.shape == alone.shape
+        assert torch.allclose(lp, alone, atol=1e-5)
+
+
+def test_generation_keeps_the_policys_own_next_token_logprobs():
+    """What the evaluation's KL takes from the generation instead of a second pass: the temperature-1
+    log-softmax at each answer position, whatever the sampling temperature."""
+    from types import SimpleNamespace
+
+    from ple.evaluation.metrics import continuation_logprobs
+    from ple.generation import generate
+
+    model = tiny(3, vocab=8)
+    model.generation_config.eos_token_id = None
+    tokenizer = SimpleNamespace(eos_token_id=None, pad_token_id=0, decode=lambda ids, **k: " ".join(map(str, ids)))
+    prompts = [[1, 2, 3], [4, 5]]
+    torch.manual_seed(0)
+    samples = generate(model, tokenizer, prompts, max_new_tokens=4, temperature=0.5, keep_logprobs=True)
+    forced = continuation_logprobs(model, prompts, [s.response_ids for s in samples], pad_id=0)
+    for s, lp in zip(samples, forced):
+        assert s.logprobs.shape == (4, 8)
+        assert torch.allclose(s.logprobs, lp, atol=1e-5)
