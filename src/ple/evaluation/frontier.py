@@ -683,8 +683,8 @@ def _pyplot():
 
 def _colours(methods: Sequence[str]) -> dict[str, Any]:
     plt = _pyplot()
-    cmap = plt.get_cmap("tab20")
-    return {m: cmap(i % 20) for i, m in enumerate(methods)}
+    palette = [*plt.get_cmap("tab10").colors, *plt.get_cmap("Dark2").colors]
+    return {m: palette[i % len(palette)] for i, m in enumerate(methods)}
 
 
 def plot_frontier(result: dict, rules: Rules, path: Path) -> None:
@@ -697,7 +697,8 @@ def plot_frontier(result: dict, rules: Rules, path: Path) -> None:
     colours = _colours(methods)
     fig, ax = plt.subplots(figsize=(9, 6))
     ax.set_xscale("function", functions=(lambda x: np.sqrt(np.clip(x, 0, None)), np.square))
-    for method in methods:
+    widest = max([rules.budgets[-1], *(p["kl"] for p in points)])
+    for i, method in enumerate(methods):
         mine = sorted((p for p in points if p["method"] == method), key=lambda p: p["kl"])
         c = colours[method]
         for admissible in (True, False):
@@ -719,10 +720,12 @@ def plot_frontier(result: dict, rules: Rules, path: Path) -> None:
                 ys.append(best)
         if xs:
             ax.step(xs + [max(rules.budgets[-1], xs[-1])], ys + [ys[-1]], where="post", color=c, lw=1, alpha=0.7)
+        dodge = 0.012 * math.sqrt(widest) * (i - (len(methods) - 1) / 2)  # side by side at each budget
         for b in rules.budgets:
             e = result["envelopes"][method][f"{b:g}"]
             if not math.isnan(e["value"]):
-                ax.errorbar([b], [e["value"]], yerr=[[e["ci95"]], [e["ci95"]]], color=c, capsize=3, fmt="_", ms=10)
+                x = max(math.sqrt(b) + dodge, 0) ** 2
+                ax.errorbar([x], [e["value"]], yerr=[[e["ci95"]], [e["ci95"]]], color=c, capsize=3, fmt="_", ms=10)
     best = sorted((p for p in points if p["method"] == BEST_OF_N), key=lambda p: p["step"])
     if best:
         ax.plot([p["kl"] for p in best], [p["judge"] for p in best], "k--", lw=1.2, label="base best-of-n (bound)")
@@ -731,7 +734,13 @@ def plot_frontier(result: dict, rules: Rules, path: Path) -> None:
     for b in rules.budgets:
         ax.axvline(b, color="grey", ls=":", lw=1)
     ax.axhline(result["base"]["judge"], color="grey", lw=0.8)
-    ax.set_xlabel("KL(pi || pi_base), nats per answer (square-root scale)")
+    ax.set_xlim(0, widest * 1.05)
+    ticks: list[float] = []
+    for t in sorted({*rules.budgets, 0, 0.25, 1, 2, 4, 8, 16, 32, 64, 128}):
+        if t <= widest * 1.05 and (not ticks or math.sqrt(t) - math.sqrt(ticks[-1]) >= 0.04 * math.sqrt(widest)):
+            ticks.append(t)
+    ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+    ax.set_xlabel("KL(pi || pi_base), nats per answer (square-root scale; dotted: the budgets)")
     ax.set_ylabel(reward_label(result["judge"]))
     ax.set_title("Judge score against KL to the base model (hollow: fails the diversity gate)")
     ax.legend(fontsize=7, ncol=2, loc="lower right")
