@@ -120,3 +120,24 @@ def test_bad_rules_are_one_line():
     for bad in ({}, {"budgets": []}, {"budgets": [0]}, {"budgets": [1], "gate": 1}, {"budgets": [1], "alpha": 2}):
         with pytest.raises(PLEError, match="frontier"):
             rules_from(bad)
+
+
+def test_the_bootstrap_resamples_prompts_jointly_for_every_method():
+    """Two methods with the same points differ by exactly 0 in every replicate only if every method sees the same
+    resampled prompts; their envelopes still vary from replicate to replicate. Answers that are all different pass
+    the gate in every replicate, though a resample repeats some of them (the gate counts each prompt once)."""
+    from ple.evaluation.frontier import bootstrap_envelopes, split_halves
+
+    rng = np.random.default_rng(0)
+    n = 200
+    base = Features([f"b{i}a b{i}b b{i}c." for i in range(n)], VOCABULARY)
+    judge = rng.random(n)
+    texts = [f"t{i}a t{i}b t{i}c." for i in range(n)]
+    same = {m: [point(judge, np.full(n, 0.3), texts, method=m)] for m in ("ple", "x")}
+    rules = Rules(budgets=(1.0,), resamples=100)
+    replicates = bootstrap_envelopes(same, base, split_halves(n, 0), rules)
+    ple, x = ([r[1.0] for r in replicates[m]] for m in ("ple", "x"))
+    assert ple == x
+    assert not np.isnan(ple).any() and np.std(ple) > 0.005
+    a, b = split_halves(n, 0)
+    assert len(a) == len(b) == 100 and not set(a) & set(b)

@@ -12,8 +12,8 @@ The rules (`Rules`) are fixed in the compare file before the run they judge:
   (the halves are a fixed random split, `split_seed`);
 - PLE minus X at each budget, with a paired bootstrap that resamples prompts jointly for every method (within each
   half, so the halves stay disjoint) and each method's seeds, redoing the gate, the selection and the difference
-  in every replicate; the intervals are Bonferroni-corrected over every (baseline, budget) pair at family-wise
-  level `alpha`;
+  in every replicate (the gate on the distinct prompts of the resample: a prompt drawn twice repeats its answer);
+  the intervals are Bonferroni-corrected over every (baseline, budget) pair at family-wise level `alpha`;
 - one line per baseline and budget: "PLE is ahead of X" (the interval above 0), "X is ahead of PLE" (below),
   "no difference detected", or "n/a (no admissible point)" when either side has none within the budget.
 """
@@ -122,10 +122,13 @@ class Gated:
 
 
 def gate(point: Point, idx: np.ndarray, base_distinct_2: float, rules: Rules) -> Gated:
-    features = point.features
+    """The point on the prompts `idx` (a bootstrap resample repeats some): its judge score and KL over them, and
+    the gate on the distinct prompts among them, since a prompt drawn twice repeats its answer, which is the
+    resample repeating itself, not the policy (`base_distinct_2` is the base model's on the same distinct prompts)."""
+    features, distinct = point.features, np.unique(idx)
     admissible = (
-        features.distinct_2(idx) >= rules.min_distinct_ratio * base_distinct_2
-        and features.top_sentence_share(idx) <= rules.max_top_sentence_share
+        features.distinct_2(distinct) >= rules.min_distinct_ratio * base_distinct_2
+        and features.top_sentence_share(distinct) <= rules.max_top_sentence_share
     )
     judge = point.judge[idx]
     judge = float(np.nanmean(judge)) if np.isfinite(judge).any() else math.nan
@@ -145,7 +148,7 @@ def choose(gated: Sequence[Gated], budget: float) -> int | None:
 def envelope(points: Sequence[Point], halves, base: Features, rules: Rules) -> dict[float, float]:
     """Budget -> the method's envelope: the point chosen on one half of the prompts, scored on the other, then
     the halves swapped; the mean of the two held-out scores (nan where either half has no admissible point)."""
-    on = [[gate(p, half, base.distinct_2(half), rules) for p in points] for half in halves]
+    on = [[gate(p, half, base.distinct_2(np.unique(half)), rules) for p in points] for half in halves]
     out = {}
     for budget in rules.budgets:
         scores = []
@@ -547,6 +550,8 @@ def frontier_markdown(result: dict, rules: Rules, grid) -> str:
         for b in budgets:
             r = rows[b]
             interval = f"{_fmt(r['difference'])} [{_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}]"
+            if r["defined_share"] < 1:  # resamples where a side had no admissible point within the budget
+                interval += f" (defined in {r['defined_share']:.0%} of resamples)"
             cells.append(f"{r['verdict']}: {interval}" if not r["verdict"].startswith("n/a") else r["verdict"])
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     if result["differences"]:
