@@ -535,6 +535,7 @@ def frontier_markdown(result: dict, rules: Rules, grid) -> str:
         f"{rules.resamples} joint paired bootstrap replicates (prompts within each half, seeds within a method) "
         "redo the gate, the selection and the difference.",
         "",
+        *_gate_warning(rules, min(result["halves"])),
         "## Verdict",
         "",
         result["claim"] or "No comparison: the reference method has no evaluated point yet.",
@@ -675,6 +676,18 @@ def growth_markdown(rows: Sequence[dict]) -> list[str]:
             shown.append(" ".join(f"{x:.2f}" for x in b.get("wsft_weight_max_mean", [])) or "-")
             lines.append(f"| {r['method']} | {r['learning_rate']:g} | " + " | ".join(shown) + " |")
     return lines
+
+
+def _gate_warning(rules: Rules, half: int) -> list[str]:
+    """A top-sentence share below one answer in a half cannot be met: say so rather than report n/a everywhere."""
+    if half and rules.max_top_sentence_share < 1 / half:
+        return [
+            f"**Warning**: with {half} prompts in a half, a top-sentence share of at most "
+            f"{rules.max_top_sentence_share:.0%} is less than one answer, so no point can pass the gate; use more "
+            "prompts or a larger max_top_sentence_share.",
+            "",
+        ]
+    return []
 
 
 def _pyplot():
