@@ -222,7 +222,7 @@ class Trainer:
                     self.run_dir.write_iteration(t, rows, metrics)
                     trackers.log(metrics, step=t)
                     if t + 1 in snapshot_steps(config):  # before the checkpoint: a resume never skips one
-                        self.policy.save_snapshot(snapshot_dir(self.run_dir.path, t + 1))
+                        self.policy.save_weights(snapshot_dir(self.run_dir.path, t + 1))
                     self.checkpoint(t)
                     progress.advance()
                     progress.log(self.summary_line(metrics))

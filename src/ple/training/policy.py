@@ -239,22 +239,19 @@ class Policy:
             torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         self.dist.barrier()
 
-    def save_snapshot(self, path: Path) -> None:
-        """The policy's weights (no optimizer) into `path`, written beside it and renamed; every process calls it."""
+    def save_weights(self, path: Path, merge: bool = False) -> None:
+        """The policy's weights (no optimizer) into `path`: written beside it and renamed, so a kill never leaves a
+        half-saved model. Every process calls it (under ZeRO-3 they all take part in gathering the weights); the
+        main one writes."""
         tmp = path.with_name(f".{path.name}.tmp")
         with self.full_model() as model:
             if self.dist.main:
                 shutil.rmtree(tmp, ignore_errors=True)
-                save_model(model, self.tokenizer, tmp)
+                save_model(model, self.tokenizer, tmp, merge=merge)
                 replace_dir(tmp, path)
 
     def save_final(self, run_dir: Path) -> Path:
-        """run_dir/final: written beside it and renamed, so a kill never leaves a half-saved model. Every process
-        calls it (under ZeRO-3 they all take part in gathering the weights); the main one writes."""
-        tmp, final = run_dir / f".{FINAL}.tmp", run_dir / FINAL
-        with self.full_model() as model:
-            if self.dist.main:
-                shutil.rmtree(tmp, ignore_errors=True)
-                save_model(model, self.tokenizer, tmp, merge=self.config.merge_lora)
-                replace_dir(tmp, final)
+        """run_dir/final, LoRA merged in when config.merge_lora."""
+        final = run_dir / FINAL
+        self.save_weights(final, merge=self.config.merge_lora)
         return final
