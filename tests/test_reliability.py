@@ -13,7 +13,7 @@ from ple.cli import main
 from ple.config import Config, load_config, save_config
 from ple.errors import PLEError
 from ple.trainer import PLETrainer
-from ple.training.rundir import config_changes, lock_run_dir, write_input_hashes
+from ple.training.rundir import MARKER, config_changes, lock_run_dir, refuse_foreign, write_input_hashes
 
 
 def run(config: dict, resume: bool = False) -> PLETrainer:
@@ -59,6 +59,20 @@ def test_a_new_run_never_writes_into_a_directory_it_does_not_own(config, tmp_pat
         with pytest.raises(PLEError, match="is not empty and holds no ple run"):
             run(config, resume=resume)
     assert path.read_text() == "mine" and sorted(p.name for p in (tmp_path / "run").iterdir()) == [stray.split("/")[0]]
+
+
+def test_a_process_of_the_same_launch_writing_the_marker_is_not_a_foreign_folder(tmp_path):
+    """Under accelerate every process checks the new directory while the main one writes the marker: the marker's
+    half-written temporary file (the name atomic_write_text uses) must not read as a user's folder; anything else
+    still does."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / f".{MARKER}.tmp").write_text("a ple run dir")
+    (run_dir / ".lock").write_text("")
+    refuse_foreign(run_dir)
+    (run_dir / ".notes.tmp").write_text("mine")
+    with pytest.raises(PLEError, match="is not empty and holds no ple run"):
+        refuse_foreign(run_dir)
 
 
 def test_output_dir_that_is_empty_or_a_file_is_one_line(config, tmp_path):

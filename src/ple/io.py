@@ -9,10 +9,16 @@ from pathlib import Path
 from typing import Any
 
 
+def temporary(path: Path) -> Path:
+    """Where a file or directory is written before it is renamed to `path`, so a kill never leaves half of it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp")
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = temporary(path)
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(text)
         f.flush()

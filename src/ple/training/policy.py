@@ -15,7 +15,7 @@ from ple.config import Config
 from ple.dist import Dist
 from ple.errors import PLEError
 from ple.generation import generate
-from ple.io import replace_dir
+from ple.io import replace_dir, temporary
 from ple.logprobs import response_logprobs
 from ple.model import autocast, check_context_length, load_policy, merged_lora, save_model
 from ple.principles import PromptBuilder
@@ -243,7 +243,7 @@ class Policy:
         """The policy's weights (no optimizer) into `path`: written beside it and renamed, so a kill never leaves a
         half-saved model. Every process calls it (under ZeRO-3 they all take part in gathering the weights); the
         main one writes."""
-        tmp = path.with_name(f".{path.name}.tmp")
+        tmp = temporary(path)
         with self.full_model() as model:
             if self.dist.main:
                 shutil.rmtree(tmp, ignore_errors=True)

@@ -34,7 +34,7 @@ import yaml
 
 from ple.config import RENAMED_KEYS, Config, save_config
 from ple.errors import PLEError, first_line
-from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir, same_path, strict_json
+from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir, same_path, strict_json, temporary
 
 # The run directory's files: every module names them through these.
 LOCK = ".lock"
@@ -84,7 +84,9 @@ def refuse_foreign(run_dir: Path) -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise PLEError(f"output_dir {run_dir} is a file, not a directory")
     if run_dir.is_dir() and not holds_ple_run(run_dir):
-        foreign = sorted(p.name for p in run_dir.iterdir() if p.name != LOCK)
+        # Another process of the same launch may be writing the marker right now (its temporary name).
+        ours = {LOCK, temporary(run_dir / MARKER).name}
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in ours)
         if foreign:
             raise PLEError(
                 f"output_dir {run_dir} is not empty and holds no ple run ({', '.join(foreign[:3])}"
@@ -276,7 +278,7 @@ class RunDir:
 
     def new_checkpoint(self, t: int) -> Path:
         """The hidden directory checkpoint t is written into, emptied; `commit_checkpoint` makes it visible."""
-        tmp = self.path / CHECKPOINTS / f".{checkpoint_name(t)}.tmp"
+        tmp = temporary(self.path / CHECKPOINTS / checkpoint_name(t))
         if self.main:
             shutil.rmtree(tmp, ignore_errors=True)
         return tmp
