@@ -131,3 +131,16 @@ def test_prompt_text_of_messages():
         prompt_text([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}])
         == "user: a\n\nassistant: b"
     )
+
+
+def test_a_line_separator_inside_a_string_is_not_a_line_break(tmp_path):
+    """A model's answer can hold U+2028 or U+0085, which json.dumps(ensure_ascii=False) writes unescaped and
+    str.splitlines splits at; run files, judge caches and datasets split JSONL at newlines only."""
+    from ple.io import atomic_write_jsonl, read_jsonl
+
+    rows = [{"prompt": "a\u2028b", "completion": "c\x85d\x0ce"}, {"prompt": "f", "completion": "g"}]
+    path = tmp_path / "rows.jsonl"
+    atomic_write_jsonl(path, rows)
+    assert "\u2028" in path.read_text(encoding="utf-8")  # written raw, so the reader must cope
+    assert read_jsonl(path) == rows
+    assert load_rows(str(path)) == rows

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 from ple.errors import PLEError
+from ple.io import jsonl_lines
 
 FILE_SUFFIXES = {".jsonl", ".json", ".csv", ".parquet"}
 Prompt = str | list[dict[str, str]]
@@ -30,7 +31,7 @@ def _load_file(path: Path) -> list[dict[str, Any]]:
     try:
         if suffix == ".jsonl":
             rows = []
-            for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+            for i, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8-sig")), 1):
                 if line.strip():
                     try:
                         rows.append(json.loads(line))

@@ -45,10 +45,16 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(strict_json(row) + "\n" for row in rows))
 
 
+def jsonl_lines(text: str) -> list[str]:
+    """JSONL's lines: split at newlines only. str.splitlines also splits at U+2028, U+0085 and other separators
+    that a JSON string may hold unescaped (a model's answer can contain one)."""
+    return text.split("\n")
+
+
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Rows of a JSONL file; a torn last line (a kill mid-append) is dropped."""
     rows = []
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    lines = jsonl_lines(Path(path).read_text(encoding="utf-8"))
     for i, line in enumerate(lines):
         if not line.strip():
             continue

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from ple.data import Prompt, prompt_text
 from ple.errors import PLEError, first_line
+from ple.io import jsonl_lines
 from ple.rewards import RewardFn, score
 
 Verdict = str | None  # "first", "second", None, or UNSCORED
@@ -153,7 +154,7 @@ class LLMJudge:
         self.cache_path = cache_path
         self.cache: dict[str, str] = {}
         if cache_path is not None and cache_path.is_file():
-            for line in cache_path.read_text(encoding="utf-8").splitlines():
+            for line in jsonl_lines(cache_path.read_text(encoding="utf-8")):
                 try:
                     entry = json.loads(line)
                     self.cache[entry["key"]] = entry["reply"]
