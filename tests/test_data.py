@@ -144,3 +144,11 @@ def test_a_line_separator_inside_a_string_is_not_a_line_break(tmp_path):
     assert "\u2028" in path.read_text(encoding="utf-8")  # written raw, so the reader must cope
     assert read_jsonl(path) == rows
     assert load_rows(str(path)) == rows
+
+
+@pytest.mark.parametrize("text", ["", "\n", "a", "a\n", "a\r\nb\rc\n\nd\n", "x\vy\fz\x1cw\x1d\x1ev\n\n", "a\r\n\r\n"])
+def test_jsonl_lines_are_splitlines_wherever_json_cannot_hold_the_break(text):
+    """CRLF and CR-only files, blank lines and a final break read as before; only U+0085/U+2028/U+2029 differ."""
+    from ple.io import jsonl_lines
+
+    assert jsonl_lines(text) == text.splitlines()

@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
@@ -45,10 +46,15 @@ def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(strict_json(row) + "\n" for row in rows))
 
 
+# The line breaks of str.splitlines that a JSON string cannot hold unescaped (control characters); the others
+# (U+0085, U+2028, U+2029) may sit raw inside a string, and a model's answer can contain one.
+_JSONL_LINE_BREAK = re.compile("\r\n|[\n\r\v\f\x1c\x1d\x1e]")
+
+
 def jsonl_lines(text: str) -> list[str]:
-    """JSONL's lines: split at newlines only. str.splitlines also splits at U+2028, U+0085 and other separators
-    that a JSON string may hold unescaped (a model's answer can contain one)."""
-    return text.split("\n")
+    """str.splitlines(text) without splitting inside a JSON string."""
+    lines = _JSONL_LINE_BREAK.split(text)
+    return lines[:-1] if lines[-1] == "" else lines  # as splitlines: a final line break ends a line, adds none
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
