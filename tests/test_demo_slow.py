@@ -24,8 +24,12 @@ def test_short_demo_on_the_real_model(tmp_path):
             "max_new_tokens": 12,
         }
     )
+    from ple.demo import JUDGE
+
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    assert set(summary) >= {"reward", "judge_positive_prob", "distinct_2", "perplexity"}
+    shown = {"reward", JUDGE, "distinct_2", "generation_perplexity", "kl", "repeated_4grams", "top_sentence_share"}
+    assert set(summary) >= shown
+    assert summary["kl"]["before"] == 0.0  # the base model against itself
     assert all(set(v) == {"before", "after", "delta", "ci_low", "ci_high"} for v in summary.values())
     assert report.is_file() and "## Examples" in report.read_text()
 
@@ -63,7 +67,10 @@ def test_short_compare_preset_on_the_real_model(tmp_path, monkeypatch):
     assert [r.split(",")[0] for r in rows[1:]] == methods
     assert (grid / "win_rates.png").is_file() and (grid / "figure3.png").is_file()
     validation = [json.loads(line)["prompt"] for line in open(grid / "lr_grid/ple/lr_0.0001/eval/completions.jsonl")]
-    evaluated = [json.loads(line)["prompt"] for line in open(grid / "cells/ple/seed0/eval/completions.jsonl")]
-    trained = [json.loads(line)["query"] for line in open(grid / "cells/ple/seed0/generations/iter_000.jsonl")]
+    from ple.evaluation.grid import CellPaths
+
+    (cell,) = (grid / "cells" / "ple").glob("lr_*/seed0")  # the one rate the lr grid chose
+    evaluated = [json.loads(line)["prompt"] for line in open(CellPaths(cell).eval(1) / "completions.jsonl")]
+    trained = [json.loads(line)["query"] for line in open(cell / "generations/iter_000.jsonl")]
     assert len(validation) == 6 and not set(validation) & (set(evaluated) | set(trained))
     assert "### Verdict" in (grid / "results.md").read_text()
