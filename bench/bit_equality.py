@@ -10,6 +10,7 @@ Tiny models and a toy reward, CPU, about two minutes on 2 cores.
 
 import hashlib
 import json
+import os
 import sys
 import tempfile
 from pathlib import Path
@@ -41,6 +42,11 @@ def weights_hash(final: Path) -> str:
 
 
 def main() -> None:
+    # Training libraries log to stdout (TRL's step dicts, DeepSpeed's timestamped warnings), which would make two
+    # runs' outputs differ; they go to stderr, and stdout holds only the hashes.
+    hashes_out = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    sys.stdout.flush()
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     from ple import make_trainer
 
     torch.set_num_threads(1)  # the same reduction order on every run
@@ -77,7 +83,7 @@ def main() -> None:
         final = make_trainer(config).train().final_model
         out[name] = weights_hash(final)
         print(json.dumps({name: out[name]}), file=sys.stderr, flush=True)
-    print(json.dumps(out, indent=1))
+    print(json.dumps(out, indent=1), file=hashes_out, flush=True)
 
 
 if __name__ == "__main__":
