@@ -214,7 +214,7 @@ def snapshot_callback(run_dir, config, tokenizer):
     matching each of config's snapshot steps, as PLE's loop does after iteration NNN."""
     from transformers import TrainerCallback
 
-    from ple.io import replace_dir
+    from ple.io import replace_dir, temporary
 
     class SnapshotCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
@@ -225,7 +225,7 @@ def snapshot_callback(run_dir, config, tokenizer):
             if done is None or not state.is_world_process_zero:
                 return
             path = snapshot_dir(run_dir, done)
-            tmp = path.with_name(f".{path.name}.tmp")
+            tmp = temporary(path)
             adapters = list(getattr(model, "peft_config", {}))
             # TRL may hold a frozen reference copy of the adapter beside the policy's own ("default").
             selected = {"selected_adapters": ["default"]} if "default" in adapters and len(adapters) > 1 else {}
