@@ -92,6 +92,23 @@ def test_consistent_judge_gives_all_wins_and_a_cache(server, tmp_path):
     assert len(server.requests) == 12  # a rerun pays nothing
 
 
+@pytest.mark.parametrize("server", ["marker"], indirect=True)
+def test_a_cached_reply_holding_a_raw_line_separator_is_one_entry(server, tmp_path):
+    """A cache written by another JSON writer (ensure_ascii off) may hold U+2028 raw inside a reply: str.splitlines
+    would cut that entry in two and the rerun would pay for it again."""
+    import json
+
+    assert both_orders(judge_for(server, tmp_path), PROMPTS, A, B) == ["win"] * 6
+    cache = tmp_path / "cache.jsonl"
+    entries = [json.loads(line) for line in cache.read_text(encoding="utf-8").splitlines()]
+    rewritten = [{**e, "reply": e["reply"].replace("...", "...\u2028")} for e in entries]
+    cache.write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in rewritten), encoding="utf-8")
+    assert "\u2028" in cache.read_text(encoding="utf-8")
+    again = judge_for(server, tmp_path)
+    assert both_orders(again, PROMPTS, A, B) == ["win"] * 6 and again.stats["cached"] == 12
+    assert len(server.requests) == 12
+
+
 @pytest.mark.parametrize("server", ["malformed"], indirect=True)
 def test_malformed_replies_are_counted_retried_once_and_never_guessed(server, tmp_path):
     judge = judge_for(server, tmp_path)
