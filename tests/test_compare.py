@@ -110,6 +110,8 @@ def test_bad_compare_files_fail_with_one_line(spec_raw, tmp_path, capsys):
         load_grid({**spec_raw, "seeds": "0"})
     with pytest.raises(PLEError, match="unknown compare key"):
         load_grid({**spec_raw, "method": ["ple"]})
+    with pytest.raises(PLEError, match="learning_rates.* positive learning rates"):
+        load_grid({**spec_raw, "learning_rates": [True]})  # YAML's `true` is no learning rate (it read as 1.0)
     with pytest.raises(PLEError, match="eval_dataset"):
         load_grid({**spec_raw, "config": {k: v for k, v in spec_raw["config"].items() if k != "eval_dataset"}})
     with pytest.raises(PLEError, match="cell sft/lr_0.005/seed0: .*sft_dataset"):

@@ -134,3 +134,10 @@ def test_set_accepts_yaml_lists_for_list_fields():
     assert load_config(overrides={**BASE, "reward": "m:f"}).reward == "m:f"
     with pytest.raises(PLEError, match="not a valid YAML list"):
         load_config(overrides={**BASE, "eval_rewards": "[unclosed"})
+
+
+def test_output_dir_expands_the_home_directory(monkeypatch, tmp_path):
+    """`~/x` is the home directory, as the shell that prints the run's paths reads it; not a folder named `~`."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert load_config(overrides={**BASE, "output_dir": "~/runs/x"}).output_dir == str(tmp_path / "runs" / "x")
+    assert load_config(overrides={**BASE, "output_dir": "runs/~x"}).output_dir == "runs/~x"

@@ -279,9 +279,11 @@ def cmd_train(args) -> int:
     if args.method:
         overrides["method"] = args.method
     config = load_config(args.config, overrides)
-    final = make_trainer(config).train(resume=args.resume).final_model
-    print(f"final model: {final}")
-    print(f"metrics: {Path(config.output_dir) / METRICS_JSONL}")
+    trainer = make_trainer(config)
+    final = trainer.train(resume=args.resume).final_model
+    if trainer.dist.main:  # under torchrun or accelerate launch, once
+        print(f"final model: {final}")
+        print(f"metrics: {Path(config.output_dir) / METRICS_JSONL}")
     return 0
 
 

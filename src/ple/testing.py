@@ -48,13 +48,16 @@ def tiny_llama_config(vocab_size: int, **changes):
     return LlamaConfig(**{**fields, **changes})
 
 
-def build_tiny_model(path: Path, chat: bool = True, seed: int = 0) -> Path:
+def build_tiny_model(path: Path, chat: bool = True, seed: int = 0, **changes) -> Path:
+    """A random-weight tiny Llama and its tokenizer saved at `path`; `changes` override its config's fields."""
     import torch
     from transformers import LlamaForCausalLM
 
     tokenizer = _build_tokenizer(chat)
     torch.manual_seed(seed)
-    config = tiny_llama_config(len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    config = tiny_llama_config(
+        len(tokenizer), pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, **changes
+    )
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path

@@ -295,10 +295,15 @@ def _seed_list(seeds, what: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
+def _positive_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+
 def _rate_list(rates, what: str) -> tuple[float, ...] | None:
     if rates is None:
         return None
-    if not isinstance(rates, list) or not rates or not all(isinstance(r, (int, float)) and r > 0 for r in rates):
+    # bool is an int to Python: `[true]` would train at learning rate 1.0
+    if not isinstance(rates, list) or not rates or not all(_positive_number(r) for r in rates):
         raise PLEError(f"compare: {what} must be a non-empty list of positive learning rates")
     return tuple(float(r) for r in dict.fromkeys(rates))
 
