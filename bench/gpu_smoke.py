@@ -151,7 +151,7 @@ def main() -> int:
                     ",".join(str(m["tau"]) for m in metrics),
                     "/".join(str(sum(m[f"n_{b}"] for m in metrics)) for b in ("rank", "wsft", "skip")),
                     f"{metrics[-1]['loss']:.4f}",
-                    f"{changed}/{len(trainer.initial)}",
+                    f"{changed}/{len(initial)}",
                     ",".join(devices),
                     ",".join(dtypes),
                     f"{seconds:.1f}",
@@ -236,7 +236,8 @@ def main() -> int:
     print(" | ".join(header))
     for row in rows:
         print(" | ".join(row))
-    ok = all(r[5].split("/")[0] == r[5].split("/")[1] for r in rows if r[5] != "-")
+    trained = [r[5].split("/") for r in rows if r[5] != "-" and "vllm" not in r[1]]  # vLLM rows: greedy agreement
+    ok = all(changed == total for changed, total in trained)
     print("all trainable parameters changed in every run" if ok else "SOME PARAMETERS DID NOT CHANGE")
     same = launch[1] == launch[2]
     print("2-process taus and branch counts equal the 1-process run" if same else f"LAUNCHES DIFFER: {launch}")
