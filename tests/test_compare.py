@@ -9,7 +9,7 @@ from conftest import tiny_config
 
 from ple.cli import main
 from ple.errors import PLEError
-from ple.evaluation.grid import load_grid, run_grid
+from ple.evaluation.grid import claim_grid_dir, load_grid, run_grid
 
 
 @pytest.fixture
@@ -91,6 +91,7 @@ def test_a_cell_killed_mid_training_resumes(spec_raw, tmp_path, monkeypatch):
     # Simulate a kill after iteration 0: train one iteration, then ask the grid for two.
     from ple.trainer import PLETrainer
 
+    claim_grid_dir(grid.output_dir)  # as the killed grid run did first
     PLETrainer(args=dataclasses.replace(cell.config, iterations=1)).train()
     first = (cell.paths.root / "generations/iter_000.jsonl").read_text()
     ran = []
@@ -101,6 +102,26 @@ def test_a_cell_killed_mid_training_resumes(spec_raw, tmp_path, monkeypatch):
     assert (cell.paths.root / "generations/iter_000.jsonl").read_text() == first
     metrics = [json.loads(line) for line in (cell.paths.root / "metrics.jsonl").read_text().splitlines()]
     assert [m["iteration"] for m in metrics] == [0, 1]
+
+
+def test_compare_never_writes_into_a_users_folder(spec_raw, tmp_path):
+    """A folder holding the user's own results.md (and their compare.yaml) is not a grid: refused before any work,
+    nothing overwritten. A file as output_dir is one line too."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name in ("results.md", "cells.csv", "compare.yaml"):
+        (mine / name).write_text(f"the user's {name}")
+    with pytest.raises(PLEError, match=r"output_dir .*mine is not empty and holds no ple compare grid \(cells.csv"):
+        run_grid(load_grid({**spec_raw, "output_dir": str(mine)}))
+    assert [(mine / n).read_text() for n in ("results.md", "cells.csv", "compare.yaml")] == [
+        "the user's results.md",
+        "the user's cells.csv",
+        "the user's compare.yaml",
+    ]
+    assert sorted(p.name for p in mine.iterdir()) == ["cells.csv", "compare.yaml", "results.md"]
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(PLEError, match="is a file, not a directory"):
+        run_grid(load_grid({**spec_raw, "output_dir": str(tmp_path / "a_file")}))
 
 
 def test_bad_compare_files_fail_with_one_line(spec_raw, tmp_path, capsys):

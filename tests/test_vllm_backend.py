@@ -1,6 +1,6 @@
 """The vLLM backend's pure parts, in the main suite (no vLLM installed): backend selection, and the weights pushed
-(LoRA merged, under the base checkpoint's names). The engine itself is checked for real in tests/vllm
-(`bash tests/vllm/run.sh`, vLLM's CPU build).
+(LoRA merged, under the base checkpoint's names). The engine itself is checked for real in tests/vllm_engine
+(`bash tests/vllm_engine/run.sh`, vLLM's CPU build).
 """
 
 import pytest

@@ -8,7 +8,7 @@
 - **server** (`vllm_mode: server`): generation runs in a separate `vllm serve` process; the main process pushes
   the weights through TRL's `VLLMClient` (vLLM's NCCL weight transfer, which needs CUDA).
 
-Checked on a real engine with the CPU build of vLLM 0.32.0 (tests/vllm, `bash tests/vllm/run.sh`).
+Checked on a real engine with the CPU build of vLLM 0.32.0 (tests/vllm_engine, `bash tests/vllm_engine/run.sh`).
 """
 
 import importlib.util
@@ -128,7 +128,7 @@ class VLLMColocated:
         if dist.world > 1:  # one engine per rank, on the rank's device, as TRL's colocate mode runs them
             extra["distributed_executor_backend"] = "external_launcher"
         if device.type == "cpu":
-            # the CPU build compiles its kernels at start (95 s for SmolLM2-135M here, against 7 s eager)
+            # the CPU build compiles its kernels at start (103 s for SmolLM2-135M here, against 7-8 s eager)
             extra["enforce_eager"] = True
         try:
             self.llm = LLM(

