@@ -510,8 +510,9 @@ def load_config(
         if key not in FIELDS:
             raise _unknown_key(key)
     values = {k: _coerce(k, v) for k, v in raw.items()}
-    if isinstance(values.get("output_dir"), str):  # `~/runs/x` is the home directory, as a shell reads it
-        values["output_dir"] = str(Path(values["output_dir"]).expanduser())
+    output_dir = values.get("output_dir")
+    if isinstance(output_dir, str) and output_dir.startswith("~"):  # the home directory, as a shell reads it
+        values["output_dir"] = str(Path(output_dir).expanduser())
     method = values.get("method", "ple")
     for key, preset_value in get_method(method).preset.items():
         if key in values and values[key] != preset_value:
