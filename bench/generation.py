@@ -58,10 +58,11 @@ def main() -> int:
     builder = PromptBuilder(tokenizer, PRINCIPLE)
     params = sum(p.numel() for p in model.parameters())  # tied lm_head counted once, as one matmul
     rate = matmul_gflops()
-    rows = []
+    rows, batches = [], []
     for n in args.prompts:
         queries = ALL_PROMPTS[:n]
         ids = builder.encode(queries, False, 512)[0] + builder.encode(queries, True, 512)[0]
+        batches.append(ids)
         generate(model, tokenizer, ids, max_new_tokens=4)  # warm-up at this batch's shapes
         runs = []
         for repeat in range(args.repeats):
@@ -75,7 +76,7 @@ def main() -> int:
         floor = 2 * params * (prompt_tokens + new_tokens) / (rate * 1e9)
         rows.append((len(ids), new_tokens, prompt_tokens, run, seconds, floor))
 
-    engine_rows = vllm_rows(name, builder, args, [r[:2] for r in rows], tokenizer) if args.vllm else []
+    engine_rows = vllm_rows(name, batches, args) if args.vllm else []
     print(
         f"\nmachine: {platform.machine()}, {torch.get_num_threads()} threads | torch {torch.__version__} | "
         f"transformers {transformers.__version__} | model {Path(name).name} ({params / 1e6:.1f}M params) | "
@@ -101,10 +102,10 @@ def main() -> int:
     return 0
 
 
-def vllm_rows(name, builder, args, shapes, tokenizer) -> list[tuple[int, float]]:
-    """(new tokens, fastest seconds) of vLLM's engine for each batch, started as ple's colocate mode starts it on a
-    CPU. Sampling at temperature 1 with the engine's seeded stream, as ple does there (the CPU build cannot seed a
-    request)."""
+def vllm_rows(name, batches: list[list[list[int]]], args) -> list[tuple[int, float]]:
+    """(new tokens, fastest seconds) of vLLM's engine for each batch of prompt ids, started as ple's colocate mode
+    starts it on a CPU. Sampling at temperature 1 with the engine's seeded stream, as ple does there (the CPU build
+    cannot seed a request)."""
     import os
 
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
@@ -120,9 +121,7 @@ def vllm_rows(name, builder, args, shapes, tokenizer) -> list[tuple[int, float]]
         seed=0,
     )
     out = []
-    for n in args.prompts:
-        queries = ALL_PROMPTS[:n]
-        ids = builder.encode(queries, False, 512)[0] + builder.encode(queries, True, 512)[0]
+    for ids in batches:
         requests = [{"prompt_token_ids": i} for i in ids]
         params = SamplingParams(temperature=1.0, max_tokens=args.new_tokens)
         llm.generate(requests, SamplingParams(max_tokens=4), use_tqdm=False)  # warm-up at this batch

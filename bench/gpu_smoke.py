@@ -47,6 +47,28 @@ def setup(root: Path) -> tuple[Path, Path]:
     return model, root / "queries.jsonl"
 
 
+def run_settings(root: Path, device: str, **changes) -> dict:
+    """The settings every run here shares (the tiny model and queries under root, the toy reward, 2 iterations of
+    16 new tokens), with `changes`."""
+    return dict(
+        model=str(root / "model"),
+        dataset=str(root / "queries.jsonl"),
+        principle="be good and great",
+        device=device,
+        reward=f"{root / 'toy_reward.py'}:positivity",
+        iterations=2,
+        max_new_tokens=16,
+        **changes,
+    )
+
+
+def run_summary(metrics: list[dict]) -> tuple[str, str, str]:
+    """A run's taus, its rank/wsft/skip counts and its last loss, as the table shows them."""
+    taus = ",".join(str(m["tau"]) for m in metrics)
+    branches = "/".join(str(sum(m[f"n_{b}"] for m in metrics)) for b in ("rank", "wsft", "skip"))
+    return taus, branches, f"{metrics[-1]['loss']:.4f}"
+
+
 VLLM_CASES = {"fp32": ("float32", False), "fp32 sleep": ("float32", True), "bf16": ("bfloat16", False)}
 
 
@@ -54,22 +76,17 @@ def vllm_case(root: Path, device: str, case: str) -> tuple:
     """One vLLM colocate run (in its own process): its table row, and the count of greedy answers equal to
     transformers' once the engine holds the final weights."""
     dtype, sleep = VLLM_CASES[case]
-    model, queries = setup(root)
+    _, queries = setup(root)
     config = load_config(
-        overrides=dict(
-            model=str(model),
-            dataset=str(queries),
-            principle="be good and great",
-            device=device,
+        overrides=run_settings(
+            root,
+            device,
             dtype=dtype,
-            reward=f"{root / 'toy_reward.py'}:positivity",
             generation_backend="vllm",
             vllm_enable_sleep_mode=sleep,
             vllm_gpu_memory_utilization=0.25,
-            iterations=2,
             queries_per_iteration=32,
             temperature=0.0,
-            max_new_tokens=16,
             batch_size=8,
             learning_rate=1e-2,
             output_dir=str(root / f"vllm-{case.replace(' ', '-')}"),
@@ -87,9 +104,7 @@ def vllm_case(root: Path, device: str, case: str) -> tuple:
     return (
         dtype,
         f"lora vllm {case}",
-        ",".join(str(m["tau"]) for m in metrics),
-        "/".join(str(sum(m[f"n_{b}"] for m in metrics)) for b in ("rank", "wsft", "skip")),
-        f"{metrics[-1]['loss']:.4f}",
+        *run_summary(metrics),
         f"greedy {equal}/{len(ids)}",
         device,
         f"pushes {policy.vllm.pushes}",
@@ -112,24 +127,19 @@ def main() -> int:
         print("VLLM_ROW " + json.dumps([row, ok]))
         return 0
     root = Path(tempfile.mkdtemp())
-    model, queries = setup(root)
+    setup(root)
     rows = []
     for dtype in ("bfloat16", "float32"):
         for use_lora in (True, False):
             out = root / f"run-{dtype}-{use_lora}"
             config = load_config(
-                overrides=dict(
-                    model=str(model),
-                    dataset=str(queries),
-                    principle="be good and great",
-                    device=device,
+                overrides=run_settings(
+                    root,
+                    device,
                     dtype=dtype,
-                    reward=f"{root / 'toy_reward.py'}:positivity",
                     generation_backend="transformers",  # vLLM has its own rows below
                     use_lora=use_lora,
-                    iterations=2,
                     queries_per_iteration=32,
-                    max_new_tokens=16,
                     batch_size=8,
                     learning_rate=1e-3,
                     output_dir=str(out),
@@ -148,9 +158,7 @@ def main() -> int:
                 (
                     dtype,
                     "lora" if use_lora else "full",
-                    ",".join(str(m["tau"]) for m in metrics),
-                    "/".join(str(sum(m[f"n_{b}"] for m in metrics)) for b in ("rank", "wsft", "skip")),
-                    f"{metrics[-1]['loss']:.4f}",
+                    *run_summary(metrics),
                     f"{changed}/{len(initial)}",
                     ",".join(devices),
                     ",".join(dtypes),
@@ -165,18 +173,13 @@ def main() -> int:
         config_file = root / f"launch-{processes}.yaml"
         config_file.write_text(
             json.dumps(
-                dict(
-                    model=str(model),
-                    dataset=str(queries),
-                    principle="be good and great",
-                    device=device,
+                run_settings(
+                    root,
+                    device,
                     dtype="float32",
-                    reward=f"{root / 'toy_reward.py'}:positivity",
                     generation_backend="transformers",
-                    iterations=2,
                     queries_per_iteration=16,
                     temperature=0.0,
-                    max_new_tokens=16,
                     batch_size=batch,
                     learning_rate=1e-3,
                     output_dir=str(out),
@@ -206,9 +209,7 @@ def main() -> int:
             (
                 "float32",
                 f"lora x{processes} proc",
-                ",".join(str(m["tau"]) for m in metrics),
-                "/".join(str(sum(m[f"n_{b}"] for m in metrics)) for b in ("rank", "wsft", "skip")),
-                f"{metrics[-1]['loss']:.4f}",
+                *run_summary(metrics),
                 "-",
                 device,
                 "-",
