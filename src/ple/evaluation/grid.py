@@ -52,7 +52,15 @@ from ple.evaluation.results import write_results
 from ple.io import atomic_write_text, read_yaml_file, strict_json
 from ple.methods import METHODS, get_method
 from ple.progress import Progress, quiet_libraries
-from ple.training.rundir import BUDGET, CONFIG, FINAL, config_changes, snapshot_dir, snapshot_steps
+from ple.training.rundir import (
+    BUDGET,
+    CONFIG,
+    FINAL,
+    config_changes,
+    refuse_foreign,
+    snapshot_dir,
+    snapshot_steps,
+)
 
 SPEC_KEYS = {
     "output_dir",
@@ -498,19 +506,18 @@ class ETA:
 GRID_MARKER = ".ple-compare"  # written first into a new grid directory: what tells a grid from a user's folder
 
 
+def holds_grid(out: Path) -> bool:
+    """Whether `out` is a ple compare grid: the marker it writes first, or (a grid from before the marker)
+    compare.yaml beside what it ran (invocations/, base/ or cells/)."""
+    if (out / GRID_MARKER).is_file():
+        return True
+    return (out / "compare.yaml").is_file() and any((out / d).is_dir() for d in ("invocations", "base", "cells"))
+
+
 def claim_grid_dir(out: Path) -> None:
     """Create `out` for a grid, or reuse it when it is one; one line for a user's folder, whose results.md or
-    cells.csv the grid would overwrite. A grid from before the marker holds compare.yaml and what it ran
-    (invocations/, base/ or cells/)."""
-    if out.exists() and not out.is_dir():
-        raise PLEError(f"compare: output_dir {out} is a file, not a directory")
-    legacy = (out / "compare.yaml").is_file() and any((out / d).is_dir() for d in ("invocations", "base", "cells"))
-    ours = (out / GRID_MARKER).is_file() or legacy
-    if out.is_dir() and not ours and (foreign := sorted(p.name for p in out.iterdir())):
-        raise PLEError(
-            f"compare: output_dir {out} is not empty and holds no ple compare grid ({', '.join(foreign[:3])}"
-            f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory"
-        )
+    cells.csv the grid would overwrite."""
+    refuse_foreign(out, holds_grid, "ple compare grid")
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / GRID_MARKER).is_file():

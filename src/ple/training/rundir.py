@@ -79,17 +79,18 @@ def lock_run_dir(run_dir: Path):
     return handle
 
 
-def refuse_foreign(run_dir: Path) -> None:
-    """One line unless `run_dir` is missing, empty, or a ple run: a run never writes into a user's folder."""
+def refuse_foreign(run_dir: Path, holds=None, what: str = "ple run") -> None:
+    """One line unless `run_dir` is missing, empty, or holds what ple writes there (`holds(run_dir)`, by default a ple
+    run): ple never writes into a user's folder."""
     if run_dir.exists() and not run_dir.is_dir():
         raise PLEError(f"output_dir {run_dir} is a file, not a directory")
-    if run_dir.is_dir() and not holds_ple_run(run_dir):
+    if run_dir.is_dir() and not (holds or holds_ple_run)(run_dir):
         # Another process of the same launch may be writing the marker right now (its temporary name).
         ours = {LOCK, temporary(run_dir / MARKER).name}
         foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in ours)
         if foreign:
             raise PLEError(
-                f"output_dir {run_dir} is not empty and holds no ple run ({', '.join(foreign[:3])}"
+                f"output_dir {run_dir} is not empty and holds no {what} ({', '.join(foreign[:3])}"
                 f"{', ...' if len(foreign) > 3 else ''}); choose a new or empty directory"
             )
 
