@@ -80,12 +80,12 @@ def tiny_config(model: str, dataset: Path, output_dir: Path, reward: str | None,
 @pytest.fixture
 def track_params(monkeypatch):
     """Record each trainer's trainable parameters right after the model is set up."""
-    from ple.training.loop import Trainer
+    from ple.training.loop import PLETrainer
 
-    original = Trainer.__init__
+    original = PLETrainer.__init__
 
     def init(self, *args, **kwargs):
         original(self, *args, **kwargs)  # builds the model
         self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
-    monkeypatch.setattr(Trainer, "__init__", init)
+    monkeypatch.setattr(PLETrainer, "__init__", init)

@@ -7,6 +7,7 @@ import torch
 from conftest import tiny_config
 
 from ple.baselines import make_trainer
+from ple.baselines.trl import iteration_rows
 from ple.config import load_config
 from ple.errors import PLEError
 from ple.evaluation.evaluate import generate_rows
@@ -62,15 +63,38 @@ def test_sampling_baselines_train_and_keep_ples_budget(
     check_outputs(final, tiny_config(tiny_chat_model, queries_file, tmp_path / "x", reward))
     assert not (final / "ref").exists()  # TRL's reference adapter is not saved with the policy
     log = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
-    if method in ("dpo", "rloo"):  # TRL's logging steps are steps, not iterations
-        assert log and all("step" in r and "iteration" not in r for r in log)
-    else:
-        assert [r["iteration"] for r in log] == list(range(ITERATIONS))
+    assert [r["iteration"] for r in log] == list(range(ITERATIONS))  # one row per iteration, every method
+    if method in ("dpo", "rloo"):  # TRL's logging steps go to their own file
+        steps = [json.loads(line) for line in (final.parent / "trl_log.jsonl").read_text().splitlines()]
+        steps = [r for r in steps if "loss" in r]
+        assert steps and sum(r["optimizer_steps"] for r in log) == len(steps)
 
     _, _, ple_budget = train("ple", tmp_path, tiny_chat_model, queries_file, reward)
     assert budget["samples"] == ple_budget["samples"] == 2 * QUERIES * ITERATIONS
     assert budget["reward_calls"] == budget["samples"]
     assert budget["gen_tokens"] > 0 and budget["seconds"] > 0
+
+
+def test_trls_step_log_becomes_one_metrics_row_per_iteration():
+    log = [
+        {"loss": 1.0, "grad_norm": 2.0, "epoch": 0.2, "step": 1},
+        {"loss": 3.0, "epoch": 0.4, "step": 2},
+        {"loss": 5.0, "grad_norm": float("nan"), "rewards/chosen": 0.5, "step": 3},
+        {"train_runtime": 9.0, "train_loss": 3.0, "step": 3},  # TRL's closing summary, not a step
+    ]
+    # 3 steps over 2 iterations: iteration 0 ends at step round(3 / 2) = 2, iteration 1 at step 3.
+    assert iteration_rows(log, 2, 3) == [
+        {"iteration": 0, "optimizer_steps": 2, "loss": 2.0, "grad_norm": 2.0},
+        {"iteration": 1, "optimizer_steps": 1, "loss": 5.0, "rewards/chosen": 0.5},
+    ]
+    # More iterations than steps: ends at steps 1, 1, 2, 2, so iterations 1 and 3 take none.
+    rows = iteration_rows(log[:2], 4, 2)
+    assert [(r["iteration"], r["optimizer_steps"], r.get("loss")) for r in rows] == [
+        (0, 1, 1.0),
+        (1, 0, None),
+        (2, 1, 3.0),
+        (3, 0, None),
+    ]
 
 
 def test_raft_trains_on_the_best_of_k(tmp_path, tiny_chat_model, queries_file, reward_module):
@@ -181,3 +205,21 @@ def test_trl_baselines_get_the_configs_learning_rate_beta_and_warm_up(
     trained = {k.replace(".default", ""): v for k, v in seen["lora_B"].items()}
     assert trained.keys() == warm_b.keys()
     assert all(torch.equal(trained[k], warm_b[k]) for k in warm_b)
+
+
+@pytest.mark.parametrize("method", ["sft", "raft", "distill"])
+def test_every_iterating_method_counts_the_prompts_it_cut(
+    method, tmp_path, tiny_chat_model, queries_file, sft_file, reward_module
+):
+    """The loop adds each iteration's cut prompts to every method's metrics row (PLE's: tests/test_trainer.py)."""
+    reward = None if method in ("sft", "distill") else f"{reward_module}:positivity"
+    counts = []
+    template = 11 if method == "distill" else 3  # tokens of the (guided) prompt's template, principle included
+    for limit in (template + 1, 512):  # every prompt is cut to one token of its query; none is
+        out = tmp_path / f"{method}-{limit}"
+        settings = dict(method=method, iterations=1, max_prompt_tokens=limit, sft_dataset=str(sft_file))
+        config = load_config(overrides=tiny_config(tiny_chat_model, queries_file, out, reward, **settings))
+        make_trainer(config).train()
+        (m,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        counts.append(m["n_truncated_prompts"])
+    assert counts == [2 * 6, 0]  # each method encodes 2 * queries_per_iteration prompts per iteration

@@ -89,14 +89,14 @@ def test_a_cell_killed_mid_training_resumes(spec_raw, tmp_path, monkeypatch):
     grid = load_grid(spec_raw)
     (cell,) = grid.cells
     # Simulate a kill after iteration 0: train one iteration, then ask the grid for two.
-    from ple.trainer import PLETrainer
+    from ple.trainer import PLE, PLETrainer
 
     claim_grid_dir(grid.output_dir)  # as the killed grid run did first
     PLETrainer(args=dataclasses.replace(cell.config, iterations=1)).train()
     first = (cell.paths.root / "generations/iter_000.jsonl").read_text()
     ran = []
-    original = PLETrainer.iteration
-    monkeypatch.setattr(PLETrainer, "iteration", lambda self, t: ran.append(t) or original(self, t))
+    original = PLE.iteration
+    monkeypatch.setattr(PLE, "iteration", lambda self, t: ran.append(t) or original(self, t))
     run_grid(grid)
     assert ran == [1]
     assert (cell.paths.root / "generations/iter_000.jsonl").read_text() == first

@@ -215,7 +215,7 @@ def test_config_files_that_cannot_be_read_are_one_line(tmp_path, capsys, config)
 
 def test_an_inline_principle_ending_in_json_is_text(config, tmp_path):
     trainer = run({**config, "iterations": 1, "principle": "Answer as the reviewers at example.json would."})
-    assert trainer.principle == "Answer as the reviewers at example.json would."
+    assert trainer.harness.principle == "Answer as the reviewers at example.json would."
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,7 @@ def test_hinge_rank_loss_by_hand():
 def test_logistic_rank_loss_by_hand():
     winner, loser = torch.tensor([-1.0]), torch.tensor([-1.5])
     # -log sigmoid(2 * 0.5) = log(1 + e^-1)
-    assert rank_loss(winner, loser, "logistic", beta=2.0).item() == pytest.approx(math.log(1 + math.exp(-1)))
+    assert rank_loss(winner, loser, "logistic", rank_beta=2.0).item() == pytest.approx(math.log(1 + math.exp(-1)))
 
 
 def test_rank_loss_rejects_unknown_kind():
@@ -201,7 +201,7 @@ def test_ple_loss_by_hand():
         torch.tensor([True]),
         torch.tensor([False]),
         rank_kind="logistic",
-        beta=3.0,
+        rank_beta=3.0,
         rank_sft_coef=0.5,
     )
     # winner y (l = -0.5), loser y_p (l = -3): -log sigmoid(3 * 2.5) - 0.5 * -0.5

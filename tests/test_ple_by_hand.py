@@ -1,4 +1,4 @@
-"""One optimizer step of each method, checked against PLE-SPEC's formulas written out here by hand.
+"""One optimizer step of each method, checked against docs/algorithm.md's formulas written out here by hand.
 
 Each test trains a tiny model for one step, captures the gradient that reaches the optimizer, and compares it
 with the gradient of the loss computed in this file: the plain prompt x rendered and tokenised here, plain
@@ -20,7 +20,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ple.baselines import make_trainer
 from ple.config import load_config
-from ple.trainer import PLETrainer
+from ple.trainer import PLE, PLETrainer
 from ple.training.policy import Policy
 
 PRINCIPLE = "be good and great and wonderful"
@@ -115,14 +115,14 @@ def test_one_ple_step_has_the_gradient_of_the_spec_formula(
     reward = RecordingReward()
     trainer = PLETrainer(args=config, reward_funcs=reward)
     generated = []
-    original = PLETrainer.generate
+    original = PLE.generate
 
     def record_generation(self, records):
         out = original(self, records)
         generated.extend((r.row, r.y, r.y_p) for r in records)
         return out
 
-    monkeypatch.setattr(PLETrainer, "generate", record_generation)
+    monkeypatch.setattr(PLE, "generate", record_generation)
     trainer.train()
     assert len(step_gradients) == 1
     (metrics,) = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

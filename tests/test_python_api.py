@@ -62,10 +62,10 @@ def test_rewards_are_summed_and_the_method_preset_applies(tmp_path, tiny_chat_mo
         reward_funcs=[longer_is_better, lambda prompts, completions, **kw: [1.0] * len(completions)],
     )
     assert trainer.config.sft_coef == 0.0  # the preset, as `ple train --method ple-rank-only` sets it
-    assert trainer.reward_fn(["p", "q"], ["abcde", ""]) == [1.5, 1.0]
+    assert trainer.harness.reward_fn(["p", "q"], ["abcde", ""]) == [1.5, 1.0]
     named = PLETrainer(args=PLEConfig(**settings), reward_funcs="vader")
     assert named.config.reward == ["vader"]  # a reward given by name is recorded in config.yaml by name
-    assert named.reward_fn(["p"], ["a wonderful, brilliant film"])[0] > 0.5
+    assert named.harness.reward_fn(["p"], ["a wonderful, brilliant film"])[0] > 0.5
 
 
 def test_bad_objects_are_one_line(tmp_path, tiny_chat_model, queries_file):

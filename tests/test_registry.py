@@ -9,7 +9,7 @@ import yaml
 from conftest import tiny_config
 
 from ple.baselines import make_trainer
-from ple.baselines.sft import SFTBaseline
+from ple.baselines.sft import SFT
 from ple.cli import build_parser, main
 from ple.config import load_config
 from ple.errors import PLEError
@@ -19,10 +19,10 @@ from ple.evaluation.metrics import METRICS, Metric, register_metric, response_kl
 from ple.methods import METHODS, Method, get_method, register
 from ple.model import load_causal_lm, load_tokenizer
 from ple.principles import PromptBuilder
-from ple.trainer import PLETrainer
+from ple.trainer import PLE, PLETrainer
 
 
-class ToyTrainer(SFTBaseline):
+class ToySFT(SFT):
     """SFT under another name: what a plug-in method looks like."""
 
 
@@ -31,7 +31,7 @@ def toy_method():
     method = register(
         Method(
             "toy-sft",
-            ToyTrainer,
+            ToySFT,
             "a toy method registered by a test",
             needs_principle=False,
             needs_reward=False,
@@ -66,7 +66,7 @@ def test_a_registered_method_reaches_the_cli_the_config_and_make_trainer(
         load_config(overrides={**values, "sft_dataset": str(sft), "batch_size": 3})
     config = load_config(overrides={**values, "sft_dataset": str(sft)})
     trainer = make_trainer(config)
-    assert type(trainer) is ToyTrainer
+    assert type(trainer.algorithm) is ToySFT
     trainer.train()
     assert (tmp_path / "run" / "final").is_dir()
     with pytest.raises(PLEError, match="already registered"):
@@ -81,7 +81,7 @@ def test_an_unknown_method_is_one_line_and_never_falls_back_to_ple(tmp_path, tin
     config.method = "ppo"  # a config changed after validation still finds no trainer
     with pytest.raises(PLEError, match="unknown method 'ppo'"):
         make_trainer(config)
-    assert get_method("rlcd").trainer_class() is PLETrainer
+    assert get_method("rlcd").algorithm_class() is PLE
 
 
 def test_the_registry_says_what_each_method_needs(tmp_path, tiny_chat_model, queries_file):

@@ -8,7 +8,7 @@ from conftest import tiny_config
 from ple.config import load_config
 from ple.errors import PLEError
 from ple.losses import assign_branch
-from ple.trainer import PLETrainer, query_order
+from ple.trainer import PLE, PLETrainer, query_order
 
 ROW_FIELDS = {
     "iteration",
@@ -95,17 +95,17 @@ def test_resume_matches_uninterrupted_run(tmp_path, tiny_chat_model, queries_fil
 
     killed = tmp_path / "killed"
     config = tiny_config(tiny_chat_model, queries_file, killed, reward, iterations=3, reward_scaling=scaling)
-    original = PLETrainer.iteration
+    original = PLE.iteration
 
     def kill_at_2(self, t):
         if t == 2:
             raise KeyboardInterrupt
         return original(self, t)
 
-    monkeypatch.setattr(PLETrainer, "iteration", kill_at_2)
+    monkeypatch.setattr(PLE, "iteration", kill_at_2)
     with pytest.raises(KeyboardInterrupt):
         run(config)
-    monkeypatch.setattr(PLETrainer, "iteration", original)
+    monkeypatch.setattr(PLE, "iteration", original)
     assert len(read_metrics(killed)) == 2
     # A kill mid-write leaves a torn metrics line and a stray file; resume must shrug both off.
     with open(killed / "metrics.jsonl", "a") as f:

@@ -17,7 +17,7 @@ __all__ = ["Config", "PLEConfig", "PLEError", "PLETrainer", "load_config", "make
 def __getattr__(name: str):
     # The trainers import torch and transformers; `import ple` (the CLI's config parsing) stays light without them.
     if name == "PLETrainer":
-        from ple.trainer import PLETrainer
+        from ple.training.loop import PLETrainer
 
         return PLETrainer
     if name == "make_trainer":

@@ -281,7 +281,7 @@ def cmd_train(args) -> int:
     config = load_config(args.config, overrides)
     trainer = make_trainer(config)
     final = trainer.train(resume=args.resume).final_model
-    if trainer.dist.main:  # under torchrun or accelerate launch, once
+    if trainer.harness.dist.main:  # under torchrun or accelerate launch, once
         print(f"final model: {final}")
         print(f"metrics: {Path(config.output_dir) / METRICS_JSONL}")
     return 0

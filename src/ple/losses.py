@@ -1,7 +1,7 @@
 """PLE's losses and branch rule: small pure functions on tensors and floats (the log-probabilities they take
 come from ple.logprobs).
 
-Notation (PLE-SPEC): l(y|x) is the mean per-token log-probability of y given x,
+Notation (docs/algorithm.md): l(y|x) is the mean per-token log-probability of y given x,
 L(y|x) the summed token NLL. Everything is conditioned on the plain query x.
 """
 
@@ -38,18 +38,18 @@ def rank_loss(
     logp_loser: torch.Tensor,
     kind: Literal["hinge", "logistic"] = "hinge",
     margin: float = 0.0,
-    beta: float = 2.0,
+    rank_beta: float = 2.0,
 ) -> torch.Tensor:
     """Ranking loss on mean token log-probs l(w|x), l(l|x), one value per pair.
 
     hinge:    max(0, margin - (l(w|x) - l(l|x)))     (margin = 0 is RRHF's form)
-    logistic: -log sigmoid(beta * (l(w|x) - l(l|x)))
+    logistic: -log sigmoid(rank_beta * (l(w|x) - l(l|x)))
     """
     diff = logp_winner - logp_loser
     if kind == "hinge":
         return torch.clamp(margin - diff, min=0.0)
     if kind == "logistic":
-        return -F.logsigmoid(beta * diff)
+        return -F.logsigmoid(rank_beta * diff)
     raise ValueError(f"unknown rank loss {kind!r}")
 
 
@@ -106,7 +106,7 @@ def ple_loss(
     *,
     rank_kind: Literal["hinge", "logistic"] = "hinge",
     margin: float = 0.0,
-    beta: float = 2.0,
+    rank_beta: float = 2.0,
     rank_coef: float = 1.0,
     sft_coef: float = 1.0,
     rank_sft_coef: float = 0.0,
@@ -129,7 +129,7 @@ def ple_loss(
     mean_guided, mean_plain = sum_logp_guided / n_guided, sum_logp_plain / n_plain
     mean_winner = torch.where(guided_wins, mean_guided, mean_plain)
     mean_loser = torch.where(guided_wins, mean_plain, mean_guided)
-    rank_term = rank_loss(mean_winner, mean_loser, rank_kind, margin, beta) - rank_sft_coef * mean_winner
+    rank_term = rank_loss(mean_winner, mean_loser, rank_kind, margin, rank_beta) - rank_sft_coef * mean_winner
 
     if all_weight_on_guided:
         w_guided, w_plain = torch.ones_like(mean_guided), torch.zeros_like(mean_plain)

@@ -1,17 +1,17 @@
 """The method registry: one entry per method, holding everything about it.
 
 Config validation, `make_trainer`, the CLI's `--method` choices, `ple compare`, the docs and the verdict all read
-`METHODS`. Adding a method is one `register(Method(...))` call plus its trainer class (docs/extending.md):
+`METHODS`. Adding a method is one `register(Method(...))` call plus its algorithm class (docs/extending.md):
 
     register(Method(
         name="kto",
-        trainer="my_package.kto:KTOTrainer",   # a ple.training.loop.Trainer subclass, or "module:Class"
+        algorithm="my_package.kto:KTO",   # a class of ple.training.loop's contract, or "module:Class"
         summary="KTO on the PLE harness",
         needs_principle=False,
         checks=(lambda c: "kto needs batch_size >= 2" if c.batch_size < 2 else None,),
     ))
 
-This module imports neither torch nor the trainers: a trainer is imported when a run builds it.
+This module imports neither torch nor the algorithms: an algorithm is imported when a run builds it.
 """
 
 import importlib
@@ -29,7 +29,7 @@ Check = Callable[[Any], "str | None"]  # a config -> the problem with it for thi
 @dataclass(frozen=True)
 class Method:
     name: str
-    trainer: str | type  # the Trainer subclass, or "module:Class" to import it only when a run builds it
+    algorithm: str | type  # its class (ple.training.loop's contract), or "module:Class" to import it when a run starts
     summary: str  # one line, for the docs and the CLI
     preset: Mapping[str, Any] = field(default_factory=dict)  # config values the method fixes (its ablation)
     needs_principle: bool = True  # False for a method that never reads the principle
@@ -41,10 +41,10 @@ class Method:
     def __post_init__(self):
         object.__setattr__(self, "preset", MappingProxyType(dict(self.preset)))
 
-    def trainer_class(self) -> type:
-        if not isinstance(self.trainer, str):
-            return self.trainer
-        module, _, name = self.trainer.partition(":")
+    def algorithm_class(self) -> type:
+        if not isinstance(self.algorithm, str):
+            return self.algorithm
+        module, _, name = self.algorithm.partition(":")
         return getattr(importlib.import_module(module), name)
 
     def problems(self, config) -> list[str]:
@@ -121,34 +121,34 @@ def _trl_warmup_needs_lora(c) -> str | None:
     return None
 
 
-PLE_TRAINER = "ple.trainer:PLETrainer"
+PLE_ALGORITHM = "ple.trainer:PLE"
 for _method in (
-    Method("ple", PLE_TRAINER, "PLE: rank a clear win of the guided answer, weighted SFT otherwise; tau decays"),
+    Method("ple", PLE_ALGORITHM, "PLE: rank a clear win of the guided answer, weighted SFT otherwise; tau decays"),
     Method(
         "ple-symmetric",
-        PLE_TRAINER,
+        PLE_ALGORITHM,
         "PLE that also ranks a clear win of the plain answer (y over y_p) instead of weighted SFT",
         {"negative_gap": "rank"},
     ),
-    Method("ple-rank-only", PLE_TRAINER, "PLE's ranking term alone (sft_coef 0)", {"sft_coef": 0.0}),
-    Method("ple-wsft-only", PLE_TRAINER, "PLE's weighted-SFT term alone (rank_coef 0)", {"rank_coef": 0.0}),
-    Method("ple-no-decay", PLE_TRAINER, "PLE with a constant threshold tau0", {"schedule": "constant"}),
+    Method("ple-rank-only", PLE_ALGORITHM, "PLE's ranking term alone (sft_coef 0)", {"sft_coef": 0.0}),
+    Method("ple-wsft-only", PLE_ALGORITHM, "PLE's weighted-SFT term alone (rank_coef 0)", {"rank_coef": 0.0}),
+    Method("ple-no-decay", PLE_ALGORITHM, "PLE with a constant threshold tau0", {"schedule": "constant"}),
     Method(
         "rlcd",
-        PLE_TRAINER,
+        PLE_ALGORITHM,
         "RLCD: always rank the guided answer over the plain one, whatever the reward says",
         {"schedule": "constant", "tau0": -math.inf},
     ),
     Method(
         "distill",
-        "ple.baselines.distill:DistillTrainer",
+        "ple.baselines.distill:Distill",
         "context distillation: SFT on (plain query -> guided answer), no reward at all",
         {"reward": None, "sft_weights": "guided", "rank_coef": 0.0},
         needs_reward=False,
     ),
     Method(
         "sft",
-        "ple.baselines.sft:SFTBaseline",
+        "ple.baselines.sft:SFT",
         "SFT on the SFT set, 2 x queries_per_iteration rows per iteration",
         needs_principle=False,
         needs_reward=False,
@@ -157,7 +157,7 @@ for _method in (
     ),
     Method(
         "dpo",
-        "ple.baselines.trl:DPOBaseline",
+        "ple.baselines.trl:DPO",
         "TRL's DPO on pairs from the data, or from two base-model samples ranked by the reward",
         needs_principle=False,
         claimed_baseline=True,
@@ -165,7 +165,7 @@ for _method in (
     ),
     Method(
         "rloo",
-        "ple.baselines.trl:RLOOBaseline",
+        "ple.baselines.trl:RLOO",
         "TRL's RLOO (PPO-family online RL), 2 samples per query",
         needs_principle=False,
         claimed_baseline=True,
@@ -173,7 +173,7 @@ for _method in (
     ),
     Method(
         "raft",
-        "ple.baselines.raft:RaftTrainer",
+        "ple.baselines.raft:RAFT",
         "RAFT: iterative best-of-raft_k, SFT on the best answer by reward",
         needs_principle=False,
         claimed_baseline=True,

@@ -126,8 +126,12 @@ class PromptBuilder:
             else:
                 messages[oldest]["content"] = self.tokenizer.decode(content[overflow:]).lstrip()
         raise PLEError(
-            f"max_prompt_tokens={max_tokens} leaves no room for the query: the {'guided' if guided else 'plain'} "
-            f"prompt's template{' and principle' if guided else ''} alone take {len(ids)} tokens"
+            f"max_prompt_tokens={max_tokens} leaves no room for the query: "
+            + (
+                f"the guided prompt's template and principle alone take {len(ids)} tokens"
+                if guided
+                else f"the plain prompt's template alone takes {len(ids)} tokens"
+            )
         )
 
     def render(self, prompt: Prompt, guided: bool = False) -> str:

@@ -10,18 +10,18 @@ def threshold(
     t: int,
     schedule: str = "exponential",
     tau0: float = 0.2,
-    alpha: float = 0.9,
+    decay: float = 0.9,
     quantile: float = 0.5,
     gaps: Sequence[float | None] = (),
 ) -> float:
     """tau_t for iteration t.
 
-    exponential: tau0 * alpha**t.  constant: tau0.
+    exponential: tau0 * decay**t (decay is the config's `alpha`).  constant: tau0.
     quantile: the q-quantile of this iteration's finite |gaps| (tau0 when there are none).
     """
     if schedule == "exponential":
         # Rounded to 12 significant digits so 0.2 * 0.9 logs as 0.18, not 0.18000000000000002 (-inf stays -inf).
-        return float(f"{tau0 * alpha**t:.12g}")
+        return float(f"{tau0 * decay**t:.12g}")
     if schedule == "constant":
         return tau0
     if schedule == "quantile":

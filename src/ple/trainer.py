@@ -1,4 +1,4 @@
-"""The PLE trainer: one iteration reads like PLE-SPEC.md section 2.
+"""PLE's algorithm: one iteration reads like docs/algorithm.md.
 
 tau_t  = schedule(t)
 x      = next queries_per_iteration queries
@@ -7,7 +7,7 @@ s, s_p = r(x, y), r(x, y_p)                always against plain x
 branch = rank | wsft | skip                 by gap = s_p - s and tau_t
 train on (x -> y_p, y) with the branch's loss (ple.losses.ple_loss), then log, write and checkpoint
 
-The loop around it (resume, warm-up, checkpoints, final model) is ple.training.loop.Trainer's.
+The loop around it (resume, warm-up, checkpoints, final model) is ple.training.loop's.
 """
 
 import math
@@ -21,10 +21,12 @@ from ple.generation import Sample
 from ple.logprobs import shared_prompt_logprobs
 from ple.losses import assign_branch, ple_loss, sft_weights, wsft_temperature
 from ple.model import autocast
+from ple.rewards import RunningStd
 from ple.schedule import threshold
+from ple.training.harness import Harness
 from ple.training.loop import (
-    Trainer,
-    TrainOutput,
+    PLETrainer,
+    RunResult,
     iteration_rng,
     merge_generation_stats,
     no_valid_reward,
@@ -32,6 +34,8 @@ from ple.training.loop import (
     signed,
 )
 from ple.training.policy import mean_of_known
+
+LOSS_KEYS = ("loss", "rank_loss", "wsft_loss")  # what ple_loss returns per query
 
 
 @dataclass
@@ -51,11 +55,26 @@ class Record:
     winner: str | None = None  # "guided" or "plain" for a ranked pair
 
 
-class PLETrainer(Trainer):
+class PLE:
+    """PLE and its ablations (the registry's presets): the loop's iteration, and the running reward scale it
+    carries from one iteration to the next."""
+
+    def __init__(self, harness: Harness):
+        self.harness, self.config, self.policy, self.dist = harness, harness.config, harness.policy, harness.dist
+        self.device, self.queries = harness.device, harness.queries
+        self.reward_std = RunningStd()
+
+    def state(self) -> dict:
+        return {"reward_std": self.reward_std.state()}
+
+    def load_state(self, state: dict) -> None:
+        if not isinstance(state.get("reward_std"), dict):
+            raise ValueError("trainer_state.json has no reward_std")
+        self.reward_std = RunningStd(**state["reward_std"])
+
     def iteration(self, t: int) -> tuple[list[dict], dict[str, Any]]:
         config = self.config
         started = time.perf_counter()
-        self.policy.truncated_prompts = 0
         indices = query_order(len(self.queries), t, config.queries_per_iteration, config.seed, config.shuffle)
         mine = self.dist.shard([Record(k, i, self.queries[i]) for k, i in enumerate(indices)])
         gen_stats = self.generate(mine)
@@ -103,7 +122,7 @@ class PLETrainer(Trainer):
     def score(self, records: list[Record]) -> float:
         """s = r(x, y), s_p = r(x, y_p): both against the plain query, in one reward call; returns its seconds."""
         rows = [r.row for r in records]
-        scores, seconds = self.score_rows(rows + rows, [r.y.text for r in records] + [r.y_p.text for r in records])
+        scores, seconds = self.harness.score(rows + rows, [r.y.text for r in records] + [r.y_p.text for r in records])
         for r, s, s_p in zip(records, scores, scores[len(records) :]):
             r.s, r.s_p = s, s_p
         return seconds
@@ -118,25 +137,20 @@ class PLETrainer(Trainer):
         """epochs_per_iteration passes over the iteration's trained queries; each optimizer step minimises the
         mean of their PLE losses."""
         config = self.config
-        totals = {"loss": [], "rank_loss": [], "wsft_loss": []}
-        tokens = 0
 
-        def micro_loss(micro: list[Record], step: list[Record]) -> torch.Tensor:
-            nonlocal tokens
-            losses, n_tokens = self.pair_losses(micro or step[:1], temperature, scale)
-            if not micro:  # idle under ZeRO: the computation of a real micro-batch, at zero weight
-                return losses["loss"].sum() * 0.0
-            tokens += n_tokens
-            for key, values in losses.items():
-                totals[key] += values.detach().tolist()
-            return losses["loss"].sum() / len(step)  # the mean over the optimizer step's queries
+        def micro_loss(micro: list[Record], step: list[Record]) -> tuple[torch.Tensor, tuple[dict, int]]:
+            losses, n_tokens = self.pair_losses(micro, temperature, scale)
+            reported = {key: values.detach().tolist() for key, values in losses.items()}
+            return losses["loss"].sum() / len(step), (reported, n_tokens)  # the mean over the step's queries
 
         policy = self.policy
         started, skipped = time.perf_counter(), policy.skipped_steps
         rng = iteration_rng(config.seed, t, 7)
-        steps = policy.train_epochs(records, config.epochs_per_iteration, rng, micro_loss, f"training (iteration {t})")
+        phase = f"training (iteration {t})"
+        steps, reports = policy.train_epochs(records, config.epochs_per_iteration, rng, micro_loss, phase)
         seconds = time.perf_counter() - started
-        totals = {key: self.dist.gather(values) for key, values in totals.items()}
+        tokens = sum(n for _, n in reports)
+        totals = {key: self.dist.gather([v for losses, _ in reports for v in losses[key]]) for key in LOSS_KEYS}
         return {
             "loss": mean_of_known(totals["loss"]),
             "rank_loss": mean_of_known(v for v in totals["rank_loss"] if not math.isnan(v)),
@@ -170,7 +184,7 @@ class PLETrainer(Trainer):
             torch.tensor([r.winner == "guided" for r in records], device=device),
             rank_kind=config.rank_loss,
             margin=config.margin,
-            beta=config.rank_beta,
+            rank_beta=config.rank_beta,
             rank_coef=config.rank_coef,
             sft_coef=config.sft_coef,
             rank_sft_coef=config.rank_sft_coef,
@@ -195,7 +209,6 @@ class PLETrainer(Trainer):
             "n_rank_plain_wins": sum(r.winner == "plain" for r in records),
             "n_trained": len(trained),
             "n_invalid_reward": sum(r.gap is None for r in records),
-            "n_truncated_prompts": sum(self.dist.gather([self.policy.truncated_prompts])),
             "reward_scale": scale,
             "wsft_temperature": temperature,
             "wsft_weight_max_mean": mean_of_known(larger_weight),
@@ -237,4 +250,4 @@ class PLETrainer(Trainer):
         )
 
 
-__all__ = ["PLETrainer", "Record", "TrainOutput", "query_order"]
+__all__ = ["PLE", "PLETrainer", "Record", "RunResult", "query_order"]

@@ -19,10 +19,9 @@ of the registry, ple.methods.METHODS.
 """
 
 from ple.config import Config
-from ple.methods import get_method
-from ple.training.loop import Trainer
+from ple.training.loop import PLETrainer
 
 
-def make_trainer(config: Config, reward_fn=None) -> Trainer:
-    """The trainer of config.method, from the method registry (ple.methods)."""
-    return get_method(config.method).trainer_class()(args=config, reward_funcs=reward_fn)
+def make_trainer(config: Config, reward_fn=None) -> PLETrainer:
+    """The trainer of config.method (its algorithm from the method registry, ple.methods, in PLE's loop)."""
+    return PLETrainer(args=config, reward_funcs=reward_fn)

@@ -4,8 +4,8 @@ the equal-sample budget it draws y_p for 2 * queries_per_iteration queries."""
 import time
 from typing import Any
 
+from ple.training.harness import Harness
 from ple.training.loop import (
-    Trainer,
     iteration_rng,
     merge_generation_stats,
     query_order,
@@ -14,11 +14,14 @@ from ple.training.loop import (
 )
 
 
-class DistillTrainer(Trainer):
+class Distill:
+    def __init__(self, harness: Harness):
+        self.config, self.policy, self.dist = harness.config, harness.policy, harness.dist
+        self.queries = harness.queries
+
     def iteration(self, t: int) -> tuple[list[dict], dict[str, Any]]:
         config, policy = self.config, self.policy
         started = time.perf_counter()
-        policy.truncated_prompts = 0
         indices = query_order(len(self.queries), t, samples_per_iteration(config), config.seed, config.shuffle)
         rows = [self.queries[i] for i in indices]
 
@@ -44,7 +47,6 @@ class DistillTrainer(Trainer):
         metrics = {
             "iteration": t,
             "queries": len(rows),
-            "n_truncated_prompts": sum(self.dist.gather([policy.truncated_prompts])),
             "samples": len(rows),
             "reward_calls": 0,
             **merge_generation_stats(self.dist.gather([gen_stats])),

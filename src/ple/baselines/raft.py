@@ -3,8 +3,8 @@
 import time
 from typing import Any
 
+from ple.training.harness import Harness
 from ple.training.loop import (
-    Trainer,
     iteration_rng,
     merge_generation_stats,
     no_valid_reward,
@@ -15,7 +15,11 @@ from ple.training.loop import (
 from ple.training.policy import mean_of_known
 
 
-class RaftTrainer(Trainer):
+class RAFT:
+    def __init__(self, harness: Harness):
+        self.harness, self.config, self.policy, self.dist = harness, harness.config, harness.policy, harness.dist
+        self.queries = harness.queries
+
     def iteration(self, t: int) -> tuple[list[dict], dict[str, Any]]:
         config, policy = self.config, self.policy
         k = config.raft_k
@@ -27,7 +31,7 @@ class RaftTrainer(Trainer):
         mine = self.dist.shard(list(range(len(rows))))
         my_rows = [rows[i] for i in mine for _ in range(k)]
         samples, gen_stats = policy.sample(policy.encode([r["prompt"] for r in my_rows]))
-        scores, score_seconds = self.score_rows(my_rows, [x.text for x in samples])
+        scores, score_seconds = self.harness.score(my_rows, [x.text for x in samples])
         gathered = sorted(self.dist.gather(list(zip(mine, _chunks(samples, k), _chunks(scores, k)))))
 
         best = []  # (query position, sample, reward) of each query's best valid answer

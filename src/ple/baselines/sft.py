@@ -3,10 +3,14 @@
 import time
 from typing import Any
 
-from ple.training.loop import Trainer, iteration_rng, query_order, samples_per_iteration
+from ple.training.harness import Harness
+from ple.training.loop import iteration_rng, query_order, samples_per_iteration
 
 
-class SFTBaseline(Trainer):
+class SFT:
+    def __init__(self, harness: Harness):
+        self.config, self.policy, self.sft_set = harness.config, harness.policy, harness.sft_set
+
     def iteration(self, t: int) -> tuple[list[dict], dict[str, Any]]:
         config = self.config
         started = time.perf_counter()

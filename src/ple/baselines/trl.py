@@ -1,94 +1,107 @@
 """DPO and RLOO, trained by TRL's trainers on the policy PLE would train (same LoRA, optimiser settings and seed).
 
-A killed run restarts its TRL training; work cached in the run directory (DPO's pairs) is kept."""
+Each is a whole run for ple.training.loop: TRL trains, the loop does the rest. A killed run restarts its TRL training;
+work cached in the run directory (DPO's pairs) is kept. TRL's step log goes to trl_log.jsonl, and metrics.jsonl
+gets one row per iteration from it."""
 
 import json
 import math
-import time
 from typing import Any
 
 import torch
 
 from ple.errors import PLEError
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl
-from ple.progress import Progress
 from ple.rewards import score
-from ple.training.loop import Trainer, TrainOutput, iteration_seed, query_order
-from ple.training.rundir import BUDGET, FINAL, METRICS_JSONL, WARMUP, snapshot_dir, snapshot_steps
+from ple.training.harness import Harness
+from ple.training.loop import iteration_seed, query_order
+from ple.training.policy import mean_of_known
+from ple.training.rundir import TRL_LOG, snapshot_dir, snapshot_steps
 from ple.training.trackers import tracker_names
 from ple.vllm_backend import select_backend
 
 
-class TRLBaseline(Trainer):
-    def train(self, resume: bool = False) -> TrainOutput:
-        final = self.run_dir.path / FINAL
-        if resume and (self.run_dir.path / BUDGET).is_file() and final.is_dir():
-            return TrainOutput(final, self.run_dir.metrics())
-        if self.dist.world > 1 or self.dist.accelerator is not None:
-            raise PLEError(
-                f"method={self.config.method} runs in one process without DeepSpeed; launch it with plain python"
-            )
-        try:
-            start = self.open_run(resume)
-            started = time.perf_counter()
-            with Progress(total=1, description=self.config.method) as progress:
-                self.policy.progress = progress
-                if start == WARMUP:  # as every method gets it; TRL's reference is then a copy of the warmed-up adapter
-                    self.sft_warmup()
-                budget = self.run_trl()
-                progress.advance()
-            model = self.policy.model
-            for name in list(getattr(model, "peft_config", {})):
-                if name != "default":  # TRL's frozen reference copy of the adapter, not part of the policy
-                    model.delete_adapter(name)
-            self.policy.save_final(self.run_dir.path)
-            self.run_dir.write_budget({**budget, "seconds": time.perf_counter() - started})
-            return TrainOutput(final, self.run_dir.metrics())
-        finally:
-            self.run_dir.close()
-
-    def run_trl(self) -> dict[str, Any]:
-        raise NotImplementedError
-
-    def trl_args(self, config_class, **extra):
-        config = self.config
-        return config_class(
-            output_dir=str(self.run_dir.path / "trl"),
-            learning_rate=config.learning_rate,
-            lr_scheduler_type="constant",  # PLE's optimiser has no schedule either
-            warmup_steps=0,
-            weight_decay=config.weight_decay,
-            max_grad_norm=config.max_grad_norm if config.max_grad_norm > 0 else 1e9,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            gradient_checkpointing=False,
-            seed=config.seed,
-            logging_steps=1,
-            save_strategy="no",
-            report_to=tracker_names(config.report_to),  # TRL's own tracker integrations, under output_dir/trl
-            use_cpu=self.device.type == "cpu",
-            bf16=config.dtype == "bfloat16",
-            disable_tqdm=False,
-            **extra,
+def refuse_launcher(harness: Harness) -> None:
+    if harness.dist.world > 1 or harness.dist.accelerator is not None:
+        raise PLEError(
+            f"method={harness.config.method} runs in one process without DeepSpeed; launch it with plain python"
         )
 
-    def callbacks(self) -> list:
-        if not self.config.snapshot_every:
-            return []
-        return [snapshot_callback(self.run_dir.path, self.config, self.policy.tokenizer)]
 
-    def write_log(self, log_history: list[dict]) -> None:
-        rows = [{"step": i, **row} for i, row in enumerate(log_history)]  # TRL's logging steps, not iterations
-        atomic_write_jsonl(self.run_dir.path / METRICS_JSONL, rows)
+def trl_args(harness: Harness, config_class, **extra):
+    """TRL's config for the policy PLE would train: PLE's optimiser settings, seed and precision."""
+    config = harness.config
+    return config_class(
+        output_dir=str(harness.run_dir.path / "trl"),
+        learning_rate=config.learning_rate,
+        lr_scheduler_type="constant",  # PLE's optimiser has no schedule either
+        warmup_steps=0,
+        weight_decay=config.weight_decay,
+        max_grad_norm=config.max_grad_norm if config.max_grad_norm > 0 else 1e9,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        gradient_checkpointing=False,
+        seed=config.seed,
+        logging_steps=1,
+        save_strategy="no",
+        report_to=tracker_names(config.report_to),  # TRL's own tracker integrations, under output_dir/trl
+        use_cpu=harness.device.type == "cpu",
+        bf16=config.dtype == "bfloat16",
+        disable_tqdm=False,
+        **extra,
+    )
 
-    def all_queries(self) -> list[dict]:
-        """The queries PLE would draw over the whole run, in its order."""
-        config = self.config
-        n = config.queries_per_iteration * config.iterations
-        return [self.queries[i] for i in query_order(len(self.queries), 0, n, config.seed, config.shuffle)]
+
+def callbacks(harness: Harness) -> list:
+    if not harness.config.snapshot_every:
+        return []
+    return [snapshot_callback(harness.run_dir.path, harness.config, harness.policy.tokenizer)]
 
 
-class DPOBaseline(TRLBaseline):
-    def run_trl(self) -> dict[str, Any]:
+def all_queries(harness: Harness) -> list[dict]:
+    """The queries PLE would draw over the whole run, in its order."""
+    config = harness.config
+    n = config.queries_per_iteration * config.iterations
+    return [harness.queries[i] for i in query_order(len(harness.queries), 0, n, config.seed, config.shuffle)]
+
+
+def take_trained_model(harness: Harness, trainer) -> list[dict]:
+    """The policy TRL trained, without TRL's frozen reference copy of the adapter; TRL's step log written to
+    trl_log.jsonl; one metrics row per iteration from it."""
+    model = harness.policy.model = trainer.model
+    for name in list(getattr(model, "peft_config", {})):
+        if name != "default":  # TRL's frozen reference copy of the adapter, not part of the policy
+            model.delete_adapter(name)
+    log = trainer.state.log_history
+    atomic_write_jsonl(harness.run_dir.path / TRL_LOG, log)
+    return iteration_rows(log, harness.config.iterations, trainer.state.max_steps)
+
+
+def iteration_rows(log: list[dict], iterations: int, max_steps: int) -> list[dict]:
+    """One row per iteration from TRL's step log: the optimizer steps matched to iteration t (those after
+    snapshot_step(t) up to snapshot_step(t + 1); the first starts at step 1) and the mean of each number TRL
+    logged at them."""
+    steps = [row for row in log if "loss" in row]  # the training steps, not the closing summary
+    rows = []
+    for t in range(iterations):
+        low = snapshot_step(t, iterations, max_steps) if t else 0
+        high = snapshot_step(t + 1, iterations, max_steps)
+        at = [row for row in steps if low < row["step"] <= high]
+        keys = dict.fromkeys(k for row in at for k, v in row.items() if _number(v) and k not in ("step", "epoch"))
+        means = {k: mean_of_known(row[k] if _number(row.get(k)) else None for row in at) for k in keys}
+        rows.append({"iteration": t, "optimizer_steps": max(high - low, 0), **means})
+    return rows
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+class DPO:
+    def __init__(self, harness: Harness):
+        refuse_launcher(harness)
+        self.harness, self.config, self.policy = harness, harness.config, harness.policy
+
+    def run(self) -> tuple[dict[str, Any], list[dict]]:
         from datasets import Dataset
         from trl import DPOConfig, DPOTrainer
 
@@ -97,7 +110,8 @@ class DPOBaseline(TRLBaseline):
         if not pairs:
             raise PLEError("dpo: no preference pairs (every sampled pair tied or had no reward)")
         self.policy.progress.phase("DPO training")
-        args = self.trl_args(
+        args = trl_args(
+            self.harness,
             DPOConfig,
             beta=config.dpo_beta,
             per_device_train_batch_size=config.batch_size,
@@ -109,20 +123,18 @@ class DPOBaseline(TRLBaseline):
             args=args,
             train_dataset=dataset,
             processing_class=self.policy.tokenizer,
-            callbacks=self.callbacks(),
+            callbacks=callbacks(self.harness),
         )
         trainer.train()
-        self.policy.model = trainer.model
-        self.write_log(trainer.state.log_history)
-        return {**budget, "pairs": len(pairs)}
+        return {**budget, "pairs": len(pairs)}, take_trained_model(self.harness, trainer)
 
     def preference_pairs(self) -> tuple[list[dict], dict[str, Any]]:
         """(prompt, chosen, rejected) rows, cached in pairs.jsonl, and what building them cost."""
-        cache = self.run_dir.path / "pairs.jsonl"
-        budget_file = self.run_dir.path / "pairs_budget.json"
+        cache = self.harness.run_dir.path / "pairs.jsonl"
+        budget_file = self.harness.run_dir.path / "pairs_budget.json"
         if cache.is_file() and budget_file.is_file():
             return read_jsonl(cache), json.loads(budget_file.read_text())
-        rows = self.all_queries()
+        rows = all_queries(self.harness)
         builder = self.policy.builder
         if any(r.get("chosen") is not None and r.get("rejected") is not None for r in rows):
             pairs = [
@@ -132,13 +144,13 @@ class DPOBaseline(TRLBaseline):
             ]
             budget = {"samples": 0, "reward_calls": 0, "gen_tokens": 0, "pair_source": "data"}
         else:
-            if self.reward_fn is None:
+            if self.harness.reward_fn is None:
                 raise PLEError("dpo needs a reward to rank base-model samples (or data with chosen/rejected)")
             torch.manual_seed(iteration_seed(self.config.seed, 0))
             texts = [builder.render(r["prompt"]) for r in rows]
             ids = self.policy.encode([r["prompt"] for r in rows])
             samples, stats = self.policy.sample(ids + ids)
-            scores, _ = self.score_rows(rows + rows, [x.text for x in samples])
+            scores, _ = self.harness.score(rows + rows, [x.text for x in samples])
             n = len(rows)
             pairs = []
             for text, a, b, s_a, s_b in zip(texts, samples[:n], samples[n:], scores[:n], scores[n:]):
@@ -154,30 +166,23 @@ class DPOBaseline(TRLBaseline):
         return pairs, budget
 
 
-class RLOOBaseline(TRLBaseline):
+class RLOO:
     samples_itself = False  # RLOOTrainer generates, with its own colocated vLLM when the backend is vllm
 
-    def uses_vllm(self) -> bool:
-        """Whether RLOOTrainer generates with TRL's vLLM. TRL pushes weights with the model's `load_weights`,
-        which vLLM's CPU build refuses after start-up (its linear weights are repacked), so not on a CPU."""
-        config = self.config
-        if select_backend(config.generation_backend, self.device, config.vllm_mode) != "vllm":
-            return False
-        if self.device.type != "cuda":
-            raise PLEError(
-                "rloo generates with TRL's vLLM integration, whose weight push fails on vLLM's CPU build; "
-                "set generation_backend: transformers for rloo on a CPU"
-            )
-        return True
+    def __init__(self, harness: Harness):
+        refuse_launcher(harness)
+        self.harness, self.config, self.policy = harness, harness.config, harness.policy
+        self.use_vllm = uses_vllm(harness)
 
-    def run_trl(self) -> dict[str, Any]:
+    def run(self) -> tuple[dict[str, Any], list[dict]]:
         from datasets import Dataset
         from trl import RLOOConfig, RLOOTrainer
 
         config = self.config
-        rows = self.all_queries()
+        rows = all_queries(self.harness)
         per_step = 2 * config.batch_size * config.gradient_accumulation_steps  # completions per optimiser step
-        args = self.trl_args(
+        args = trl_args(
+            self.harness,
             RLOOConfig,
             beta=config.rloo_beta,
             num_generations=2,
@@ -188,7 +193,7 @@ class RLOOBaseline(TRLBaseline):
             top_p=config.top_p,
             top_k=config.top_k,
             shuffle_dataset=False,  # PLE's query order
-            use_vllm=self.uses_vllm(),
+            use_vllm=self.use_vllm,
             vllm_mode=config.vllm_mode,
             vllm_gpu_memory_utilization=config.vllm_gpu_memory_utilization,
             vllm_enable_sleep_mode=config.vllm_enable_sleep_mode,
@@ -196,7 +201,7 @@ class RLOOBaseline(TRLBaseline):
             vllm_server_base_url=config.vllm_server_url,
             vllm_server_timeout=config.vllm_server_timeout,
         )
-        counter = CountingReward(self.reward_fn)
+        counter = CountingReward(self.harness.reward_fn)
         extra_columns = [k for k in rows[0] if k != "prompt"]
         builder = self.policy.builder
         dataset = Dataset.from_list(
@@ -212,12 +217,25 @@ class RLOOBaseline(TRLBaseline):
             args=args,
             train_dataset=dataset,
             processing_class=self.policy.tokenizer,
-            callbacks=self.callbacks(),
+            callbacks=callbacks(self.harness),
         )
         trainer.train()
-        self.policy.model = trainer.model
-        self.write_log(trainer.state.log_history)
-        return {"samples": counter.samples, "reward_calls": counter.samples, "gen_tokens": counter.tokens}
+        budget = {"samples": counter.samples, "reward_calls": counter.samples, "gen_tokens": counter.tokens}
+        return budget, take_trained_model(self.harness, trainer)
+
+
+def uses_vllm(harness: Harness) -> bool:
+    """Whether RLOOTrainer generates with TRL's vLLM. TRL pushes weights with the model's `load_weights`, which
+    vLLM's CPU build refuses after start-up (its linear weights are repacked), so not on a CPU."""
+    config = harness.config
+    if select_backend(config.generation_backend, harness.device, config.vllm_mode) != "vllm":
+        return False
+    if harness.device.type != "cuda":
+        raise PLEError(
+            "rloo generates with TRL's vLLM integration, whose weight push fails on vLLM's CPU build; "
+            "set generation_backend: transformers for rloo on a CPU"
+        )
+    return True
 
 
 def snapshot_step(done: int, iterations: int, max_steps: int) -> int:

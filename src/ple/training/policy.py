@@ -19,6 +19,7 @@ from ple.io import replace_dir, temporary
 from ple.logprobs import response_logprobs
 from ple.model import autocast, check_context_length, load_policy, merged_lora, save_model
 from ple.principles import PromptBuilder
+from ple.progress import Progress
 from ple.training.rundir import FINAL
 from ple.vllm_backend import select_backend, start_generator
 
@@ -34,7 +35,7 @@ def mean_of_known(values) -> float | None:
 class Policy:
     """The model, its tokenizer, prompt builder and optimizer, loaded fresh or from a checkpoint directory.
 
-    `progress` is the trainer's progress display; every long step reports its phase to it."""
+    Every long step reports its phase to `progress`, the run's display while the loop shows one (`showing`)."""
 
     def __init__(
         self,
@@ -50,10 +51,10 @@ class Policy:
         self.config, self.dist, self.device, self.principle = config, dist, device, principle
         self.given = {"model": model, "tokenizer": tokenizer, "peft_config": peft_config}  # objects from Python
         self.samples_itself = samples_itself  # False for a trainer whose library generates (TRL's RLOO)
-        self.truncated_prompts = 0  # prompts this process cut to max_prompt_tokens since the last reset
+        self._truncated_prompts = 0  # prompts this process cut to max_prompt_tokens since the last take
         self.skipped_steps = self.skipped_in_a_row = 0  # optimizer steps skipped for a non-finite loss or gradient
         self.where = "training"  # what the optimizer steps are for, to name in an error
-        self.progress = None
+        self.progress = Progress(0, "", disable=True)
         self.version = 0  # changes to the weights in this process: what the vLLM engine syncs against
         self.zero = self.vllm = None
         self.load(None)
@@ -94,8 +95,22 @@ class Policy:
         """Prompt ids of the plain (or guided) queries; an overlong one loses its query's oldest tokens, never the
         principle or the template. This process's cut prompts are counted in truncated_prompts."""
         ids, truncated = self.builder.encode(queries, guided, self.config.max_prompt_tokens)
-        self.truncated_prompts += truncated
+        self._truncated_prompts += truncated
         return ids
+
+    def take_truncated_prompts(self) -> int:
+        """The prompts every process cut to max_prompt_tokens since the last call (every process calls it)."""
+        taken, self._truncated_prompts = self._truncated_prompts, 0
+        return sum(self.dist.gather([taken]))
+
+    @contextlib.contextmanager
+    def showing(self, progress: Progress):
+        """Report phases to `progress` within the block."""
+        before, self.progress = self.progress, progress
+        try:
+            yield
+        finally:
+            self.progress = before
 
     def sample(self, ids: list[list[int]]):
         """One sampled response per prompt, in one batched call: (samples, stats)."""
@@ -131,26 +146,26 @@ class Policy:
 
     # -------------------------------------------------------------- training
     def sft_examples(self, queries: list, responses: list[str]) -> list[tuple[list[int], list[int]]]:
-        """(plain prompt ids, response ids + EOS) for queries and response texts."""
-        ids = self.encode(queries)
+        """(plain prompt ids, response ids + EOS) for queries and response texts, the same on every process (each
+        takes its share of a step's examples), so the main process alone counts the cut prompts."""
+        ids, truncated = self.builder.encode(queries, False, self.config.max_prompt_tokens)
+        if self.dist.main:
+            self._truncated_prompts += truncated
         eos = [self.tokenizer.eos_token_id] if self.tokenizer.eos_token_id is not None else []
         return [(p, self.tokenizer(r, add_special_tokens=False)["input_ids"] + eos) for p, r in zip(ids, responses)]
 
     def train_sft(self, examples: list[tuple], epochs: int, rng: np.random.Generator, phase: str) -> dict[str, Any]:
         """Supervised fine-tuning on (prompt ids, response ids) examples: mean token NLL of the responses."""
-        losses = []
 
-        def micro_loss(micro: list[tuple], step: list[tuple]) -> torch.Tensor:
+        def micro_loss(micro: list[tuple], step: list[tuple]) -> tuple[torch.Tensor, float]:
             with autocast(self.config.dtype, self.device):
-                sum_logp, _ = response_logprobs(self.train_model, micro or step[:1], self.tokenizer.pad_token_id)
-            if not micro:  # idle under ZeRO: the computation of a real micro-batch, at zero weight
-                return sum_logp.sum() * 0.0
+                sum_logp, _ = response_logprobs(self.train_model, micro, self.tokenizer.pad_token_id)
             nll = -sum_logp.sum()
-            losses.append(nll.item() / sum(len(r) for _, r in micro))
-            return nll / sum(len(response) for _, response in step)  # mean token NLL over the step
+            # the mean token NLL over the step; the micro-batch's own mean is what is reported
+            return nll / sum(len(response) for _, response in step), nll.item() / sum(len(r) for _, r in micro)
 
         started, skipped = time.perf_counter(), self.skipped_steps
-        steps = self.train_epochs(examples, epochs, rng, micro_loss, phase)
+        steps, losses = self.train_epochs(examples, epochs, rng, micro_loss, phase)
         skipped = self.skipped_steps - skipped
         return {
             "loss": mean_of_known(losses),
@@ -159,32 +174,42 @@ class Policy:
             "train_seconds": time.perf_counter() - started,
         }
 
-    def train_epochs(self, items: list, epochs: int, rng: np.random.Generator, micro_loss, phase: str) -> int:
+    def train_epochs(self, items: list, epochs: int, rng: np.random.Generator, micro_loss, phase: str):
         """Shuffled passes over `items` in optimizer steps of batch_size * gradient_accumulation_steps items per
         process. Each process runs its share of a step in micro-batches, the gradients are summed across
-        processes, and every process takes the same optimizer step. Returns the number of steps."""
+        processes, and every process takes the same optimizer step.
+
+        `micro_loss(micro-batch, step) -> (loss, record)`: the micro-batch's share of the step's loss, and what to
+        report of it. Returns (the number of steps, the records of every micro-batch, in order)."""
         config = self.config
         per_step = config.batch_size * config.gradient_accumulation_steps * self.dist.world
         steps = epochs * math.ceil(len(items) / per_step)
         self.progress.phase(phase, total=steps)
         self.where = phase
+        records = []
         for _ in range(epochs):
             order = rng.permutation(len(items))
             for start in range(0, len(items), per_step):
-                self.optimizer_step([items[i] for i in order[start : start + per_step]], micro_loss)
+                records += self.optimizer_step([items[i] for i in order[start : start + per_step]], micro_loss)
                 self.progress.step()
-        return steps
+        return steps, records
 
-    def optimizer_step(self, step: list, micro_loss) -> None:
-        """This process's share of `step` in micro-batches, then one optimizer step on every process. A step
-        whose loss or gradient is not finite is skipped; max_nonfinite_steps of them in a row stop the run."""
+    def optimizer_step(self, step: list, micro_loss) -> list:
+        """This process's share of `step` in micro-batches, then one optimizer step on every process; the
+        micro-batches' records. A step whose loss or gradient is not finite is skipped; max_nonfinite_steps of them
+        in a row stop the run."""
         config = self.config
         mine = self.dist.shard(step)
+        records = []
         if self.zero is not None:
             micro_batches = self.zero.micro_batches(mine, step, config.batch_size)
             finite = True
-            for k, micro in enumerate(micro_batches):  # an empty micro-batch is an idle one (see ple.zero)
-                loss = micro_loss(micro, step)
+            for k, micro in enumerate(micro_batches):
+                if micro:
+                    loss, record = micro_loss(micro, step)
+                    records.append(record)
+                else:  # idle (see ple.zero): the computation of a real micro-batch, at zero weight
+                    loss = micro_loss(step[:1], step)[0] * 0.0
                 finite &= bool(torch.isfinite(loss))
                 self.zero.backward(loss, last=k == len(micro_batches) - 1)
             if not all(self.dist.gather([finite])):  # the engine steps as it reduces: stop before it does
@@ -192,7 +217,9 @@ class Policy:
             self.zero.step()
         else:
             for start in range(0, len(mine), config.batch_size):
-                micro_loss(mine[start : start + config.batch_size], step).backward()
+                loss, record = micro_loss(mine[start : start + config.batch_size], step)
+                loss.backward()
+                records.append(record)
             self.dist.sum_gradients(self.trainable)
             # A NaN loss makes NaN gradients, so one finite norm vouches for both.
             norm = torch.nn.utils.clip_grad_norm_(self.trainable, config.max_grad_norm or math.inf)
@@ -205,11 +232,12 @@ class Policy:
                         f"{self.skipped_in_a_row} optimizer steps in a row had a non-finite loss or gradient "
                         f"({self.where}); each was skipped, so none reached the weights; {self._hint()}"
                     )
-                return
+                return records
             self.skipped_in_a_row = 0
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         self.version += 1
+        return records
 
     def _hint(self) -> str:
         return f"check the rewards' scale and the learning rate ({self.config.learning_rate:g})"

@@ -41,6 +41,7 @@ LOCK = ".lock"
 INPUTS = "inputs.json"
 CONFIG = "config.yaml"
 METRICS_JSONL = "metrics.jsonl"
+TRL_LOG = "trl_log.jsonl"  # TRL's logging steps of a dpo or rloo run (metrics.jsonl has one row per iteration)
 BUDGET = "budget.json"
 FINAL = "final"
 GENERATIONS = "generations"
@@ -252,27 +253,25 @@ class RunDir:
                 found.append((WARMUP if match[0] == "warmup" else int(match[1]), d))
         return sorted(found)
 
-    def load_newest(self, finished: list[tuple[int, Path]], load) -> tuple[int, dict] | None:
-        """(iteration, trainer state) of the newest checkpoint that `load(dir)` reads without error; None when
+    def load_newest(self, finished: list[tuple[int, Path]], load) -> int | None:
+        """The iteration of the newest checkpoint that `load(dir, trainer state)` reads without error; None when
         there is none. An unreadable one (a torn file, from a full disk or a bad copy) gives way to the one
         before it."""
         for t, checkpoint in reversed(finished):
             try:
                 state = read_json(checkpoint / TRAINER_STATE)
-                if not isinstance(state.get("reward_std"), dict):
-                    raise ValueError(f"{TRAINER_STATE} has no reward_std")
                 if state.get("iteration") != t:
                     raise PLEError(
                         f"checkpoint {checkpoint} says iteration {state.get('iteration')!r} in {TRAINER_STATE}, not "
                         f"{t} as its name does; restore it, or start a new run"
                     )
-                load(checkpoint)
+                load(checkpoint, state)
             except PLEError:
                 raise
             except Exception as e:
                 print(f"ple: warning: checkpoint {checkpoint} is unreadable ({first_line(e)})", file=sys.stderr)
                 continue
-            return t, state
+            return t
         if finished:
             raise PLEError(f"no checkpoint in {self.path / 'checkpoints'} could be read; start a new run")
         return None
@@ -292,9 +291,11 @@ class RunDir:
                 shutil.rmtree(old)
 
     # -------------------------------------------------------------- results
-    def write_iteration(self, t: int, rows: list[dict], metrics: dict) -> None:
+    def write_iteration(self, t: int, rows: list[dict] | None, metrics: dict) -> None:
+        """Iteration t's generation rows (None: a whole run's library kept them) and its metrics row."""
         if self.main:
-            atomic_write_jsonl(self.path / GENERATIONS / f"iter_{t:03d}.jsonl", rows)
+            if rows is not None:
+                atomic_write_jsonl(self.path / GENERATIONS / f"iter_{t:03d}.jsonl", rows)
             with open(self.path / METRICS_JSONL, "a", encoding="utf-8") as f:
                 f.write(strict_json(metrics) + "\n")
 
