@@ -51,6 +51,9 @@ def test_unknown_key_is_named_with_a_suggestion():
         ({"tau0": float("nan")}, "tau0 must be a number"),
         ({"model": None}, "model is required"),
         ({"merge_lora": True, "use_lora": False}, "merge_lora needs use_lora"),
+        ({"attn_implementation": "flash_attention_2"}, "attn_implementation=flash_attention_2 needs the flash-attn"),
+        ({"attn_implementation": "flash"}, "attn_implementation='flash' is not one of"),
+        ({"dtype": "float16"}, "dtype='float16' is not one of"),
         ({"wsft_temperature": 0}, "wsft_temperature must be auto or a number > 0, got 0.0"),
         ({"wsft_temperature": "hot"}, "wsft_temperature must be auto or a number > 0, got 'hot'"),
         (
@@ -141,3 +144,18 @@ def test_output_dir_expands_the_home_directory(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert load_config(overrides={**BASE, "output_dir": "~/runs/x"}).output_dir == str(tmp_path / "runs" / "x")
     assert load_config(overrides={**BASE, "output_dir": "runs/~x"}).output_dir == "runs/~x"
+
+
+def test_a_run_saved_with_the_dtype_auto_resolves_to_is_the_same_setting(tmp_path):
+    """dtype auto is float32 on a CPU: a run that recorded float32 (or one from before auto) resumes under auto,
+    and one that recorded bfloat16 does not."""
+    import yaml
+
+    from ple.training.rundir import config_changes
+
+    config = load_config(overrides={**BASE, "device": "cpu"})
+    assert config.dtype == "auto"
+    saved = tmp_path / "config.yaml"
+    for recorded, changes in (("float32", []), ("bfloat16", ["dtype"])):
+        saved.write_text(yaml.safe_dump({**config.to_dict(), "dtype": recorded}))
+        assert config_changes(saved, config) == changes

@@ -1,4 +1,4 @@
-"""A 2-process CPU launch (gloo) matches a 1-process run with the same global batch."""
+"""A 2-process CPU launch (gloo) of a config matches a 1-process run of the same config."""
 
 import json
 import os
@@ -23,7 +23,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 def _run_one_process(tmp_path, model, queries, reward):
-    """The reference: one process, global batch 4, greedy decoding (so an answer does not depend on which
+    """The reference: one process, 4 queries per optimizer step, greedy decoding (so an answer does not depend on which
     process samples it)."""
     one = tmp_path / "one"
     config = tmp_path / "one.yaml"
@@ -54,7 +54,7 @@ def test_two_processes_match_one(tmp_path, tiny_chat_model, queries_file, reward
     two = tmp_path / "two"
     config_two = tmp_path / "two.yaml"
     config_two.write_text(
-        yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, two, reward, batch_size=2, **COMMON))
+        yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, two, reward, batch_size=4, **COMMON))
     )
     launched = subprocess.run(
         [
@@ -87,7 +87,7 @@ def _accelerate_launch(config_file: Path, port: int, *args: str) -> subprocess.C
 @pytest.mark.parametrize("stage", [2, 3])
 def test_deepspeed_zero_matches_one_process_and_resumes(tmp_path, tiny_chat_model, queries_file, reward_module, stage):
     """The shipped ZeRO config, launched with 2 CPU processes and killed after its first iteration, resumes from
-    its sharded optimizer state to the same run as one process with the same global batch."""
+    its sharded optimizer state to the same run as one process with the same config."""
     pytest.importorskip("deepspeed", reason='DeepSpeed is in the test extra: pip install -e ".[test]"')
     reward = f"{reward_module}:positivity"
     # 5 queries in steps of 2: the last step has 1 pair, so one process runs an idle micro-batch in lockstep.
@@ -106,7 +106,7 @@ def test_deepspeed_zero_matches_one_process_and_resumes(tmp_path, tiny_chat_mode
         config_zero.write_text(
             yaml.safe_dump(
                 tiny_config(
-                    tiny_chat_model, queries_file, zero, reward, batch_size=1, **dict(settings, iterations=iterations)
+                    tiny_chat_model, queries_file, zero, reward, batch_size=2, **dict(settings, iterations=iterations)
                 )
             )
         )

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from ple.logprobs import response_logprobs
@@ -94,6 +95,51 @@ def test_shared_prompt_logprobs_and_gradients_equal_separate_sequences(tiny_chat
     assert torch.allclose(shared, separate, atol=1e-4)
     assert all(torch.allclose(a, b, atol=1e-4) for a, b in zip(shared_grads, separate_grads))
     assert any(g.abs().sum() > 0 for g in shared_grads)
+
+
+def test_gradient_checkpointing_gives_the_shared_prompt_logprobs_and_gradients_without_it(tiny_chat_model):
+    """Checkpointed layers drop a KV cache, so the shared-prompt forward must run each pair as its own sequence
+    there; values and gradients equal those of the uncheckpointed shared forward."""
+    from peft import LoraConfig, get_peft_model
+
+    from ple.logprobs import shared_prompt_logprobs
+    from ple.model import load_causal_lm
+
+    torch.manual_seed(0)
+    model = get_peft_model(load_causal_lm(tiny_chat_model), LoraConfig(r=4, target_modules="all-linear")).train()
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.5)
+    prompts, guided, plain = [[5, 6, 7], [10], [5, 6, 7, 8]], [[8, 9], [11, 12, 13], [11]], [[20, 21], [23], [24]]
+    weights = torch.arange(1.0, 7.0)
+    results = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.zero_grad()
+        logp, _ = shared_prompt_logprobs(model, prompts, [guided, plain], pad_id=0)
+        (logp * weights).sum().backward()
+        results.append((logp.detach(), [p.grad.clone() for p in model.parameters() if p.requires_grad]))
+    (plain_logp, plain_grads), (checkpointed_logp, checkpointed_grads) = results
+    assert torch.allclose(checkpointed_logp, plain_logp, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(checkpointed_grads, plain_grads))
+    assert any(g.abs().sum() > 0 for g in checkpointed_grads)
+
+
+def test_dtype_auto_and_the_attention_setting(tiny_chat_model, monkeypatch):
+    from ple.errors import PLEError
+    from ple.model import load_causal_lm, resolve_dtype
+
+    assert resolve_dtype("auto", torch.device("cpu")) == "float32"
+    assert resolve_dtype("bfloat16", torch.device("cpu")) == "bfloat16"
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "an old GPU")
+    for supported, expected in ((True, "bfloat16"), (False, "float32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda supported=supported: supported)
+        assert resolve_dtype("auto", torch.device("cuda")) == expected
+        assert resolve_dtype("float32", torch.device("cuda")) == "float32"
+    with pytest.raises(PLEError, match="dtype=bfloat16, but an old GPU has no bf16; use auto or float32"):
+        resolve_dtype("bfloat16", torch.device("cuda"))
+    assert load_causal_lm(tiny_chat_model, attn_implementation="eager").config._attn_implementation == "eager"
 
 
 def test_a_process_with_no_prompts_samples_nothing(tiny_chat_model):

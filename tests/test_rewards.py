@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+from transformers import AutoTokenizer
 
 from ple.errors import PLEError
 from ple.rewards import ClassifierReward, RunningStd, build_reward, score
@@ -108,3 +109,42 @@ def test_vader_accepts_trl_conversational_completions():
     plain = score(build_reward("vader"), ["x"], ["What a wonderful film!"])
     chat = score(build_reward("vader"), ["x"], [[{"role": "assistant", "content": "What a wonderful film!"}]])
     assert plain == chat and plain[0] > 0.5
+
+
+def _bos_chat_tokenizer(path):
+    """A tokenizer that adds a BOS, with a chat template that writes one too (as Llama 3's do)."""
+    from tokenizers.processors import TemplateProcessing
+
+    from ple.testing import CHAT_TEMPLATE, _build_tokenizer
+
+    tokenizer = _build_tokenizer(chat=True)
+    tokenizer.add_special_tokens({"bos_token": "<s>"})
+    bos = tokenizer.bos_token_id
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", pair="<s> $A $B", special_tokens=[("<s>", bos)]
+    )
+    tokenizer.chat_template = "{{ bos_token }}" + CHAT_TEMPLATE
+    tokenizer.save_pretrained(path)
+    return str(path), bos
+
+
+def test_a_chat_reward_model_reads_one_bos_and_its_options(tmp_path):
+    tokenizer_dir, bos = _bos_chat_tokenizer(tmp_path / "tok")
+    assert AutoTokenizer.from_pretrained(tokenizer_dir)("the movie")["input_ids"][0] == bos  # it does add one
+    rm = _classifier(tmp_path / "rm", tokenizer_dir, 1)
+    reward = ClassifierReward(rm)
+    ids = reward._encode(["the movie", [{"role": "user", "content": "a film"}]], ["was good", "was fun"])["input_ids"]
+    assert [row.tolist().count(bos) for row in ids] == [1, 1]
+    assert (
+        ClassifierReward(rm, max_length=4)._encode(["the movie was"], ["very good and fun"])["input_ids"].shape[1] == 4
+    )
+    assert ClassifierReward(rm, dtype="bfloat16").model.dtype == torch.bfloat16
+
+
+def test_a_reward_model_sorts_its_batches_by_length_and_returns_the_given_order(tmp_path, tiny_text_model):
+    rm = _classifier(tmp_path / "rm", tiny_text_model, 1)
+    prompts = ["the movie", "a film", "the story was", "i", "we watched the film and it was"]
+    completions = ["was good", "so very very bad and awful and boring", "fun", "loved it a lot", "great"]
+    one_by_one = [ClassifierReward(rm, batch_size=1)([p], [c])[0] for p, c in zip(prompts, completions)]
+    assert len(set(one_by_one)) == len(one_by_one)  # distinct scores, so that an order mix-up would show
+    assert ClassifierReward(rm, batch_size=2)(prompts, completions) == pytest.approx(one_by_one, abs=1e-5)

@@ -186,6 +186,7 @@ def test_partly_missing_rewards_are_counted(tmp_path, tiny_chat_model, queries_f
         {"method": "ple-wsft-only"},
         {"generation_batch_size": 5, "temperature": 0.0},
         {"max_prompt_tokens": 14},
+        {"gradient_checkpointing": True, "attn_implementation": "eager"},
     ],
 )
 def test_options_follow_the_spec(tmp_path, tiny_chat_model, queries_file, reward_module, track_params, options):
@@ -296,3 +297,24 @@ def test_bad_inputs_fail_before_any_work(tmp_path, tiny_chat_model, queries_file
     with pytest.raises(PLEError, match="model not found"):
         run({**good, "model": str(tmp_path / "no-model")})
     assert not (tmp_path / "run" / "generations").exists()
+
+
+def test_gradient_checkpointing_on_a_model_without_it_is_one_line(
+    tmp_path, tiny_chat_model, queries_file, reward_module, monkeypatch
+):
+    from transformers import LlamaForCausalLM
+
+    monkeypatch.setattr(LlamaForCausalLM, "supports_gradient_checkpointing", False)
+    config = tiny_config(tiny_chat_model, queries_file, tmp_path / "run", f"{reward_module}:positivity")
+    with pytest.raises(PLEError, match="gradient_checkpointing: LlamaForCausalLM cannot recompute its layers"):
+        PLETrainer(args=load_config(overrides={**config, "gradient_checkpointing": True}))
+
+
+def test_an_optimizer_step_is_the_same_queries_whatever_the_number_of_processes():
+    from ple.config import Config
+    from ple.training.policy import step_share
+
+    config = Config(batch_size=4, gradient_accumulation_steps=2)  # 8 queries per optimizer step
+    assert [step_share(config, world) for world in (1, 2, 4, 8)] == [(8, 4), (4, 4), (2, 2), (1, 1)]
+    with pytest.raises(PLEError, match=r"=8 queries per optimizer step do not split evenly over 3 processes"):
+        step_share(config, 3)

@@ -293,7 +293,7 @@ def cmd_generate(args) -> int:
     from ple.data import load_rows, query_rows
     from ple.evaluation.evaluate import generate_rows
     from ple.io import atomic_write_jsonl
-    from ple.model import adapter_base, autocast, load_causal_lm, load_tokenizer, resolve_device
+    from ple.model import adapter_base, autocast, load_causal_lm, load_tokenizer, resolve_device, resolve_dtype
     from ple.principles import PromptBuilder
 
     config = load_config(args.config, parse_overrides(args.overrides), validate=False)
@@ -321,9 +321,10 @@ def cmd_generate(args) -> int:
     torch.manual_seed(config.seed)
     device = resolve_device(config.device)
     tokenizer = load_tokenizer(adapter_base(name) or name)
-    model = load_causal_lm(name, config.dtype).to(device)
+    dtype = resolve_dtype(config.dtype, device)
+    model = load_causal_lm(name, dtype, config.attn_implementation).to(device)
     builder = PromptBuilder.from_config(tokenizer, config)
-    with autocast(config.dtype, device):
+    with autocast(dtype, device):
         rows = generate_rows(model, tokenizer, builder, prompts, config, guided=args.guided)
     rows = [{"prompt": r["prompt"], "completion": r["completion"], "guided": args.guided} for r in rows]
     for row in rows:

@@ -6,6 +6,7 @@ docs/config.md come from the same place as the code.
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import typing
 from dataclasses import dataclass, field
@@ -36,10 +37,24 @@ class Config:
     # --- model ---
     model: str | None = _f(None, "Causal LM to align: a local path or a Hugging Face hub id.", section="model")
     dtype: str = _f(
-        "float32",
-        "Compute dtype. bfloat16: bf16 autocast and a bf16 frozen base under LoRA; trained weights stay fp32.",
-        ("float32", "bfloat16"),
+        "auto",
+        "Compute dtype. auto: bfloat16 on a CUDA GPU that has it, else float32. bfloat16: bf16 autocast and a bf16 "
+        "frozen base under LoRA; trained weights stay fp32.",
+        ("auto", "float32", "bfloat16"),
         "model",
+    )
+    attn_implementation: str = _f(
+        "auto",
+        "Attention kernel passed to transformers: auto (its choice: sdpa where the model has it), eager, sdpa, "
+        "flash_attention_2 (needs the flash-attn package), flex_attention.",
+        ("auto", "eager", "sdpa", "flash_attention_2", "flex_attention"),
+        "model",
+    )
+    gradient_checkpointing: bool = _f(
+        False,
+        "Recompute each layer's activations in the backward pass instead of keeping them: less memory, about a "
+        "third more training compute. The plain prompt is then run once per answer instead of once per pair.",
+        section="model",
     )
     device: str = _f(
         "auto", "Torch device: auto (cuda if available, else cpu), cpu, cuda, cuda:1, ...", section="model"
@@ -130,12 +145,26 @@ class Config:
     )
     reward_input: str = _f(
         "pair",
-        "What a classifier reward reads: pair (prompt and completion; the chat template for chat prompts) "
-        "or completion (the completion alone).",
+        "What a classifier reward reads: pair (prompt and completion, through the chat template when the reward "
+        "model's tokenizer has one) or completion (the completion alone).",
         ("pair", "completion"),
         "reward",
     )
     reward_batch_size: int = _f(32, "Texts per forward pass of a reward model.", section="reward")
+    reward_dtype: str = _f(
+        "auto",
+        "Weights of a reward model: auto (bfloat16 on a CUDA GPU that has it, else float32), float32, bfloat16.",
+        ("auto", "float32", "bfloat16"),
+        "reward",
+    )
+    reward_device: str = _f(
+        "auto", "Where a reward model runs: auto (the policy's device), cpu, cuda, cuda:1, ...", section="reward"
+    )
+    reward_max_length: int = _f(
+        0,
+        "Tokens a reward model reads at most (longer inputs are cut); 0: the tokenizer's own limit.",
+        section="reward",
+    )
     reward_scaling: str = _f(
         "raw",
         "raw: tau is in reward units. standardized: rewards are divided by their running std, so tau is in std units.",
@@ -251,8 +280,16 @@ class Config:
     learning_rate: float = _f(1e-4, "AdamW learning rate.", section="training")
     weight_decay: float = _f(0.0, "AdamW weight decay.", section="training")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).", section="training")
-    batch_size: int = _f(8, "Queries per micro-batch (each brings its y and y_p).", section="training")
-    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.", section="training")
+    batch_size: int = _f(
+        8,
+        "Queries per micro-batch (each brings its y and y_p). batch_size * gradient_accumulation_steps queries make "
+        "one optimizer step whatever the number of processes (unlike TRL's per-device batch): each process takes "
+        "an equal share of them, in micro-batches of at most batch_size.",
+        section="training",
+    )
+    gradient_accumulation_steps: int = _f(
+        1, "Micro-batches per optimizer step in one process (see batch_size for several).", section="training"
+    )
     epochs_per_iteration: int = _f(1, "Passes over each iteration's examples.", section="training")
     sft_epochs: int = _f(0, "Epochs of SFT warm-up on sft_dataset before the first iteration.", section="training")
     seed: int = _f(0, "Seed for data order, sampling and initialisation.", section="training")
@@ -316,6 +353,7 @@ AT_LEAST_1 = (
 )
 AT_LEAST_0 = (
     "sft_epochs",
+    "reward_max_length",
     "generation_batch_size",
     "keep_checkpoints",
     "snapshot_every",
@@ -402,6 +440,11 @@ def _combination_problems(config: "Config") -> list[str]:
         ),
         (bool(config.output_dir.strip()), "output_dir is empty; name the run directory"),
         (not config.merge_lora or config.use_lora, "merge_lora needs use_lora: true"),
+        (
+            config.attn_implementation != "flash_attention_2" or importlib.util.find_spec("flash_attn") is not None,
+            "attn_implementation=flash_attention_2 needs the flash-attn package (pip install flash-attn, on a CUDA "
+            "machine); or use sdpa",
+        ),
         (
             config.principle is None or bool(config.principle.strip()),
             "principle is empty; give its text or a principles file",

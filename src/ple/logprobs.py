@@ -28,13 +28,23 @@ def response_logprobs(model, batch: list[tuple[list[int], list[int]]], pad_id: i
     return sequence_logprobs(logits, labels[:, -keep:].to(device))
 
 
+def checkpointed(model) -> bool:
+    """Whether transformers' gradient checkpointing is on in any of the model's layers."""
+    return any(getattr(m, "gradient_checkpointing", False) is True for m in model.modules())
+
+
 def shared_prompt_logprobs(model, prompts: list[list[int]], response_sets: list[list[list[int]]], pad_id: int):
     """What `response_logprobs` gives for every (prompts[i], response_sets[j][i]), with each prompt run once.
 
     PLE scores two responses (y_p and y) to the same plain prompt x, so x's keys and values are computed
     in one forward pass and reused by both continuations; gradients flow back through them, so the
     losses and their gradients equal those of the separate sequences. Results are ordered set by set.
+    A model whose layers recompute in the backward pass (gradient checkpointing) drops the cache, so there
+    every (prompt, response) runs as its own sequence.
     """
+    if model.training and torch.is_grad_enabled() and checkpointed(model):
+        pairs = [(prompt, responses[i]) for responses in response_sets for i, prompt in enumerate(prompts)]
+        return response_logprobs(model, pairs, pad_id)
     device = next(model.parameters()).device
     k = len(response_sets)
     name = cache_kwarg(model)

@@ -23,6 +23,22 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """The compute dtype a run on `device` uses for the config's `dtype`: auto is bfloat16 on a CUDA device that
+    has it, else float32."""
+    if device.type != "cuda":
+        return "float32" if name == "auto" else name
+    supported = torch.cuda.is_bf16_supported()
+    if name == "bfloat16" and not supported:
+        raise PLEError(f"dtype=bfloat16, but {torch.cuda.get_device_name(device)} has no bf16; use auto or float32")
+    return ("bfloat16" if supported else "float32") if name == "auto" else name
+
+
+def attention(setting: str) -> dict:
+    """from_pretrained's keyword for the config's attn_implementation (auto: transformers' own choice)."""
+    return {} if setting == "auto" else {"attn_implementation": setting}
+
+
 def check_exists(name: str) -> None:
     """A name that is plainly a local path (absolute, ./ or ~) must exist; anything else may be a hub id."""
     if name.startswith(("/", ".", "~")) and not Path(name).expanduser().exists():
@@ -58,7 +74,7 @@ def adapter_base(path: str) -> str | None:
     return json.loads(config.read_text())["base_model_name_or_path"]
 
 
-def load_causal_lm(name: str, dtype: str = "float32"):
+def load_causal_lm(name: str, dtype: str = "float32", attn_implementation: str = "auto"):
     """A causal LM by path or id, for generation and evaluation. A LoRA adapter directory loads on top of
     its base model; in fp32 the adapter is merged in (one matmul per layer instead of three), while in bf16
     it stays separate, because a bf16 weight would round most of a small update away."""
@@ -67,7 +83,9 @@ def load_causal_lm(name: str, dtype: str = "float32"):
     check_exists(name)
     base = adapter_base(name)
     try:
-        model = AutoModelForCausalLM.from_pretrained(base or name, dtype=DTYPES[dtype])
+        model = AutoModelForCausalLM.from_pretrained(
+            base or name, dtype=DTYPES[dtype], **attention(attn_implementation)
+        )
         if base is not None:
             from peft import PeftModel
 
@@ -101,8 +119,8 @@ def load_policy(config, checkpoint: Path | None = None, model=None, tokenizer=No
 
     `model` and `tokenizer` are objects a Python caller already holds (else config.model is loaded), and
     `peft_config` a peft LoraConfig (else one is made from the config's lora_* fields). With LoRA the frozen base
-    takes `dtype` and peft keeps the adapter in fp32. Full fine-tuning keeps fp32 master weights whatever `dtype`
-    says: a bf16 weight would swallow most small updates.
+    takes `dtype` (resolved: resolve_dtype) and peft keeps the adapter in fp32. Full fine-tuning keeps fp32 master
+    weights whatever `dtype` says: a bf16 weight would swallow most small updates.
     """
     from transformers import AutoModelForCausalLM
 
@@ -111,10 +129,19 @@ def load_policy(config, checkpoint: Path | None = None, model=None, tokenizer=No
         source = str(checkpoint) if checkpoint is not None and not config.use_lora else config.model
         weights_dtype = DTYPES[config.dtype] if config.use_lora else torch.float32
         try:
-            model = AutoModelForCausalLM.from_pretrained(source, dtype=weights_dtype)
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=weights_dtype, **attention(config.attn_implementation)
+            )
         except Exception as e:
             raise PLEError(f"could not load model '{source}': {first_line(e)}") from None
     model.generation_config.pad_token_id = tokenizer.pad_token_id
+    if config.gradient_checkpointing:
+        if not getattr(model, "supports_gradient_checkpointing", False):
+            raise PLEError(
+                f"gradient_checkpointing: {type(model).__name__} cannot recompute its layers; set it to false"
+            )
+        # Non-reentrant: gradients reach a frozen base's LoRA adapters without marking the inputs as trainable.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if config.use_lora:
         from peft import LoraConfig, PeftModel, get_peft_model
 

@@ -152,12 +152,17 @@ class ClassifierReward:
         device: str | torch.device = "cpu",
         model=None,
         tokenizer=None,
+        dtype: str = "float32",
+        max_length: int = 0,
     ):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from ple.model import DTYPES
+
         try:
             self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(name)
-            self.model = (model or AutoModelForSequenceClassification.from_pretrained(name)).to(device).eval()
+            model = model or AutoModelForSequenceClassification.from_pretrained(name, dtype=DTYPES[dtype])
+            self.model = model.to(device).eval()
         except Exception as e:
             raise PLEError(f"reward model '{name}' could not be loaded: {str(e).splitlines()[0]}") from None
         labels = self.model.config.id2label or {}
@@ -172,6 +177,7 @@ class ClassifierReward:
         if output not in ("prob", "logit") or input not in ("pair", "completion"):
             raise PLEError(f"reward '{name}': output must be prob|logit and input pair|completion")
         self.output, self.input, self.batch_size, self.device = output, input, batch_size, device
+        self.max_length = max_length
 
     @classmethod
     def from_model(cls, model, tokenizer=None, **options) -> "ClassifierReward":
@@ -180,10 +186,15 @@ class ClassifierReward:
         return cls(model.name_or_path, model=model, tokenizer=tokenizer, **options)
 
     def _encode(self, prompts: Sequence[Prompt], completions: Sequence[str]):
-        kw = dict(padding=True, truncation=True, return_tensors="pt")
+        kw = dict(
+            padding=True,
+            truncation=True,
+            return_tensors="pt",
+            **({"max_length": self.max_length} if self.max_length else {}),
+        )
         if self.input == "completion":
             return self.tokenizer(list(completions), **kw)
-        if getattr(self.tokenizer, "chat_template", None) and any(not isinstance(p, str) for p in prompts):
+        if getattr(self.tokenizer, "chat_template", None):  # a chat reward model reads the conversation
             texts = [
                 self.tokenizer.apply_chat_template(
                     ([{"role": "user", "content": p}] if isinstance(p, str) else list(p))
@@ -192,32 +203,38 @@ class ClassifierReward:
                 )
                 for p, c in zip(prompts, completions)
             ]
-            return self.tokenizer(texts, **kw)
+            # The template writes the special tokens (a BOS) itself; adding them again would give two, as TRL avoids.
+            return self.tokenizer(texts, add_special_tokens=False, **kw)
         return self.tokenizer([prompt_text(p) for p in prompts], list(completions), **kw)
 
     @torch.no_grad()
     def __call__(self, prompts: Sequence[Prompt], completions: Sequence[str], **_: Any) -> list[float]:
-        scores: list[float] = []
-        for i in range(0, len(completions), self.batch_size):
-            batch = self._encode(prompts[i : i + self.batch_size], completions[i : i + self.batch_size])
+        # Batches of similar length waste less on padding; the scores go back in the given order.
+        order = sorted(range(len(completions)), key=lambda i: len(prompt_text(prompts[i])) + len(completions[i]))
+        scores: list[float] = [0.0] * len(completions)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            batch = self._encode([prompts[i] for i in rows], [completions[i] for i in rows])
             logits = self.model(**batch.to(self.device)).logits.float()
             if self.index is None:
-                scores += logits[:, 0].tolist()
+                values = logits[:, 0]
             elif self.output == "prob":
-                scores += logits.softmax(-1)[:, self.index].tolist()
+                values = logits.softmax(-1)[:, self.index]
             else:
-                scores += logits[:, self.index].tolist()
+                values = logits[:, self.index]
+            for i, value in zip(rows, values.tolist()):
+                scores[i] = value
         return scores
 
 
-def _build_one(spec: str, options: dict[str, Any], batch_size: int, device) -> RewardFn:
+def _build_one(spec: str, options: dict[str, Any], batch_size: int, device, loading: dict[str, Any]) -> RewardFn:
     if spec == "vader":
         return vader_reward
     if _CALLABLE.match(spec):
         return load_callable(spec)
     if ":" in spec:  # no hub id has one
         raise PLEError(f"reward '{spec}' is not of the form module:function or file.py:function (name the function)")
-    return ClassifierReward(spec, batch_size=batch_size, device=device, **options)
+    return ClassifierReward(spec, batch_size=batch_size, device=device, **options, **loading)
 
 
 def build_reward(
@@ -227,10 +244,14 @@ def build_reward(
     input: str = "pair",
     batch_size: int = 32,
     device="cpu",
+    dtype: str = "float32",
+    max_length: int = 0,
 ) -> RewardFn:
-    """The config's `reward` as one callable. A list gives the weighted sum of its parts."""
+    """The config's `reward` as one callable. A list gives the weighted sum of its parts. `dtype` and `max_length`
+    are a reward model's weights and the most tokens it reads."""
+    loading = {"dtype": dtype, "max_length": max_length}
     if isinstance(spec, str):
-        return _build_one(spec, {"label": label, "output": output, "input": input}, batch_size, device)
+        return _build_one(spec, {"label": label, "output": output, "input": input}, batch_size, device, loading)
     parts: list[tuple[float, RewardFn]] = []
     for item in spec:
         if isinstance(item, str):
@@ -246,7 +267,7 @@ def build_reward(
         if not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise PLEError(f"reward '{item['name']}': weight must be a number, got {weight!r}")
         options = {"label": item.get("label"), "output": item.get("output", "prob"), "input": item.get("input", "pair")}
-        parts.append((float(weight), _build_one(item["name"], options, batch_size, device)))
+        parts.append((float(weight), _build_one(item["name"], options, batch_size, device, loading)))
     if not parts:
         raise PLEError("reward list is empty")
     return summed_reward([fn for _, fn in parts], [weight for weight, _ in parts])
@@ -267,9 +288,20 @@ def summed_reward(fns: list[RewardFn], weights: list[float] | None = None) -> Re
 
 
 def config_reward(spec: str | list, config, device="cpu") -> RewardFn:
-    """A reward spec built with the config's classifier options (label, output, input, batch size)."""
+    """A reward spec built with the config's classifier options (label, output, input, batch size, dtype, device,
+    max length); a reward model runs on `device` (the policy's) unless reward_device names another."""
+    from ple.model import resolve_device, resolve_dtype
+
+    device = torch.device(device) if config.reward_device == "auto" else resolve_device(config.reward_device)
     return build_reward(
-        spec, config.reward_label, config.reward_output, config.reward_input, config.reward_batch_size, device
+        spec,
+        config.reward_label,
+        config.reward_output,
+        config.reward_input,
+        config.reward_batch_size,
+        device,
+        resolve_dtype(config.reward_dtype, device),
+        config.reward_max_length,
     )
 
 

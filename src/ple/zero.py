@@ -37,13 +37,17 @@ def make_accelerator():
 
 class ZeroEngine:
     def __init__(self, accelerator, model, optimizer, config):
+        from ple.training.policy import step_share
+
         plugin = accelerator.state.deepspeed_plugin
         world = accelerator.num_processes
         # PLE's config owns the batch sizes and clipping; the accelerate file picks the stage and offloading.
+        share, micro = step_share(config, world)
+        accumulation = -(-share // micro)
         plugin.deepspeed_config.update(
-            train_micro_batch_size_per_gpu=config.batch_size,
-            gradient_accumulation_steps=config.gradient_accumulation_steps,
-            train_batch_size=config.batch_size * config.gradient_accumulation_steps * world,
+            train_micro_batch_size_per_gpu=micro,
+            gradient_accumulation_steps=accumulation,
+            train_batch_size=micro * accumulation * world,
             gradient_clipping=config.max_grad_norm,
         )
         self.accelerator = accelerator

@@ -33,6 +33,7 @@ from ple.model import (
     load_tokenizer,
     merged_lora,
     resolve_device,
+    resolve_dtype,
 )
 from ple.principles import PromptBuilder
 from ple.rewards import check_reward, config_reward, score
@@ -127,6 +128,7 @@ class Evaluator:
     def __init__(self, config: Config, reference_model: str | None = None, guided: bool = False):
         self.config, self.guided, self.reference_name = config, guided, reference_model
         self.device = resolve_device(config.device)
+        self.dtype = resolve_dtype(config.dtype, self.device)
         self.models: dict[str, Any] = {}  # name -> a loaded plain model (the base model, a reference model)
         self.tokenizer = load_tokenizer(config.model)
         self.builder = PromptBuilder.from_config(self.tokenizer, config)
@@ -144,7 +146,8 @@ class Evaluator:
     def model(self, name: str):
         """A plain (non-adapter) model by name, loaded on first use."""
         if name not in self.models:
-            self.models[name] = load_causal_lm(name, self.config.dtype).to(self.device).eval()
+            model = load_causal_lm(name, self.dtype, self.config.attn_implementation)
+            self.models[name] = model.to(self.device).eval()
         return self.models[name]
 
     @contextlib.contextmanager
@@ -176,7 +179,7 @@ class Evaluator:
         completions.jsonl, eval.json and eval.md to out_dir."""
         config = self.config
         self.check(prompt_rows)
-        with self.policy(name) as (model, reference, base), autocast(config.dtype, self.device):
+        with self.policy(name) as (model, reference, base), autocast(self.dtype, self.device):
             torch.manual_seed(config.seed if seed is None else seed)
             rows = generate_rows(
                 model,
@@ -186,7 +189,7 @@ class Evaluator:
                 config,
                 self.guided,
                 progress,
-                running=functools.partial(answering_model, dtype=config.dtype),
+                running=functools.partial(answering_model, dtype=self.dtype),
                 after_batch=functools.partial(self.add_kl, model=model, reference=reference, base=base),
             )
             self.score(rows, prompt_rows)

@@ -10,7 +10,7 @@ from ple.data import load_task_rows, query_rows, sft_rows
 from ple.dist import Dist
 from ple.errors import PLEError
 from ple.methods import get_method
-from ple.model import resolve_device
+from ple.model import resolve_device, resolve_dtype
 from ple.principles import load_principle
 from ple.rewards import ClassifierReward, check_reward, config_reward, score, summed_reward
 from ple.training.policy import Policy
@@ -81,6 +81,7 @@ class Harness:
         self.config = config
         self.dist = Dist()
         self.device = self.dist.device(resolve_device(config.device))
+        config.dtype = resolve_dtype(config.dtype, self.device)  # what config.yaml records
         self.principle = load_principle(config.principle, config.principle_name)
         column = config.prompt_column if config.task == "none" else "prompt"
         self.queries = query_rows(

@@ -26,6 +26,19 @@ from ple.vllm_backend import select_backend, start_generator
 ZERO_STATE = "deepspeed"  # a checkpoint's subdirectory of DeepSpeed optimizer shards
 
 
+def step_share(config: Config, world: int) -> tuple[int, int]:
+    """(queries per optimizer step on each process, its micro-batch size). batch_size * gradient_accumulation_steps
+    queries make one optimizer step whatever the number of processes, so that a config trains alike on one GPU
+    and on eight; each process takes an equal share, in micro-batches of at most batch_size."""
+    per_step = config.batch_size * config.gradient_accumulation_steps
+    if per_step % world:
+        raise PLEError(
+            f"batch_size*gradient_accumulation_steps={per_step} queries per optimizer step do not split evenly "
+            f"over {world} processes; make it a multiple of {world} (raise gradient_accumulation_steps)"
+        )
+    return per_step // world, min(config.batch_size, per_step // world)
+
+
 def mean_of_known(values) -> float | None:
     """The mean of the values that are not None (unscored rows); None when there are none."""
     values = [v for v in values if v is not None]
@@ -49,6 +62,7 @@ class Policy:
         peft_config=None,
     ):
         self.config, self.dist, self.device, self.principle = config, dist, device, principle
+        step_share(config, dist.world)  # a batch that does not split over the processes fails before loading
         self.given = {"model": model, "tokenizer": tokenizer, "peft_config": peft_config}  # objects from Python
         self.samples_itself = samples_itself  # False for a trainer whose library generates (TRL's RLOO)
         self._truncated_prompts = 0  # prompts this process cut to max_prompt_tokens since the last take
@@ -175,14 +189,13 @@ class Policy:
         }
 
     def train_epochs(self, items: list, epochs: int, rng: np.random.Generator, micro_loss, phase: str):
-        """Shuffled passes over `items` in optimizer steps of batch_size * gradient_accumulation_steps items per
-        process. Each process runs its share of a step in micro-batches, the gradients are summed across
-        processes, and every process takes the same optimizer step.
+        """Shuffled passes over `items` in optimizer steps of batch_size * gradient_accumulation_steps items over
+        all processes (step_share). Each process runs its share of a step in micro-batches, the gradients are
+        summed across processes, and every process takes the same optimizer step.
 
         `micro_loss(micro-batch, step) -> (loss, record)`: the micro-batch's share of the step's loss, and what to
         report of it. Returns (the number of steps, the records of every micro-batch, in order)."""
-        config = self.config
-        per_step = config.batch_size * config.gradient_accumulation_steps * self.dist.world
+        per_step = self.config.batch_size * self.config.gradient_accumulation_steps
         steps = epochs * math.ceil(len(items) / per_step)
         self.progress.phase(phase, total=steps)
         self.where = phase

@@ -316,7 +316,8 @@ class RunDir:
 def config_changes(saved: Path, config) -> list[str]:
     """The fields of `config` that differ from the config.yaml a run directory holds (a field the saved file
     lacks, from an older version, counts as its default). An input file now at another path but with the
-    content hash inputs.json recorded is the same setting: a package's preset file after a reinstall elsewhere."""
+    content hash inputs.json recorded is the same setting: a package's preset file after a reinstall elsewhere.
+    dtype auto is the same setting as the dtype it resolves to on the config's device, which the run recorded."""
     saved_values = yaml.safe_load(saved.read_text())
     for old, (new, _) in RENAMED_KEYS.items():  # a run from before a rename
         if old in saved_values:
@@ -333,7 +334,13 @@ def config_changes(saved: Path, config) -> list[str]:
             and _sha256(Path(value).expanduser()) == hashes[key]["sha256"]
         )
 
-    return [k for k, v in config.to_dict().items() if not (_same_setting(k, before.get(k), v) or same_input(k, v))]
+    values = config.to_dict()
+    if "auto" in (values["dtype"], before["dtype"]):
+        from ple.model import resolve_device, resolve_dtype
+
+        device = resolve_device(config.device)
+        values["dtype"], before["dtype"] = (resolve_dtype(d, device) for d in (values["dtype"], before["dtype"]))
+    return [k for k, v in values.items() if not (_same_setting(k, before.get(k), v) or same_input(k, v))]
 
 
 def _same_setting(key: str, a, b) -> bool:
