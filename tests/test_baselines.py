@@ -191,6 +191,8 @@ def test_trl_baselines_get_the_configs_learning_rate_beta_and_warm_up(
             sft_dataset=str(sft_file),
             sft_epochs=1,
             report_to="tensorboard",
+            lr_scheduler_type="constant",
+            warmup_ratio=0.25,
         )
     )
     with pytest.raises(_Stop):
@@ -198,6 +200,7 @@ def test_trl_baselines_get_the_configs_learning_rate_beta_and_warm_up(
     args = seen["args"]
     assert (args.learning_rate, args.max_grad_norm, args.seed) == (3.7e-4, 0.6, 0)
     assert args.report_to == ["tensorboard"]
+    assert (args.lr_scheduler_type, args.warmup_steps) == ("constant_with_warmup", 0.25)  # ple's constant + warm-up
     assert args.beta == (0.37 if method == "dpo" else 0.021)
     warm = load_file(out / "checkpoints" / "warmup" / "adapter_model.safetensors")
     warm_b = {k: v for k, v in warm.items() if "lora_B" in k}
@@ -223,3 +226,15 @@ def test_every_iterating_method_counts_the_prompts_it_cut(
         (m,) = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
         counts.append(m["n_truncated_prompts"])
     assert counts == [2 * 6, 0]  # each method encodes 2 * queries_per_iteration prompts per iteration
+
+
+def test_the_learning_rate_follows_its_schedule_across_iterations(tmp_path, tiny_chat_model, queries_file, sft_file):
+    """sft draws 2 * 6 = 12 rows per iteration, 3 optimizer steps of 4: over 2 iterations, the last step of
+    iteration t starts (t + 2/3) / 2 of the way through the run, where linear decay leaves 1 - that."""
+    out = tmp_path / "run"
+    settings = dict(method="sft", iterations=2, sft_dataset=str(sft_file), lr_scheduler_type="linear")
+    trainer = make_trainer(load_config(overrides=tiny_config(tiny_chat_model, queries_file, out, None, **settings)))
+    trainer.train()
+    rates = [json.loads(line)["learning_rate"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert rates == pytest.approx([5e-3 * 2 / 3, 5e-3 / 6])
+    assert trainer.policy.optimizer.param_groups[0]["lr"] == pytest.approx(5e-3 / 6)  # what the optimizer used

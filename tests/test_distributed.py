@@ -148,3 +148,23 @@ def test_a_diverging_zero_run_stops_with_one_line_before_a_non_finite_step(
     for checkpoint in (run_dir / "checkpoints").glob("iter_*"):
         weights = load_file(checkpoint / "adapter_model.safetensors")
         assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_deepspeed_cpu_offload_of_the_optimizer_trains(tmp_path, tiny_chat_model, queries_file, reward_module):
+    """docs/scaling.md's offload setting, on the shipped ZeRO-2 file: accelerate gives DeepSpeed its CPU Adam in
+    place of the policy's torch AdamW (which DeepSpeed refuses under offload), and the run trains."""
+    pytest.importorskip("deepspeed", reason='DeepSpeed is in the test extra: pip install -e ".[test]"')
+    shipped = (REPO / "configs" / "accelerate" / "zero2.yaml").read_text()
+    assert "offload_optimizer_device: none" in shipped
+    accelerate_config = tmp_path / "zero2-offload.yaml"
+    accelerate_config.write_text(shipped.replace("offload_optimizer_device: none", "offload_optimizer_device: cpu"))
+    out = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    settings = dict(COMMON, iterations=1)
+    config.write_text(
+        yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, out, f"{reward_module}:positivity", **settings))
+    )
+    launched = _accelerate_launch(accelerate_config, 29650, "train", "--config", str(config))
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    final = load_file(out / "final" / "adapter_model.safetensors")
+    assert any(v.abs().sum() > 0 for k, v in final.items() if "lora_B" in k)  # B starts at zero: it was trained

@@ -1,6 +1,7 @@
 """The LLM judge client against servers that misbehave the way real and hostile ones do, all on 127.0.0.1."""
 
 import json
+import re
 import socket
 import threading
 import time
@@ -9,7 +10,7 @@ import pytest
 from judge_server import Server, send
 
 from ple.errors import PLEError
-from ple.evaluation.judges import REMINDER, LLMJudge, both_orders
+from ple.evaluation.judges import REMINDER, UNSCORED, LLMJudge, both_orders
 
 
 def chat(content, finish_reason="stop"):
@@ -56,7 +57,7 @@ def test_replies_without_text_are_unparseable_never_cached_and_parts_are_read(se
     server = servers(lambda h, c: send(h, 200, chat(replies[kind["now"]])))
     cache = tmp_path / "cache.jsonl"
     judge = LLMJudge(server.url, "m", cache_path=cache, progress=False)
-    assert judge.judge(["p"], ["a"], ["b"]) == [None]
+    assert judge.judge(["p"], ["a"], ["b"]) == [UNSCORED]
     assert judge.stats["unparseable"] == 2 and not cache.exists()  # nothing cached: the rerun asks again
     kind["now"] = "parts"
     assert LLMJudge(server.url, "m", cache_path=cache, progress=False).judge(["p"], ["a"], ["b"]) == ["first"]
@@ -97,7 +98,7 @@ def test_the_cache_is_keyed_by_endpoint_and_model(servers, tmp_path):
     broken = servers(lambda h, c: send(h, 200, chat("I am a broken endpoint")))
     fixed = servers(lambda h, c: send(h, 200, chat(verdict_for(c))))
     cache = tmp_path / "cache.jsonl"
-    assert LLMJudge(broken.url, "m", cache_path=cache, progress=False).judge(["p"], ["GOOD"], ["bad"]) == [None]
+    assert LLMJudge(broken.url, "m", cache_path=cache, progress=False).judge(["p"], ["GOOD"], ["bad"]) == [UNSCORED]
     judge = LLMJudge(fixed.url, "m", cache_path=cache, progress=False)
     assert judge.judge(["p"], ["GOOD"], ["bad"]) == ["first"] and judge.stats["cached"] == 0
     other_model = LLMJudge(fixed.url, "m2", cache_path=cache, progress=False)
@@ -169,12 +170,29 @@ def test_ple_eval_judges_with_a_real_transformers_serve(tmp_path, tiny_chat_mode
         url = f"http://127.0.0.1:{port}/v1"
         args = ["eval", "--compare", str(a), str(b), "--judge", "llm", "--judge-url", url]
         args += ["--judge-model", tiny_chat_model, "--judge-max-tokens", "8", "--output-dir", str(tmp_path / "out")]
-        assert main(args) == 0
+        code = main(args)
     finally:
         server.terminate()
         server.wait(timeout=30)
+    err = capsys.readouterr().err
+    requests = int(re.search(r"judge: (\d+) requests", err)[1])
+    assert 6 <= requests <= 12  # 6 judgements (both orders), each asked at most twice
+    if code == 2:  # a random-weight model seldom ends its reply in A or B: no verdict, never a tie
+        assert "the judge gave no verdict on any of the 3 pairs" in err
+        return
+    assert code == 0
     result = json.loads((tmp_path / "out" / "compare.json").read_text())
-    assert result["n_prompts"] == 3
+    assert result["n_prompts"] + result["unscored"] == 3
     assert sum(result["rates"][k]["value"] for k in ("win", "tie", "loss")) == pytest.approx(1.0)
-    assert 6 <= result["judge_stats"]["requests"] <= 12  # 6 judgements (both orders), each asked at most twice
-    assert "judge: " in capsys.readouterr().err
+
+
+def test_a_judge_whose_replies_name_neither_answer_gives_no_verdict_not_a_tie(servers, tmp_path):
+    """Replies ending in "C" are no verdict: the pairs are left out and said so, never counted as ties."""
+    from ple.evaluation.pairwise import judge_pair
+
+    server = servers(lambda h, c: send(h, 200, chat("Both are fine.\nC")))
+    judge = LLMJudge(server.url, "m", cache_path=tmp_path / "cache.jsonl", progress=False)
+    a = {"p": {"prompt": "p", "completion": "good"}, "q": {"prompt": "q", "completion": "fun"}}
+    b = {"p": {"prompt": "p", "completion": "bad"}, "q": {"prompt": "q", "completion": "dull"}}
+    with pytest.raises(PLEError):  # every pair left out: nothing to compare, in one line
+        judge_pair(a, b, judge, "A", "B", tmp_path / "out")

@@ -6,7 +6,7 @@ import pytest
 from judge_server import Server, send
 
 from ple.errors import PLEError
-from ple.evaluation.judges import LLMJudge, RewardJudge, both_orders, outcome, parse_verdict
+from ple.evaluation.judges import UNSCORED, LLMJudge, RewardJudge, both_orders, outcome, parse_verdict
 
 
 class FakeJudgeServer(Server):
@@ -112,7 +112,7 @@ def test_a_cached_reply_holding_a_raw_line_separator_is_one_entry(server, tmp_pa
 @pytest.mark.parametrize("server", ["malformed"], indirect=True)
 def test_malformed_replies_are_counted_retried_once_and_never_guessed(server, tmp_path):
     judge = judge_for(server, tmp_path)
-    assert both_orders(judge, PROMPTS[:2], A[:2], B[:2]) == ["tie", "tie"]
+    assert both_orders(judge, PROMPTS[:2], A[:2], B[:2]) == [UNSCORED, UNSCORED]  # no verdict, never a tie
     assert judge.stats["unparseable"] == 8 and judge.stats["failed"] == 4  # 4 judgements, each asked twice
     assert len(server.requests) == 8
 

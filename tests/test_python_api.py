@@ -122,3 +122,23 @@ def test_report_to_tensorboard_gets_every_iterations_metrics(tmp_path, tiny_chat
         assert scalars[("tau", m["iteration"])] == pytest.approx(m["tau"], rel=1e-6)
     with pytest.raises(PLEError, match="report_to: unknown tracker\\(s\\) tensorbored"):
         load_config(overrides={**settings, "reward": "vader", "report_to": "tensorbored"})
+
+
+@pytest.mark.parametrize("use_lora", [False, True])
+def test_a_model_given_in_float16_trains_in_the_runs_precision(tmp_path, tiny_chat_model, queries_file, use_lora):
+    """float16 weights overflow under AdamW's updates (NaN in final/, with a finite loss logged) and clash with
+    fp32 adapters: the policy trains in the precision ple loads models in."""
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    settings = tiny_config(tiny_chat_model, queries_file, tmp_path / "run", None, iterations=1, use_lora=use_lora)
+    settings.pop("model")
+    trainer = PLETrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_chat_model, dtype=torch.float16),
+        args=PLEConfig(**settings),
+        reward_funcs=longer_is_better,
+    )
+    final = trainer.train().final_model
+    weights = load_file(next(final.glob("*.safetensors")))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+    assert {v.dtype for v in weights.values()} == {torch.float32}

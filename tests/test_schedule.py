@@ -28,3 +28,22 @@ def test_minus_infinity_survives_the_exponential_schedule():
 def test_unknown_schedule():
     with pytest.raises(ValueError, match="unknown schedule 'linear'"):
         threshold(0, "linear")
+
+
+@pytest.mark.parametrize("kind", ["constant", "linear", "cosine"])
+def test_the_learning_rate_factor_is_transformers_schedule(kind):
+    """Over 20 steps with a warm-up of 5, step k's factor equals transformers' scheduler at step k."""
+    import torch
+    from transformers import get_scheduler
+
+    from ple.schedule import lr_factor
+
+    name = "constant_with_warmup" if kind == "constant" else kind
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=5, num_training_steps=20)
+    expected = []
+    for _ in range(20):
+        expected.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert [lr_factor(k / 20, kind, 0.25) for k in range(20)] == pytest.approx(expected)

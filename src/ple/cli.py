@@ -1,4 +1,4 @@
-"""`ple train | generate`."""
+"""The `ple` command: train, generate, eval, demo, compare, plan."""
 
 import argparse
 import errno
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ple", description="Progressively Label Enhancement for LLM alignment.")
     sub = parser.add_subparsers(dest="command", required=True)
     epilog = "config fields:\n" + config_reference()
-    for add in (_add_train, _add_generate, _add_eval, _add_demo, _add_compare):
+    for add in (_add_train, _add_generate, _add_eval, _add_demo, _add_compare, _add_plan):
         add(sub, epilog)
     return parser
 
@@ -260,9 +260,12 @@ def compare_two(config, args, out: Path) -> int:
         args.judge, config, args.judge_url, args.judge_model, args.tie_margin, out / "judge_cache.jsonl", limits
     )
     a, b = args.compare
-    result = judge_pair(sides[0], sides[1], judge, a, b, out)
-    if getattr(judge, "stats", None):
-        print("judge: " + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in judge.stats.items()), file=sys.stderr)
+    try:
+        result = judge_pair(sides[0], sides[1], judge, a, b, out)
+    finally:  # what the judge did, also when it gave no verdict at all
+        if getattr(judge, "stats", None):
+            stats = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in judge.stats.items())
+            print(f"judge: {stats}", file=sys.stderr)
     for note in result["notes"]:
         print(f"ple: note: {note}", file=sys.stderr)
     print(f"A = {a}\nB = {b}\n{result['n_prompts']} prompts, both orders\n")
@@ -348,6 +351,49 @@ def _output_dir(path: Path, what: str) -> Path:
     return path
 
 
+def _add_plan(sub, epilog: str) -> None:
+    plan = _subcommand(
+        sub,
+        "plan",
+        "per-GPU memory of a training config, from the model's config alone (nothing downloaded but configs)",
+        epilog,
+    )
+    _config_args(plan, required=True)
+    plan.add_argument("--processes", type=int, help="GPUs the run uses (default: the launch's WORLD_SIZE, or 1)")
+    plan.add_argument(
+        "--zero-stage", type=int, choices=(0, 1, 2, 3), help="DeepSpeed ZeRO stage (default: the launch's)"
+    )
+    plan.add_argument("--offload-optimizer", action="store_true", help="the optimizer state lives in CPU memory")
+    plan.add_argument("--gpu-memory", type=float, help="GiB per GPU to check against (default: this machine's GPU)")
+
+
+def cmd_plan(args) -> int:
+    import dataclasses
+
+    import torch
+
+    from ple.plan import GIB, launch_from_environment, memory_plan, model_shape, plan_table, reward_model_name
+
+    config = load_config(args.config, parse_overrides(args.overrides))
+    launch = launch_from_environment()
+    launch = dataclasses.replace(
+        launch,
+        processes=args.processes or launch.processes,
+        zero_stage=launch.zero_stage if args.zero_stage is None else args.zero_stage,
+        offload_optimizer=args.offload_optimizer or launch.offload_optimizer,
+    )
+    if launch.processes < 1:
+        raise PLEError(f"--processes must be >= 1, got {launch.processes}")
+    gpu_bytes = int(args.gpu_memory * GIB) if args.gpu_memory else None
+    if gpu_bytes is None and torch.cuda.is_available():
+        gpu_bytes = torch.cuda.mem_get_info()[1]
+    shape = model_shape(config.model)
+    reward = reward_model_name(config)
+    reward_parameters = model_shape(reward, causal=False).parameters if reward else 0
+    print(plan_table(memory_plan(shape, config, launch, gpu_bytes, reward_parameters), shape, launch, gpu_bytes))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
@@ -357,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": cmd_demo,
         "eval": cmd_eval,
         "compare": cmd_compare,
+        "plan": cmd_plan,
     }
     try:
         return commands[args.command](args)

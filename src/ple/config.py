@@ -278,6 +278,16 @@ class Config:
 
     # --- training ---
     learning_rate: float = _f(1e-4, "AdamW learning rate.", section="training")
+    lr_scheduler_type: str = _f(
+        "constant",
+        "The learning rate along the run (the warm-up's SFT keeps learning_rate): constant, or linear or cosine "
+        "decay to 0 at the last iteration's end, as transformers' schedulers.",
+        ("constant", "linear", "cosine"),
+        "training",
+    )
+    warmup_ratio: float = _f(
+        0.0, "Share of the run over which the learning rate rises linearly from 0 (in [0, 1)).", section="training"
+    )
     weight_decay: float = _f(0.0, "AdamW weight decay.", section="training")
     max_grad_norm: float = _f(1.0, "Gradient clipping norm (0 = off).", section="training")
     batch_size: int = _f(
@@ -398,6 +408,7 @@ def _range_problems(config: "Config") -> list[str]:
         (not math.isnan(config.tau0), f"tau0 must be a number (-inf is allowed), got {config.tau0}"),
         (0 < config.alpha <= 1, f"alpha must be in (0, 1], got {config.alpha}"),
         (0 <= config.tau_quantile <= 1, f"tau_quantile must be in [0, 1], got {config.tau_quantile}"),
+        (0 <= config.warmup_ratio < 1, f"warmup_ratio must be in [0, 1), got {config.warmup_ratio}"),
         (0 < config.top_p <= 1, f"top_p must be in (0, 1], got {config.top_p}"),
         (config.rank_beta > 0, f"rank_beta must be > 0, got {config.rank_beta}"),
         (config.dpo_beta > 0, f"dpo_beta must be > 0, got {config.dpo_beta}"),

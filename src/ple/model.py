@@ -120,14 +120,17 @@ def load_policy(config, checkpoint: Path | None = None, model=None, tokenizer=No
     `model` and `tokenizer` are objects a Python caller already holds (else config.model is loaded), and
     `peft_config` a peft LoraConfig (else one is made from the config's lora_* fields). With LoRA the frozen base
     takes `dtype` (resolved: resolve_dtype) and peft keeps the adapter in fp32. Full fine-tuning keeps fp32 master
-    weights whatever `dtype` says: a bf16 weight would swallow most small updates.
+    weights whatever `dtype` says: a bf16 weight would swallow most small updates. A given model in another
+    precision (float16, say, whose weights AdamW's updates overflow) is cast to that one.
     """
     from transformers import AutoModelForCausalLM
 
     tokenizer = prepare_tokenizer(tokenizer, config.model) if tokenizer is not None else load_tokenizer(config.model)
+    weights_dtype = DTYPES[config.dtype] if config.use_lora else torch.float32
+    if model is not None and checkpoint is None and model.dtype != weights_dtype:
+        model = model.to(weights_dtype)
     if model is None or checkpoint is not None:
         source = str(checkpoint) if checkpoint is not None and not config.use_lora else config.model
-        weights_dtype = DTYPES[config.dtype] if config.use_lora else torch.float32
         try:
             model = AutoModelForCausalLM.from_pretrained(
                 source, dtype=weights_dtype, **attention(config.attn_implementation)

@@ -161,9 +161,11 @@ def test_ple_train_killed_and_resumed_then_final_model_equals_the_engine(smollm2
             start_new_session=True,
         )
     deadline = time.monotonic() + 600
-    while not ((run / "metrics.jsonl").is_file() and read_rows(run / "metrics.jsonl")):
+    # Iteration 0's checkpoint, not its metrics row (written just before the checkpoint): a kill between the two
+    # would restart the run from scratch.
+    while not (run / "checkpoints" / "iter_000" / "trainer_state.json").is_file():
         assert process.poll() is None, (
-            f"the run ended before its first iteration was written: {log.read_text()[-3000:]}"
+            f"the run ended before its first iteration was checkpointed: {log.read_text()[-3000:]}"
         )
         assert time.monotonic() < deadline, "no iteration written in 10 minutes"
         time.sleep(0.5)

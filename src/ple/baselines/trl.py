@@ -31,11 +31,13 @@ def refuse_launcher(harness: Harness) -> None:
 def trl_args(harness: Harness, config_class, **extra):
     """TRL's config for the policy PLE would train: PLE's optimiser settings, seed and precision."""
     config = harness.config
+    schedule = config.lr_scheduler_type
     return config_class(
         output_dir=str(harness.run_dir.path / "trl"),
         learning_rate=config.learning_rate,
-        lr_scheduler_type="constant",  # PLE's optimiser has no schedule either
-        warmup_steps=0,
+        # transformers' constant schedule ignores a warm-up; its constant_with_warmup is ple's constant one
+        lr_scheduler_type="constant_with_warmup" if schedule == "constant" and config.warmup_ratio else schedule,
+        warmup_steps=config.warmup_ratio,  # transformers reads a number below 1 as a share of the steps
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm if config.max_grad_norm > 0 else 1e9,
         gradient_accumulation_steps=config.gradient_accumulation_steps,

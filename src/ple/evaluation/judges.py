@@ -25,7 +25,7 @@ from ple.io import jsonl_lines
 from ple.rewards import RewardFn, score
 
 Verdict = str | None  # "first", "second", None, or UNSCORED
-UNSCORED = "unscored"  # a reward judge could not score one of the two: the pair is left out, never a tie
+UNSCORED = "unscored"  # the judge gave no verdict (no reward, no parseable reply): the pair is left out, never a tie
 
 
 class Judge(Protocol):
@@ -264,7 +264,7 @@ class LLMJudge:
                 return verdict
             self._count("unparseable")
         self._count("failed")
-        return None
+        return UNSCORED  # a reply that names neither answer is no verdict, not a tie
 
     def judge(self, prompts, firsts, seconds) -> list[Verdict]:
         from ple.progress import Progress

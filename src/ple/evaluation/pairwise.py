@@ -115,6 +115,8 @@ def judge_pair(
     prompts = [a[p]["prompt"] for p in shared]
     judged = both_orders(judge, prompts, [a[p]["completion"] for p in shared], [b[p]["completion"] for p in shared])
     unscored = sum(o == UNSCORED for o in judged)
+    if unscored == len(judged):
+        raise PLEError(f"the judge gave no verdict on any of the {unscored} pairs, so there is nothing to compare")
     shared, outcomes = [p for p, o in zip(shared, judged) if o != UNSCORED], [o for o in judged if o != UNSCORED]
     rates = win_rates(outcomes)
     notes = [
@@ -124,7 +126,7 @@ def judge_pair(
             (len(b) - len(shared) - unscored, "prompt(s) only in B were left out"),
             (getattr(a, "repeated", 0), "repeated prompt(s) in A were judged once, on their first row"),
             (getattr(b, "repeated", 0), "repeated prompt(s) in B were judged once, on their first row"),
-            (unscored, "pair(s) the reward could not score were left out (not counted as ties)"),
+            (unscored, "pair(s) the judge gave no verdict on were left out (not counted as ties)"),
         )
         if n
     ]

@@ -128,8 +128,10 @@ class Loop:
         h, config = self.harness, self.harness.config
         for t in range(start, config.iterations):
             torch.manual_seed(iteration_seed(config.seed, t))  # so that a resumed run draws the same
+            h.policy.begin_iteration(t)
             rows, metrics = self.algorithm.iteration(t)
             metrics["n_truncated_prompts"] = h.policy.take_truncated_prompts()
+            metrics["learning_rate"] = h.policy.learning_rate
             h.run_dir.write_iteration(t, rows, metrics)
             trackers.log(metrics, step=t)
             if t + 1 in snapshot_steps(config):  # before the checkpoint: a resume never skips one

@@ -20,6 +20,7 @@ from ple.logprobs import response_logprobs
 from ple.model import autocast, check_context_length, load_policy, merged_lora, save_model
 from ple.principles import PromptBuilder
 from ple.progress import Progress
+from ple.schedule import lr_factor
 from ple.training.rundir import FINAL
 from ple.vllm_backend import select_backend, start_generator
 
@@ -70,6 +71,8 @@ class Policy:
         self.where = "training"  # what the optimizer steps are for, to name in an error
         self.progress = Progress(0, "", disable=True)
         self.version = 0  # changes to the weights in this process: what the vLLM engine syncs against
+        self.iteration = None  # the iteration being trained (None: the warm-up), which places its steps in the run
+        self.learning_rate = config.learning_rate  # of the last optimizer step
         self.zero = self.vllm = None
         self.load(None)
 
@@ -199,13 +202,31 @@ class Policy:
         steps = epochs * math.ceil(len(items) / per_step)
         self.progress.phase(phase, total=steps)
         self.where = phase
-        records = []
+        records, done = [], 0
         for _ in range(epochs):
             order = rng.permutation(len(items))
             for start in range(0, len(items), per_step):
+                self.set_learning_rate(done / steps)
                 records += self.optimizer_step([items[i] for i in order[start : start + per_step]], micro_loss)
+                done += 1
                 self.progress.step()
         return steps, records
+
+    def begin_iteration(self, t: int) -> None:
+        """Iteration t's optimizer steps follow; where they are in the run sets their learning rate."""
+        self.iteration = t
+
+    def set_learning_rate(self, through_iteration: float) -> None:
+        """The scheduled learning rate (ple.schedule.lr_factor) of a step `through_iteration` of the way through
+        the current iteration; the warm-up keeps learning_rate."""
+        config = self.config
+        if self.iteration is None:
+            return
+        progress = (self.iteration + through_iteration) / config.iterations
+        self.learning_rate = config.learning_rate * lr_factor(progress, config.lr_scheduler_type, config.warmup_ratio)
+        optimizer = self.zero.engine.optimizer if self.zero is not None else self.optimizer
+        for group in optimizer.param_groups:
+            group["lr"] = self.learning_rate
 
     def optimizer_step(self, step: list, micro_loss) -> list:
         """This process's share of `step` in micro-batches, then one optimizer step on every process; the
