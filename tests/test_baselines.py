@@ -51,12 +51,13 @@ def check_outputs(final, config_dict) -> None:
     assert len(rows) == 1 and isinstance(rows[0]["completion"], str) and rows[0]["response_ids"]
 
 
-@pytest.mark.parametrize("method", ["raft", "dpo", "rloo"])
+@pytest.mark.parametrize("method", ["raft", "dpo", "rloo", "grpo"])
 def test_sampling_baselines_train_and_keep_ples_budget(
     method, tmp_path, tiny_chat_model, queries_file, reward_module, track_params
 ):
     reward = f"{reward_module}:positivity"
-    trainer, final, budget = train(method, tmp_path, tiny_chat_model, queries_file, reward)
+    extra = {"grpo_num_generations": 3} if method == "grpo" else {}  # 24 samples: 8 queries in 2 steps of 4
+    trainer, final, budget = train(method, tmp_path, tiny_chat_model, queries_file, reward, **extra)
     assert changed(trainer), f"{method} changed no trainable parameter"
     zero = [n for n, p in trainer.model.named_parameters() if "lora_B" in n and p.requires_grad and p.abs().sum() == 0]
     assert not zero, zero  # B starts at zero: every one was trained
@@ -64,7 +65,7 @@ def test_sampling_baselines_train_and_keep_ples_budget(
     assert not (final / "ref").exists()  # TRL's reference adapter is not saved with the policy
     log = [json.loads(line) for line in (final.parent / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in log] == list(range(ITERATIONS))  # one row per iteration, every method
-    if method in ("dpo", "rloo"):  # TRL's logging steps go to their own file
+    if method in ("dpo", "rloo", "grpo"):  # TRL's logging steps go to their own file
         steps = [json.loads(line) for line in (final.parent / "trl_log.jsonl").read_text().splitlines()]
         steps = [r for r in steps if "loss" in r]
         assert steps and sum(r["optimizer_steps"] for r in log) == len(steps)
@@ -155,7 +156,9 @@ class _Stop(Exception):
     """Raised by a stand-in TRL trainer once it has seen what it was given."""
 
 
-@pytest.mark.parametrize("method, trainer_name", [("dpo", "DPOTrainer"), ("rloo", "RLOOTrainer")])
+@pytest.mark.parametrize(
+    "method, trainer_name", [("dpo", "DPOTrainer"), ("rloo", "RLOOTrainer"), ("grpo", "GRPOTrainer")]
+)
 def test_trl_baselines_get_the_configs_learning_rate_beta_and_warm_up(
     method, trainer_name, tmp_path, tiny_chat_model, queries_file, reward_module, sft_file, monkeypatch
 ):
@@ -188,6 +191,8 @@ def test_trl_baselines_get_the_configs_learning_rate_beta_and_warm_up(
             max_grad_norm=0.6,
             dpo_beta=0.37,
             rloo_beta=0.021,
+            grpo_beta=0.033,
+            grpo_num_generations=2,
             sft_dataset=str(sft_file),
             sft_epochs=1,
             report_to="tensorboard",
@@ -201,7 +206,7 @@ def test_trl_baselines_get_the_configs_learning_rate_beta_and_warm_up(
     assert (args.learning_rate, args.max_grad_norm, args.seed) == (3.7e-4, 0.6, 0)
     assert args.report_to == ["tensorboard"]
     assert (args.lr_scheduler_type, args.warmup_steps) == ("constant_with_warmup", 0.25)  # ple's constant + warm-up
-    assert args.beta == (0.37 if method == "dpo" else 0.021)
+    assert args.beta == {"dpo": 0.37, "rloo": 0.021, "grpo": 0.033}[method]
     warm = load_file(out / "checkpoints" / "warmup" / "adapter_model.safetensors")
     warm_b = {k: v for k, v in warm.items() if "lora_B" in k}
     assert warm_b and any(v.abs().sum() > 0 for v in warm_b.values())

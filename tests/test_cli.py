@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import yaml
 from conftest import tiny_config
 
@@ -60,3 +61,19 @@ def test_train_method_flag_runs_a_baseline(tmp_path, tiny_chat_model, queries_fi
     assert main(["train", "--config", str(config), "--method", "raft", "--set", "iterations=1"]) == 0
     assert yaml.safe_load((out / "config.yaml").read_text())["method"] == "raft"
     assert json.loads((out / "budget.json").read_text())["samples"] == 12
+
+
+@pytest.mark.parametrize(
+    "command, hint",
+    [("train", "`ple train --config ... --resume` continues"), ("compare", "rerunning the same `ple compare`")],
+)
+def test_ctrl_c_says_how_this_command_continues(command, hint, monkeypatch, capsys):
+    import ple.cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ple.cli, f"cmd_{command}", interrupted)
+    argv = [command, "--config", "x.yaml"]
+    assert ple.cli.main(argv) == 130
+    assert hint in capsys.readouterr().err

@@ -241,3 +241,51 @@ def test_a_frontier_grid_evaluates_every_snapshot_and_draws_the_base_models_best
         load_grid({**spec, "best_of_n": [0]})
     with pytest.raises(PLEError, match="budgets"):
         load_grid({**spec, "frontier": {"budgets": []}})
+
+
+def test_a_rerun_redoes_what_changed_settings_made_stale_and_keeps_the_rest(spec_raw, tmp_path):
+    """tie_margin changed: the pairs are judged again, the evaluations kept. Evaluation settings changed: every
+    model is evaluated again. The base model changed (cells deleted, as the refusal says): base re-evaluated."""
+    spec_raw.update(methods=["ple"], seeds=[0])
+    run_grid(load_grid(spec_raw))
+    grid = tmp_path / "grid"
+    cell_eval = grid / "cells/ple/lr_0.005/seed0/eval/step_001"
+    vs_base = grid / "cells/ple/lr_0.005/seed0/vs_base"
+    times = lambda: {p: (p / f).stat().st_mtime_ns for p, f in ((cell_eval, "eval.json"), (vs_base, "compare.json"))}  # noqa: E731
+    first = times()
+
+    run_grid(load_grid({**spec_raw, "tie_margin": 5.0}))
+    second = times()
+    assert second[cell_eval] == first[cell_eval] and second[vs_base] != first[vs_base]
+    assert json.loads((vs_base / "made_from.json").read_text())["tie_margin"] == 5.0
+    assert json.loads((vs_base / "compare.json").read_text())["rates"]["tie"]["value"] == 1.0  # every gap is < 5
+
+    run_grid(load_grid({**spec_raw, "tie_margin": 5.0, "evaluation": {"max_new_tokens": 3}}))
+    third = times()
+    assert third[cell_eval] != second[cell_eval] and third[vs_base] != second[vs_base]
+    rows = [json.loads(line) for line in (cell_eval / "completions.jsonl").read_text().splitlines()]
+    assert max(r["n_tokens"] for r in rows) <= 3  # evaluated under the new settings
+    assert max(json.loads(line)["n_tokens"] for line in (grid / "base/completions.jsonl").read_text().splitlines()) <= 3
+
+
+def test_a_grid_whose_baseline_is_its_reference_or_whose_tie_margin_is_not_a_number_is_one_line(spec_raw):
+    with pytest.raises(PLEError, match="baseline and reference are both ple; name another baseline"):
+        load_grid({**spec_raw, "baseline": "ple"})
+    for bad in ("abc", [0.1], -1, True):
+        with pytest.raises(PLEError, match="`tie_margin` must be a number >= 0"):
+            load_grid({**spec_raw, "tie_margin": bad})
+    assert load_grid({**spec_raw, "tie_margin": "1e-3"}).tie_margin == 0.001  # PyYAML reads 1e-3 as text
+    # Each of these was a traceback, one of them after every cell had trained.
+    for change, message in (
+        ({"config": ["a"]}, "`config` is a mapping"),
+        ({"output_dir": None}, "`output_dir` must name a directory, got None"),
+        ({"output_dir": 5}, "`output_dir` must name a directory, got 5"),
+        ({"evaluation": {"temperature": -1}}, "temperature must be >= 0 .* \\(the evaluation's sampling settings\\)"),
+        (
+            {"lr_grid": {"rates": [1e-3], "validation_dataset": "v.jsonl", "validation_prompts": "100"}},
+            "`lr_grid.validation_prompts` must be a positive integer, got '100'",
+        ),
+    ):
+        with pytest.raises(PLEError, match=message):
+            load_grid({**spec_raw, **change})
+    assert load_grid({**spec_raw, "learning_rates": ["1e-3", 2e-4]}).learning_rates == (0.001, 0.0002)

@@ -65,6 +65,11 @@ def test_unknown_key_is_named_with_a_suggestion():
             "queries_per_iteration\\*iterations=15 must be a multiple",
         ),
         (
+            {"method": "grpo", "queries_per_iteration": 5, "iterations": 3},
+            "2\\*queries_per_iteration\\*iterations=30 must be a multiple of 32",
+        ),
+        ({"method": "grpo", "grpo_num_generations": 1}, "grpo_num_generations must be >= 2"),
+        (
             {"method": "dpo", "sft_epochs": 1, "sft_dataset": "s.jsonl", "use_lora": False},
             "method=dpo with sft_epochs > 0 needs use_lora: true",
         ),

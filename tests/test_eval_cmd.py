@@ -78,6 +78,11 @@ def test_compare_generation_files_with_the_reward_judge(tmp_path, tiny_chat_mode
     assert result["rates"]["loss"]["value"] == 0.0
     assert (out / "win_rate.png").stat().st_size > 1000
     assert "| win | 0.800 |" in capsys.readouterr().out
+    # The same pair again may rewrite its own comparison; another pair into the same folder is refused.
+    assert main(["eval", "--config", str(config), "--compare", str(a), str(b), "--output-dir", str(out)]) == 0
+    before = (out / "compare.json").read_text()
+    assert main(["eval", "--config", str(config), "--compare", str(b), str(a), "--output-dir", str(out)]) == 2
+    assert "holds the comparison of" in capsys.readouterr().err and (out / "compare.json").read_text() == before
 
 
 def test_compare_errors(tmp_path, capsys):
@@ -112,3 +117,27 @@ def test_compare_a_model_with_itself_is_all_ties(tmp_path, tiny_chat_model, quer
     result = json.loads((out / "compare.json").read_text())
     assert result["n_prompts"] == 8 and result["rates"]["tie"]["value"] == 1.0  # same seed, same answers
     assert (out / "a" / "completions.jsonl").read_text() == (out / "b" / "completions.jsonl").read_text()
+
+
+def test_one_relative_model_name_run_from_two_directories_is_two_models(
+    tmp_path, tiny_chat_model, queries_file, reward_module, capsys, monkeypatch
+):
+    """`ple eval --model m --output-dir /abs/X` from directory A, then from directory B whose `m` is another model:
+    refused, A's evaluation kept."""
+    import shutil
+
+    config = tmp_path / "c.yaml"
+    settings = tiny_config(tiny_chat_model, queries_file, tmp_path / "run", f"{reward_module}:positivity")
+    config.write_text(yaml.safe_dump({**settings, "eval_dataset": str(_write_eval_set(tmp_path / "e.jsonl", 2))}))
+    for folder in ("A", "B"):
+        shutil.copytree(tiny_chat_model, tmp_path / folder / "m")
+    out = tmp_path / "X"
+    monkeypatch.chdir(tmp_path / "A")
+    assert main(["eval", "--config", str(config), "--model", "m", "--output-dir", str(out)]) == 0
+    kept = (out / "eval.json").read_text()
+    assert json.loads(kept)["model"] == str(tmp_path / "A" / "m")
+    monkeypatch.chdir(tmp_path / "B")
+    assert main(["eval", "--config", str(config), "--model", "m", "--output-dir", str(out)]) == 2
+    assert "holds the evaluation of" in capsys.readouterr().err and (out / "eval.json").read_text() == kept
+    monkeypatch.chdir(tmp_path / "A")  # the same model again may rewrite its own evaluation
+    assert main(["eval", "--config", str(config), "--model", "m", "--output-dir", str(out)]) == 0

@@ -142,3 +142,10 @@ def test_a_model_given_in_float16_trains_in_the_runs_precision(tmp_path, tiny_ch
     weights = load_file(next(final.glob("*.safetensors")))
     assert all(torch.isfinite(v).all() for v in weights.values())
     assert {v.dtype for v in weights.values()} == {torch.float32}
+
+
+def test_a_train_dataset_of_strings_is_one_line(tmp_path, tiny_chat_model, queries_file):
+    settings = tiny_config(tiny_chat_model, queries_file, tmp_path / "run", None)
+    settings.pop("dataset")
+    with pytest.raises(PLEError, match="train_dataset row 0 is a str, not a mapping of columns"):
+        PLETrainer(args=PLEConfig(**settings), reward_funcs=longer_is_better, train_dataset=["a query", "another"])

@@ -294,3 +294,34 @@ def test_a_full_disk_is_one_line_and_keeps_what_was_written(config, tmp_path, ca
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err == f"ple: error: cannot write {tmp_path / 'run' / 'generations'}: No space left on device"
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
+
+
+def test_a_disk_that_fills_during_a_checkpoint_is_one_line_and_the_run_resumes(config, tmp_path, capsys, monkeypatch):
+    """torch.save reports a full disk as a RuntimeError (PytorchStreamWriter failed writing file): one line, the
+    finished checkpoint whole, and the resumed run ends as an uninterrupted one."""
+    import yaml
+
+    from ple.training import policy
+
+    full = tmp_path / "full"
+    run({**config, "iterations": 2, "output_dir": str(full)})
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**config, "iterations": 2}))
+    saves = []
+    real_save = torch.save
+
+    def filling(obj, f, *args, **kwargs):
+        saves.append(f)
+        if len(saves) == 2:  # iteration 1's checkpoint
+            raise RuntimeError("[enforce fail at inline_container.cc:778] . PytorchStreamWriter failed writing file")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(policy.torch, "save", filling)
+    assert main(["train", "--config", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("ple: error: cannot write the checkpoint's optimizer state") and "free space" in err
+    monkeypatch.setattr(policy.torch, "save", real_save)
+    assert main(["train", "--config", str(path), "--resume"]) == 0
+    a = load_file(full / "final" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "run" / "final" / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

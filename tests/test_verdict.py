@@ -72,3 +72,5 @@ def test_the_diversity_sentence_flags_falls_past_ten_percent_of_the_base():
         diversity_sentence(0.8, {"dpo": 0.73})
         == "No method's distinct-2 fell by more than 10% of the base model's (0.800)."
     )
+    # One-token answers (max_new_tokens 1) have no bigrams: a sentence, not a ZeroDivisionError after the grid.
+    assert "no fall in diversity can be measured" in diversity_sentence(0.0, {"ple": 0.0})

@@ -181,13 +181,34 @@ def eval_dirs(names: list[str], out: Path) -> list[Path]:
     return dirs
 
 
+def model_name(name: str) -> str:
+    """A model as `ple eval` records it: a local directory by its absolute path (`m` run from two directories is
+    two models), a hub id as it is."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if path.exists() else name
+
+
 def refuse_others_results(name: str, out: Path) -> None:
-    """One line when `out` holds the evaluation of a model other than `name`: no evaluation replaces another."""
+    """One line when `out` holds the evaluation of a model other than `name` (as model_name gives it): no
+    evaluation replaces another. A relative name recorded before is read from the current directory."""
     from ple.evaluation.evaluate import EVAL_JSON
 
     held = json.loads((out / EVAL_JSON).read_text()).get("model") if (out / EVAL_JSON).is_file() else name
-    if held != name:
+    if held != name and model_name(str(held)) != name:
         raise PLEError(f"{out} holds the evaluation of {held}; choose another --output-dir, so that it is kept")
+
+
+def refuse_other_comparison(a: str, b: str, out: Path) -> None:
+    """One line when `out` holds the comparison of another pair: no comparison replaces another."""
+    from ple.evaluation.pairwise import COMPARE_JSON
+
+    if (out / COMPARE_JSON).is_file():
+        held = json.loads((out / COMPARE_JSON).read_text())
+        if (held.get("a"), held.get("b")) != (a, b):
+            raise PLEError(
+                f"{out} holds the comparison of {held.get('a')} with {held.get('b')}; choose another --output-dir, "
+                "so that it is kept"
+            )
 
 
 def evaluate_models(names: list[str], config, prompts: list, args, dirs: list[Path]) -> None:
@@ -211,7 +232,7 @@ def cmd_eval(args) -> int:
     out = _output_dir(Path(args.output_dir), "--output-dir")  # checked before any work, not after it
     if args.compare is not None:
         return compare_two(config, args, out)
-    names = args.model or ([config.model] if config.model else [])
+    names = [model_name(n) for n in args.model or ([config.model] if config.model else [])]
     if not names:
         raise PLEError("give --model (or a config with a model), or --compare A B")
     config = _with_base_model(config, names[0])
@@ -238,7 +259,9 @@ def compare_two(config, args, out: Path) -> int:
     from ple.evaluation.evaluate import COMPLETIONS, eval_prompts
     from ple.evaluation.pairwise import judge_pair, load_completions, make_judge
 
-    labelled = list(zip(("a", "b"), args.compare))
+    compared = [model_name(name) for name in args.compare]
+    labelled = list(zip(("a", "b"), compared))
+    refuse_other_comparison(*compared, out)
     models = [(name, out / label) for label, name in labelled if not name.endswith(".jsonl")]
     if models:
         config = _with_base_model(config, models[0][0])
@@ -259,7 +282,7 @@ def compare_two(config, args, out: Path) -> int:
     judge = make_judge(
         args.judge, config, args.judge_url, args.judge_model, args.tie_margin, out / "judge_cache.jsonl", limits
     )
-    a, b = args.compare
+    a, b = compared
     try:
         result = judge_pair(sides[0], sides[1], judge, a, b, out)
     finally:  # what the judge did, also when it gave no verdict at all
@@ -417,8 +440,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ple: error: cannot write {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("ple: interrupted; `ple train --config ... --resume` continues from the last checkpoint", file=sys.stderr)
+        print(f"ple: interrupted; {RESUMING[args.command]}", file=sys.stderr)
         return 130
+
+
+RESUMING = {  # what continues each command after a Ctrl-C
+    "train": "`ple train --config ... --resume` continues from the last checkpoint",
+    "compare": "rerunning the same `ple compare` continues the grid: finished cells are kept, a killed one resumes",
+    "demo": "rerunning `ple demo` continues from the last checkpoint",
+    "eval": "nothing was written for the model being evaluated; rerun `ple eval` (a judge's replies are cached)",
+    "generate": "rerun `ple generate`",
+    "plan": "rerun `ple plan`",
+}
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def _f(default: Any, help: str, choices: tuple | None = None, section: str = "")
 
 # Keys that were renamed: an old config names the new key in one line instead of silently meaning something else.
 RENAMED_KEYS = {  # old key -> (new key, what it is)
-    "beta": ("rank_beta", "the logistic ranking scale; TRL's KL coefficient is dpo_beta or rloo_beta here"),
+    "beta": ("rank_beta", "the logistic ranking scale; TRL's KL coefficient is dpo_beta, rloo_beta or grpo_beta here"),
 }
 
 
@@ -207,7 +207,7 @@ class Config:
     margin: float = _f(0.0, "Hinge margin (0 is the RRHF form).", section="algorithm")
     rank_beta: float = _f(
         2.0,
-        "Scale of the logistic ranking loss (not a KL coefficient: that is dpo_beta or rloo_beta).",
+        "Scale of the logistic ranking loss (not a KL coefficient: that is dpo_beta, rloo_beta or grpo_beta).",
         section="algorithm",
     )
     rank_coef: float = _f(1.0, "Weight of the ranking term (0 = weighted-SFT only).", section="algorithm")
@@ -233,6 +233,13 @@ class Config:
     )
     dpo_beta: float = _f(0.1, "dpo: the DPO beta (strength of the implicit KL to the base model).", section="algorithm")
     rloo_beta: float = _f(0.05, "rloo: KL coefficient to the base model (TRL's default).", section="algorithm")
+    grpo_beta: float = _f(0.0, "grpo: KL coefficient to the base model (TRL's default).", section="algorithm")
+    grpo_num_generations: int = _f(
+        4,
+        "grpo: answers per query, whose rewards are compared within the group; it takes "
+        "2*queries_per_iteration*iterations/grpo_num_generations queries over the run.",
+        section="algorithm",
+    )
 
     # --- generation ---
     max_new_tokens: int = _f(48, "Tokens generated per response.", section="generation")
@@ -359,6 +366,7 @@ AT_LEAST_1 = (
     "reward_batch_size",
     "max_prompt_tokens",
     "raft_k",
+    "grpo_num_generations",
     "max_nonfinite_steps",
 )
 AT_LEAST_0 = (
@@ -379,6 +387,7 @@ AT_LEAST_0 = (
     "max_grad_norm",
     "lora_dropout",
     "rloo_beta",
+    "grpo_beta",
 )
 SEED_LIMIT = 2**32  # numpy's seed sequences and torch's generator both take it, with iteration offsets added
 

@@ -112,6 +112,20 @@ def _rloo_budget(c) -> str | None:
     return None
 
 
+def _grpo_budget(c) -> str | None:
+    g, per_step = c.grpo_num_generations, c.batch_size * c.gradient_accumulation_steps
+    samples = 2 * c.queries_per_iteration * c.iterations
+    if g < 2:
+        return f"method=grpo compares answers within a group: grpo_num_generations must be >= 2, got {g}"
+    if samples % g or (samples // g) % per_step:
+        return (
+            f"method=grpo draws grpo_num_generations={g} answers for each of 2*queries_per_iteration*iterations/{g} "
+            f"queries in steps of batch_size*gradient_accumulation_steps={per_step}; "
+            f"2*queries_per_iteration*iterations={samples} must be a multiple of {g * per_step} for PLE's budget"
+        )
+    return None
+
+
 def _trl_warmup_needs_lora(c) -> str | None:
     if c.sft_epochs > 0 and not c.use_lora:
         return (
@@ -170,6 +184,13 @@ for _method in (
         needs_principle=False,
         claimed_baseline=True,
         checks=(_rloo_budget, _trl_warmup_needs_lora),
+    ),
+    Method(
+        "grpo",
+        "ple.baselines.trl:GRPO",
+        "TRL's GRPO (group-relative advantages), grpo_num_generations samples per query",
+        needs_principle=False,
+        checks=(_grpo_budget, _trl_warmup_needs_lora),
     ),
     Method(
         "raft",

@@ -12,8 +12,9 @@ samples draws the same number over the run, from the same query pool:
            they are built once from 2 base-model samples for each of Q * iterations queries, the higher reward
            chosen (the DPO paper's IMDb setup).
 - rloo:    TRL's RLOOTrainer, online, 2 samples for each of Q * iterations queries.
+- grpo:    TRL's GRPOTrainer, online, grpo_num_generations samples for each of 2 * Q * iterations / that many queries.
 
-Every method gets the same SFT warm-up when sft_epochs > 0; for dpo and rloo TRL's reference model is then a copy
+Every method gets the same SFT warm-up when sft_epochs > 0; for dpo, rloo and grpo TRL's reference model is then a copy
 of the warmed-up adapter. rlcd and the ple-* ablations are presets of the PLE trainer. Every method is one entry
 of the registry, ple.methods.METHODS.
 """

@@ -1,4 +1,4 @@
-"""DPO and RLOO, trained by TRL's trainers on the policy PLE would train (same LoRA, optimiser settings and seed).
+"""DPO, RLOO and GRPO, trained by TRL's trainers on the policy PLE would train (same LoRA, optimiser settings and seed).
 
 Each is a whole run for ple.training.loop: TRL trains, the loop does the rest. A killed run restarts its TRL training;
 work cached in the run directory (DPO's pairs) is kept. TRL's step log goes to trl_log.jsonl, and metrics.jsonl
@@ -60,10 +60,10 @@ def callbacks(harness: Harness) -> list:
     return [snapshot_callback(harness.run_dir.path, harness.config, harness.policy.tokenizer)]
 
 
-def all_queries(harness: Harness) -> list[dict]:
-    """The queries PLE would draw over the whole run, in its order."""
+def all_queries(harness: Harness, n: int | None = None) -> list[dict]:
+    """The first n queries PLE would draw (all it draws over the run by default), in its order."""
     config = harness.config
-    n = config.queries_per_iteration * config.iterations
+    n = config.queries_per_iteration * config.iterations if n is None else n
     return [harness.queries[i] for i in query_order(len(harness.queries), 0, n, config.seed, config.shuffle)]
 
 
@@ -169,28 +169,39 @@ class DPO:
         return pairs, budget
 
 
-class RLOO:
-    samples_itself = False  # RLOOTrainer generates, with its own colocated vLLM when the backend is vllm
+class OnlineRL:
+    """TRL's online trainers (RLOO, GRPO): `generations` answers to each of 2 * queries_per_iteration * iterations
+    / generations queries in PLE's order, so that the run draws PLE's policy samples, scored by the training
+    reward against the plain query."""
+
+    samples_itself = False  # TRL generates, with its own colocated vLLM when the backend is vllm
+    name, trainer, args_class = "", "", ""  # the method, TRL's trainer and config class names
 
     def __init__(self, harness: Harness):
         refuse_launcher(harness)
         self.harness, self.config, self.policy = harness, harness.config, harness.policy
         self.use_vllm = uses_vllm(harness)
 
-    def run(self) -> tuple[dict[str, Any], list[dict]]:
-        from datasets import Dataset
-        from trl import RLOOConfig, RLOOTrainer
+    def generations(self) -> int:
+        raise NotImplementedError
 
-        config = self.config
-        rows = all_queries(self.harness)
-        per_step = 2 * config.batch_size * config.gradient_accumulation_steps  # completions per optimiser step
+    def method_args(self) -> dict[str, Any]:
+        """The method's own TRL settings (its KL coefficient)."""
+        raise NotImplementedError
+
+    def run(self) -> tuple[dict[str, Any], list[dict]]:
+        import trl
+        from datasets import Dataset
+
+        config, k = self.config, self.generations()
+        rows = all_queries(self.harness, 2 * config.queries_per_iteration * config.iterations // k)
+        per_step = k * config.batch_size * config.gradient_accumulation_steps  # completions per optimiser step
         args = trl_args(
             self.harness,
-            RLOOConfig,
-            beta=config.rloo_beta,
-            num_generations=2,
-            per_device_train_batch_size=2 * config.batch_size,
-            max_steps=math.ceil(2 * len(rows) / per_step),
+            getattr(trl, self.args_class),
+            num_generations=k,
+            per_device_train_batch_size=k * config.batch_size,
+            max_steps=math.ceil(k * len(rows) / per_step),
             max_completion_length=config.max_new_tokens,
             temperature=max(config.temperature, 1e-5),
             top_p=config.top_p,
@@ -203,18 +214,19 @@ class RLOO:
             vllm_max_model_length=config.max_prompt_tokens + config.max_new_tokens,
             vllm_server_base_url=config.vllm_server_url,
             vllm_server_timeout=config.vllm_server_timeout,
+            **self.method_args(),
         )
         counter = CountingReward(self.harness.reward_fn)
-        extra_columns = [k for k in rows[0] if k != "prompt"]
+        extra_columns = [c for c in rows[0] if c != "prompt"]
         builder = self.policy.builder
         dataset = Dataset.from_list(
             [
-                {"prompt": builder.render(r["prompt"]), "query": r["prompt"], **{k: r[k] for k in extra_columns}}
+                {"prompt": builder.render(r["prompt"]), "query": r["prompt"], **{c: r[c] for c in extra_columns}}
                 for r in rows
             ]
         )
-        self.policy.progress.phase("RLOO training")
-        trainer = RLOOTrainer(
+        self.policy.progress.phase(f"{self.name} training")
+        trainer = getattr(trl, self.trainer)(
             model=self.policy.model,
             reward_funcs=counter,
             args=args,
@@ -227,16 +239,36 @@ class RLOO:
         return budget, take_trained_model(self.harness, trainer)
 
 
+class RLOO(OnlineRL):
+    name, trainer, args_class = "RLOO", "RLOOTrainer", "RLOOConfig"
+
+    def generations(self) -> int:
+        return 2  # PLE's two answers per query; the leave-one-out baseline of each is the other
+
+    def method_args(self) -> dict[str, Any]:
+        return {"beta": self.config.rloo_beta}
+
+
+class GRPO(OnlineRL):
+    name, trainer, args_class = "GRPO", "GRPOTrainer", "GRPOConfig"
+
+    def generations(self) -> int:
+        return self.config.grpo_num_generations
+
+    def method_args(self) -> dict[str, Any]:
+        return {"beta": self.config.grpo_beta}
+
+
 def uses_vllm(harness: Harness) -> bool:
-    """Whether RLOOTrainer generates with TRL's vLLM. TRL pushes weights with the model's `load_weights`, which
+    """Whether TRL's online trainer generates with TRL's vLLM. TRL pushes weights with the model's `load_weights`, which
     vLLM's CPU build refuses after start-up (its linear weights are repacked), so not on a CPU."""
     config = harness.config
     if select_backend(config.generation_backend, harness.device, config.vllm_mode) != "vllm":
         return False
     if harness.device.type != "cuda":
         raise PLEError(
-            "rloo generates with TRL's vLLM integration, whose weight push fails on vLLM's CPU build; "
-            "set generation_backend: transformers for rloo on a CPU"
+            f"{config.method} generates with TRL's vLLM integration, whose weight push fails on vLLM's CPU build; "
+            f"set generation_backend: transformers for {config.method} on a CPU"
         )
     return True
 

@@ -21,15 +21,17 @@ A compare file is YAML:
 
 A cell is one (method, learning rate, seed); it trains in output_dir/cells/METHOD/lr_RATE/seedS and its model is
 evaluated in eval/step_NNN (NNN: iterations done) after its last iteration and, when the config sets snapshot_every,
-at each of its snapshots too. A cell whose evaluation is written is never rerun; a killed
-cell resumes its training. The base model is evaluated once, in output_dir/base. The evaluator (the tokenizer, the
-rewards, the base model) is loaded once for the whole grid. Pairwise win rates use the reward judge of
-`judge_reward_name`: the first held-out reward when there is one, the training reward otherwise, as `ple eval
---compare --judge reward` does.
+at each of its snapshots too. An evaluation or a judging is kept across reruns while what it was made from
+(made_from.json: the model, the evaluation settings, rewards, prompts and seed; the two answer files and the judge
+settings) is unchanged, and redone when it changed; a killed cell resumes its training. The base model is
+evaluated once, in output_dir/base. The evaluator (the tokenizer, the rewards, the base model) is loaded once for
+the whole grid. Pairwise win rates use the reward judge of `judge_reward_name`: the first held-out reward when
+there is one, the training reward otherwise, as `ple eval --compare --judge reward` does.
 """
 
 import dataclasses
 import gc
+import hashlib
 import json
 import os
 import statistics
@@ -42,12 +44,12 @@ from typing import Any
 
 import yaml
 
-from ple.config import Config, load_config
+from ple.config import Config, generation_problems, load_config
 from ple.data import load_rows, query_rows
 from ple.errors import PLEError
-from ple.evaluation.evaluate import EVAL_JSON, Evaluator, eval_prompts, judge_reward_name
+from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, Evaluator, eval_prompts, judge_reward_name
 from ple.evaluation.judges import RewardJudge
-from ple.evaluation.pairwise import judge_pair, load_completions
+from ple.evaluation.pairwise import COMPARE_JSON, judge_pair, load_completions
 from ple.evaluation.results import write_results
 from ple.io import atomic_write_text, read_yaml_file, strict_json
 from ple.methods import METHODS, get_method
@@ -253,6 +255,11 @@ def load_grid(raw: dict, config_overrides: dict | None = None) -> Grid:
     per_method = raw.get("seeds_per_method") or {}
     if not isinstance(per_method, dict) or any(m not in methods for m in per_method):
         raise PLEError("compare: `seeds_per_method` maps a listed method to a non-empty list of integer seeds")
+    if not isinstance(raw.get("config") or {}, dict):
+        raise PLEError("compare: `config` is a mapping of training config keys (as a `ple train` YAML)")
+    output_dir = raw.get("output_dir", "runs/compare")
+    if not isinstance(output_dir, str) or not output_dir.strip():
+        raise PLEError(f"compare: `output_dir` must name a directory, got {output_dir!r}")
     config = {**(raw.get("config") or {}), **(config_overrides or {})}
     evaluation = raw.get("evaluation") or {}
     if not isinstance(evaluation, dict) or set(evaluation) - EVALUATION_KEYS:
@@ -260,14 +267,17 @@ def load_grid(raw: dict, config_overrides: dict | None = None) -> Grid:
     base = load_config(overrides={**{k: v for k, v in config.items() if k != "method"}, **evaluation}, validate=False)
     if base.eval_dataset is None:
         raise PLEError("compare: the config needs an eval_dataset (the prompts every model is evaluated on)")
+    problems = generation_problems(base)
+    if problems:  # before any cell trains, not when the first evaluation starts
+        raise PLEError(f"compare: {problems[0]} (the evaluation's sampling settings)")
     grid = Grid(
-        output_dir=Path(raw.get("output_dir", "runs/compare")),
+        output_dir=Path(output_dir).expanduser(),
         methods=tuple(methods),
         seeds=tuple(seeds),
         base=base,
         config=config,
         seeds_per_method={m: tuple(_seed_list(v, "`seeds_per_method`")) for m, v in per_method.items()},
-        tie_margin=float(raw.get("tie_margin", 0.0)),
+        tie_margin=_tie_margin(raw.get("tie_margin", 0.0)),
         reference=_listed(raw.get("reference", "ple"), methods, "reference"),
         baseline=_listed(raw.get("baseline", "sft" if "sft" in methods else None), methods, "baseline"),
         learning_rates=_rate_list(raw.get("learning_rates"), "`learning_rates`"),
@@ -277,6 +287,10 @@ def load_grid(raw: dict, config_overrides: dict | None = None) -> Grid:
         best_of_n=_best_of_n(raw.get("best_of_n")),
         frontier=_frontier(raw.get("frontier")),
     )
+    if grid.baseline is not None and grid.baseline == grid.reference:
+        raise PLEError(
+            f"compare: baseline and reference are both {grid.reference}; name another baseline, or baseline: null"
+        )
     if grid.learning_rates is not None and (grid.lr_grid or any("learning_rate" in o for o in overrides.values())):
         raise PLEError("compare: `learning_rates` gives every method its rates; drop lr_grid and overridden rates")
     if not grid.cells:  # built now, so that a bad cell config fails before any work
@@ -303,17 +317,33 @@ def _seed_list(seeds, what: str) -> list[int]:
     return list(dict.fromkeys(seeds))
 
 
-def _positive_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+def _number(value) -> float | None:
+    """A YAML number, also one PyYAML reads as text (1e-3, which YAML 1.1 only knows as 1.0e-3); None for anything
+    else. bool is an int to Python: `[true]` would train at learning rate 1.0."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def _rate_list(rates, what: str) -> tuple[float, ...] | None:
     if rates is None:
         return None
-    # bool is an int to Python: `[true]` would train at learning rate 1.0
-    if not isinstance(rates, list) or not rates or not all(_positive_number(r) for r in rates):
-        raise PLEError(f"compare: {what} must be a non-empty list of positive learning rates")
-    return tuple(float(r) for r in dict.fromkeys(rates))
+    numbers = [_number(r) for r in rates] if isinstance(rates, list) else []
+    if not numbers or not all(n is not None and 0 < n < float("inf") for n in numbers):
+        raise PLEError(f"compare: {what} must be a non-empty list of positive learning rates, got {rates!r}")
+    return tuple(dict.fromkeys(numbers))
+
+
+def _tie_margin(value) -> float:
+    number = _number(value)
+    if number is None or not 0 <= number < float("inf"):
+        raise PLEError(
+            f"compare: `tie_margin` must be a number >= 0 (reward differences up to it are ties), got {value!r}"
+        )
+    return number
 
 
 def _listed(method: str | None, methods: list[str], key: str) -> str | None:
@@ -345,6 +375,11 @@ def _lr_grid(grid) -> LRGrid | None:
     if not isinstance(grid, dict) or set(grid) - LR_GRID_KEYS or not {"rates", "validation_dataset"} <= set(grid):
         allowed = ", ".join(sorted(LR_GRID_KEYS))
         raise PLEError(f"compare: `lr_grid` is a mapping with rates and validation_dataset (allowed keys: {allowed})")
+    for key in ("iterations", "queries_per_iteration", "validation_prompts"):
+        if key in grid and (isinstance(grid[key], bool) or not isinstance(grid[key], int) or grid[key] < 1):
+            raise PLEError(f"compare: `lr_grid.{key}` must be a positive integer, got {grid[key]!r}")
+    if "seed" in grid and (isinstance(grid["seed"], bool) or not isinstance(grid["seed"], int)):
+        raise PLEError(f"compare: `lr_grid.seed` must be an integer, got {grid['seed']!r}")
     return LRGrid(**{**grid, "rates": _rate_list(grid["rates"], "`lr_grid.rates`")})
 
 
@@ -378,18 +413,20 @@ def run_grid(grid: Grid) -> Path:
 def judge_cells(grid: Grid, evaluator: Evaluator) -> None:
     """Every cell against the base model, the baseline and the reference method, in both orders, after every cell
     has trained (so that each has its counterparts)."""
-    judge = RewardJudge(evaluator.rewards[judge_reward_name(grid.base)], grid.tie_margin)
+    name = judge_reward_name(grid.base)
+    judge = RewardJudge(evaluator.rewards[name], grid.tie_margin)
+    settings = {"judge": name, "tie_margin": grid.tie_margin}
     cells = grid.cells
     with Progress(total=len(cells), description="judging pairs") as progress:
         for cell in cells:
             final = cell.paths.eval(cell.final_step)
-            judge_once(final, grid.base_dir, judge, cell.paths.vs("base"))
+            judge_once(final, grid.base_dir, judge, cell.paths.vs("base"), settings)
             other = grid.counterpart(cell, grid.baseline) if grid.baseline and cell.method != grid.baseline else None
             if other is not None:
-                judge_once(final, other.paths.eval(other.final_step), judge, cell.paths.vs(grid.baseline))
+                judge_once(final, other.paths.eval(other.final_step), judge, cell.paths.vs(grid.baseline), settings)
             ref = grid.counterpart(cell, grid.reference) if cell.method != grid.reference else None
             if ref is not None:  # A is the reference method
-                judge_once(ref.paths.eval(ref.final_step), final, judge, cell.paths.vs(grid.reference))
+                judge_once(ref.paths.eval(ref.final_step), final, judge, cell.paths.vs(grid.reference), settings)
             progress.advance()
 
 
@@ -405,9 +442,10 @@ def train_and_evaluate(cell: Cell, evaluator: Evaluator, prompts: list, outs: di
         evaluate_once(evaluator, str(cell.model_at(step)), prompts, out, f"{cell.label} step {step}", seed)
 
 
-def check_unchanged(cell: Cell) -> None:
-    """A finished run is not silently reused under a changed config."""
-    changed = [k for k in config_changes(cell.paths.config, cell.config) if k != "device"]
+def check_unchanged(cell: Cell, resumable: tuple[str, ...] = ()) -> None:
+    """A finished run is not silently reused under a changed config (but for `resumable` keys, which training
+    continues under)."""
+    changed = [k for k in config_changes(cell.paths.config, cell.config) if k not in ("device", *resumable)]
     if changed:
         raise PLEError(
             f"compare cell {cell.label} finished with another config ({', '.join(changed)}); "
@@ -463,18 +501,24 @@ def run_cells(grid: Grid, evaluator: Evaluator, prompts: list, invocation: "Invo
 
 
 def run_each(cells, eval_dirs, what: str, invocation: "Invocation", evaluator: Evaluator, prompts: list, seed=None):
-    """Train and evaluate each cell not finished before (a finished one must have an unchanged config), with an
+    """Train and evaluate each cell not finished before (a trained one must have an unchanged config), with an
     ETA over them; yields every cell once it is done. `eval_dirs(cell)` maps each step to evaluate to its
     directory."""
 
     def finished(cell) -> bool:
-        return all((out / EVAL_JSON).is_file() for out in eval_dirs(cell).values())
+        seed_of = cell.seed if seed is None else seed
+        return all(
+            is_current(out, EVAL_JSON, evaluation_inputs(evaluator, str(cell.model_at(step)), prompts, seed_of))
+            for step, out in eval_dirs(cell).items()
+        )
 
     eta = ETA([(c.method, finished(c)) for c in cells])
     for cell in cells:
         if finished(cell):
             check_unchanged(cell)
         else:
+            if cell.paths.budget.is_file():  # trained, to be evaluated again or trained on: a clear line, not rundir's
+                check_unchanged(cell, resumable=("iterations",))
             started = time.perf_counter()
             train_and_evaluate(cell, evaluator, prompts, eval_dirs(cell), cell.seed if seed is None else seed)
             eta.done(cell.method, time.perf_counter() - started, f"{what} {cell.label}")
@@ -562,23 +606,54 @@ def grid_for_file(grid: Grid) -> dict:
     }
 
 
+MADE_FROM = "made_from.json"  # beside an evaluation or a judging: what it was made from
+
+
+def is_current(out: Path, result: str, made_from: dict) -> bool:
+    """Whether `out` holds `result` made from `made_from`, so that a rerun under changed settings, prompts, model
+    or judge redoes it. A result from before these records were written counts as current."""
+    record = out / MADE_FROM
+    if not (out / result).is_file():
+        return False
+    return not record.is_file() or json.loads(record.read_text()) == json.loads(json.dumps(made_from))
+
+
+def make_once(out: Path, result: str, made_from: dict, make) -> None:
+    """`make()` writes `result` into `out` unless it is current; a stale one is removed first, so that a kill
+    midway never leaves it beside a record it was not made from."""
+    if is_current(out, result, made_from):
+        return
+    for stale in (out / MADE_FROM, out / result):
+        stale.unlink(missing_ok=True)
+    make()
+    atomic_write_text(out / MADE_FROM, json.dumps(made_from, indent=1))
+
+
+def evaluation_inputs(evaluator: Evaluator, model: str, prompts: list, seed: int) -> dict:
+    """What an evaluation depends on beyond the model's weights: its settings, rewards, prompts and seed."""
+    digest = hashlib.sha256(json.dumps(prompts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    settings = {key: getattr(evaluator.config, key) for key in sorted(EVALUATION_KEYS)}
+    return {"model": model, "seed": seed, "settings": settings, "rewards": sorted(evaluator.rewards), "prompts": digest}
+
+
 def evaluate_once(evaluator: Evaluator, model: str, prompts: list, out: Path, label: str, seed: int) -> None:
-    """Evaluate `model` into `out` unless a previous invocation did."""
-    if (out / EVAL_JSON).is_file():
-        return
-    with Progress(total=1, description=f"eval {label}") as progress:
-        evaluator.evaluate(model, prompts, out, seed, progress)
-        progress.advance()
+    """Evaluate `model` into `out` unless a previous invocation did, from the same inputs."""
+
+    def make():
+        with Progress(total=1, description=f"eval {label}") as progress:
+            evaluator.evaluate(model, prompts, out, seed, progress)
+            progress.advance()
+
+    make_once(out, EVAL_JSON, evaluation_inputs(evaluator, model, prompts, seed), make)
 
 
-def judge_once(a: Path, b: Path, judge, out: Path) -> None:
-    if (out / "compare.json").is_file():
-        return
-    judge_pair(
-        load_completions(str(a / "completions.jsonl")),
-        load_completions(str(b / "completions.jsonl")),
-        judge,
-        str(a),
-        str(b),
-        out,
-    )
+def judge_once(a: Path, b: Path, judge, out: Path, judge_settings: dict) -> None:
+    """Judge A's completions against B's into `out` unless a previous invocation did, from the same answers and
+    judge settings."""
+    answers = {side: _sha256(d / COMPLETIONS) for side, d in (("a", a), ("b", b))}
+    sides = [load_completions(str(d / COMPLETIONS)) for d in (a, b)]
+    make_once(out, COMPARE_JSON, {**answers, **judge_settings}, lambda: judge_pair(*sides, judge, str(a), str(b), out))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()

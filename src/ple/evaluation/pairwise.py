@@ -23,6 +23,9 @@ class Completions(dict):
     repeated = 0
 
 
+COMPARE_JSON = "compare.json"  # what judge_pair writes: the pair's win rates
+
+
 def load_completions(path: str) -> Completions:
     """prompt text -> row, from a JSONL file of {prompt, completion} rows (eval outputs) or PLE generation rows."""
     file = Path(path)
@@ -142,7 +145,7 @@ def judge_pair(
         "unscored": unscored,
         "notes": notes,
     }
-    atomic_write_text(out_dir / "compare.json", strict_json(result, indent=2))
+    atomic_write_text(out_dir / COMPARE_JSON, strict_json(result, indent=2))
     atomic_write_jsonl(
         out_dir / "compare_rows.jsonl",
         [

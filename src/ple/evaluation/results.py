@@ -14,6 +14,7 @@ import numpy as np
 
 from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, judge_reward_name, reward_label
 from ple.evaluation.metrics import METRICS
+from ple.evaluation.pairwise import COMPARE_JSON
 from ple.evaluation.verdict import (
     claim_sentence,
     detectable_difference,
@@ -47,7 +48,7 @@ def cell_values(grid, cell) -> dict[str, float | None] | None:
     for key, (column, _) in BUDGET_COLUMNS.items():
         values[column] = budget.get(key) / (60 if key == "seconds" else 1) if budget.get(key) is not None else None
     for other in ("base", grid.baseline) if grid.baseline else ("base",):
-        compare = _read(cell.paths.vs(other) / "compare.json")
+        compare = _read(cell.paths.vs(other) / COMPARE_JSON)
         for outcome in ("win", "tie", "loss"):
             if other == "base" or outcome == "win":
                 values[f"{outcome}_vs_{other}"] = compare["rates"][outcome]["value"] if compare else None

@@ -80,6 +80,8 @@ def claim_sentence(differences: dict[str, dict[str, float]]) -> str:
 def diversity_sentence(base_distinct_2: float, distinct_2: dict[str, float]) -> str:
     """The methods whose mean distinct-2 fell by more than DIVERSITY_FALL_LIMIT of the base model's: a held-out
     judge does not score variety, so the verdict lines alone cannot show a gain that came from repetition."""
+    if not base_distinct_2 > 0:  # one-token answers (max_new_tokens 1) have no bigrams to lose
+        return f"The base model's distinct-2 is {base_distinct_2:.3f}, so no fall in diversity can be measured."
     falls = {m: 1 - d / base_distinct_2 for m, d in distinct_2.items()}
     flagged = [m for m, fall in falls.items() if fall > DIVERSITY_FALL_LIMIT]
     limit = f"{DIVERSITY_FALL_LIMIT:.0%}"

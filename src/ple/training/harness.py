@@ -3,6 +3,7 @@ the queries, the SFT set, the reward (checked on the first query), the policy an
 
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 from ple.config import Config, load_config
@@ -41,10 +42,16 @@ def dataset_rows(dataset, name: str) -> list[dict] | None:
     """The rows of a `datasets.Dataset` or a list of dicts, checked as a file's rows are; None for no dataset."""
     if dataset is None:
         return None
-    rows = [dict(row) for row in dataset]
+    rows = list(dataset)
     if not rows:
         raise PLEError(f"{name} holds no rows")
-    return rows
+    bad = next((i for i, row in enumerate(rows) if not isinstance(row, Mapping)), None)
+    if bad is not None:
+        raise PLEError(
+            f"{name} row {bad} is a {type(rows[bad]).__name__}, not a mapping of columns; pass a datasets.Dataset "
+            'or a list of dicts such as {"prompt": ...}'
+        )
+    return [dict(row) for row in rows]
 
 
 def make_reward(reward_funcs, config: Config, device):

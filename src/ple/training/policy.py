@@ -13,7 +13,7 @@ import torch
 
 from ple.config import Config
 from ple.dist import Dist
-from ple.errors import PLEError
+from ple.errors import PLEError, first_line
 from ple.generation import generate
 from ple.io import replace_dir, temporary
 from ple.logprobs import response_logprobs
@@ -296,7 +296,13 @@ class Policy:
         if self.zero is not None:
             self.zero.save_state(tmp / ZERO_STATE)
         elif self.dist.main:
-            torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            try:
+                torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+            except RuntimeError as e:  # torch's writer reports a full disk as a RuntimeError, not an OSError
+                raise PLEError(
+                    f"cannot write the checkpoint's optimizer state in {tmp.parent} ({first_line(e)}); the finished "
+                    "checkpoints are whole: free space, then resume"
+                ) from None
         self.dist.barrier()
 
     def save_weights(self, path: Path, merge: bool = False) -> None:
