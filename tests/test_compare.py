@@ -278,6 +278,7 @@ def test_a_grid_whose_baseline_is_its_reference_or_whose_tie_margin_is_not_a_num
     # Each of these was a traceback, one of them after every cell had trained.
     for change, message in (
         ({"config": ["a"]}, "`config` is a mapping"),
+        ({"config": {**spec_raw["config"], "method": "dpo"}}, "each cell's method comes from `methods`"),
         ({"output_dir": None}, "`output_dir` must name a directory, got None"),
         ({"output_dir": 5}, "`output_dir` must name a directory, got 5"),
         ({"evaluation": {"temperature": -1}}, "temperature must be >= 0 .* \\(the evaluation's sampling settings\\)"),

@@ -164,3 +164,14 @@ def test_a_run_saved_with_the_dtype_auto_resolves_to_is_the_same_setting(tmp_pat
     for recorded, changes in (("float32", []), ("bfloat16", ["dtype"])):
         saved.write_text(yaml.safe_dump({**config.to_dict(), "dtype": recorded}))
         assert config_changes(saved, config) == changes
+
+
+def test_a_trl_argument_given_to_pleconfig_names_ples_key():
+    from ple import PLEConfig
+
+    with pytest.raises(PLEError, match="'num_train_epochs' is TRL's name; ple's key is epochs_per_iteration"):
+        PLEConfig(num_train_epochs=3)
+    with pytest.raises(PLEError, match="unknown config key 'learnin_rate' \\(did you mean 'learning_rate'\\?\\)"):
+        PLEConfig(learnin_rate=1e-3)
+    with pytest.raises(PLEError, match="'per_device_train_batch_size' is TRL's name; ple's key is batch_size"):
+        load_config(overrides={**BASE, "per_device_train_batch_size": 4})

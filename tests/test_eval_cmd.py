@@ -141,3 +141,31 @@ def test_one_relative_model_name_run_from_two_directories_is_two_models(
     assert "holds the evaluation of" in capsys.readouterr().err and (out / "eval.json").read_text() == kept
     monkeypatch.chdir(tmp_path / "A")  # the same model again may rewrite its own evaluation
     assert main(["eval", "--config", str(config), "--model", "m", "--output-dir", str(out)]) == 0
+
+
+def test_a_model_on_another_tokenizer_is_one_line(tmp_path, tiny_chat_model, queries_file, reward_module, capsys):
+    """`ple eval --model A C`, C with another vocabulary: one line, not an IndexError in the KL against the base."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    other = tmp_path / "other"
+    shutil.copytree(tiny_chat_model, other)
+    tokenizer = AutoTokenizer.from_pretrained(other)
+    tokenizer.add_tokens(["cinematography"])
+    tokenizer.save_pretrained(other)
+    config = tmp_path / "c.yaml"
+    settings = tiny_config(tiny_chat_model, queries_file, tmp_path / "run", f"{reward_module}:positivity")
+    config.write_text(yaml.safe_dump({**settings, "eval_dataset": str(_write_eval_set(tmp_path / "e.jsonl", 2))}))
+    argv = [
+        "eval",
+        "--config",
+        str(config),
+        "--model",
+        tiny_chat_model,
+        str(other),
+        "--output-dir",
+        str(tmp_path / "x"),
+    ]
+    assert main(argv) == 2
+    assert "has another tokenizer than the base model" in capsys.readouterr().err

@@ -288,3 +288,24 @@ def test_a_chat_role_the_models_template_rejects_is_one_line(config, tmp_path, t
     (model / "tokenizer_config.json").write_text(json.dumps(settings))
     with pytest.raises(PLEError, match="chat template refused a prompt with roles system, user: no system role"):
         run({**config, "model": str(model), "iterations": 1})
+
+
+def test_yaml_merge_keys_and_damaged_result_files(tmp_path):
+    """`<<: *anchor` is YAML, not an error (a key given twice still is); a JSON file damaged after ple wrote it is
+    one line naming it, and a damaged evaluation counts as unfinished, so a rerun redoes it."""
+    from ple.evaluation.grid import is_current
+    from ple.io import load_yaml, read_json, read_jsonl
+
+    merged = load_yaml("base: &b\n  x: 1\nother:\n  <<: *b\n  y: 2\n", "compare file")
+    assert merged["other"] == {"x": 1, "y": 2}
+    with pytest.raises(PLEError, match="key 'x' is given twice"):
+        load_yaml("other:\n  x: 1\n  x: 2\n", "compare file")
+    torn = tmp_path / "eval.json"
+    torn.write_text('{"model": "m", "metr')
+    with pytest.raises(PLEError, match="eval.json is not valid JSON .*delete it, and a rerun redoes it"):
+        read_json(torn)
+    assert not is_current(tmp_path, "eval.json", {})
+    rows = tmp_path / "completions.jsonl"
+    rows.write_text('{"a": 1}\n{"a": \n{"a": 3}\n')
+    with pytest.raises(PLEError, match="completions.jsonl line 2 is not valid JSON"):
+        read_jsonl(rows)

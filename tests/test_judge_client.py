@@ -196,3 +196,17 @@ def test_a_judge_whose_replies_name_neither_answer_gives_no_verdict_not_a_tie(se
     b = {"p": {"prompt": "p", "completion": "bad"}, "q": {"prompt": "q", "completion": "dull"}}
     with pytest.raises(PLEError):  # every pair left out: nothing to compare, in one line
         judge_pair(a, b, judge, "A", "B", tmp_path / "out")
+
+
+@pytest.mark.parametrize(
+    "body, said",
+    [
+        (b"<html><body>502 Bad Gateway from nginx</body></html>", "502 Bad Gateway from nginx"),
+        ({"error": {"message": "model overloaded, try later"}}, "model overloaded, try later"),
+    ],
+)
+def test_a_200_reply_that_is_not_a_chat_completion_quotes_the_server(servers, body, said):
+    server = servers(lambda h, c: send(h, 200, body))
+    judge = LLMJudge(server.url, "m", backoff=0.01, max_retries=1, timeout=2, progress=False)
+    with pytest.raises(PLEError, match=f"failed 2 times \\(last: a reply that is not a chat completion: .*{said}"):
+        judge.judge(["p"], ["a"], ["b"])

@@ -171,3 +171,13 @@ def test_reward_judge_with_tie_margin():
         "tie",
         "loss",
     ]
+
+
+def test_a_judge_that_refuses_connections_stops_after_one_requests_retries():
+    """40 pairs in both orders against a port nothing listens on: the first request to give up stops the others,
+    so at most the requests in flight at that moment are retried (4 x 4 attempts), not each of the 80 judgements
+    (80 x 4 x 2), which took 77 s before."""
+    judge = LLMJudge("http://127.0.0.1:9/v1", "m", backoff=0.01, max_retries=3, timeout=2, progress=False)
+    with pytest.raises(PLEError, match="failed 4 times \\(last: a broken connection"):
+        both_orders(judge, [f"p{i}" for i in range(40)], ["a"] * 40, ["b"] * 40)
+    assert judge.stats["requests"] <= 4 * 4

@@ -64,4 +64,10 @@ def test_ple_plan_prints_the_table_and_refuses_an_unreadable_model(tmp_path, tin
     assert "(fits)" in out
     config.write_text(yaml.safe_dump(tiny_config(str(tmp_path / "nowhere"), queries_file, tmp_path / "run", "vader")))
     assert main(["plan", "--config", str(config)]) == 2
-    assert "plan: cannot read the config of" in capsys.readouterr().err
+    assert "plan: " + str(tmp_path / "nowhere") + " does not exist" in capsys.readouterr().err
+    for flags, message in (
+        (["--processes", "0"], "--processes must be >= 1"),
+        (["--gpu-memory", "-1"], "--gpu-memory"),
+    ):
+        assert main(["plan", "--config", str(config), *flags]) == 2
+        assert message in capsys.readouterr().err

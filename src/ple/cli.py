@@ -401,12 +401,14 @@ def cmd_plan(args) -> int:
     launch = launch_from_environment()
     launch = dataclasses.replace(
         launch,
-        processes=args.processes or launch.processes,
+        processes=launch.processes if args.processes is None else args.processes,
         zero_stage=launch.zero_stage if args.zero_stage is None else args.zero_stage,
         offload_optimizer=args.offload_optimizer or launch.offload_optimizer,
     )
     if launch.processes < 1:
         raise PLEError(f"--processes must be >= 1, got {launch.processes}")
+    if args.gpu_memory is not None and not args.gpu_memory > 0:
+        raise PLEError(f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}")
     gpu_bytes = int(args.gpu_memory * GIB) if args.gpu_memory else None
     if gpu_bytes is None and torch.cuda.is_available():
         gpu_bytes = torch.cuda.mem_get_info()[1]

@@ -350,10 +350,27 @@ def validate(config: "Config") -> "Config":
     problems += get_method(config.method).problems(config)
     if problems:
         raise PLEError(problems[0])
-    from ple.training.trackers import check_tracker_names
-
     check_tracker_names(config.report_to)
     return config
+
+
+def tracker_names(report_to) -> list[str]:
+    """The trackers `report_to` names (none: no tracker)."""
+    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
+    return [n for n in names if n != "none"]
+
+
+def check_tracker_names(report_to) -> None:
+    if not tracker_names(report_to):
+        return
+    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
+
+    unknown = [n for n in tracker_names(report_to) if n not in LOGGER_TYPE_TO_CLASS]
+    if unknown:
+        raise PLEError(
+            f"report_to: unknown tracker(s) {', '.join(map(str, unknown))}; choose none or from "
+            f"{', '.join(LOGGER_TYPE_TO_CLASS)}"
+        )
 
 
 AT_LEAST_1 = (
@@ -494,6 +511,19 @@ def template_problems(name: str, template: str, fields: tuple[str, ...]) -> list
 
 FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 _TYPES = typing.get_type_hints(Config)
+_dataclass_init = Config.__init__
+
+
+def _checked_init(self, *args, **kwargs):
+    """`PLEConfig(num_train_epochs=3)`: one line naming the key (and the nearest one, or its new name), not
+    dataclasses' bare TypeError."""
+    for key in kwargs:
+        if key not in FIELDS:
+            raise _unknown_key(key)
+    _dataclass_init(self, *args, **kwargs)
+
+
+Config.__init__ = _checked_init
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -537,10 +567,24 @@ def _coerce(name: str, value: Any) -> Any:
     raise PLEError(f"{name}={value!r} should be a {expected}")
 
 
+TRL_NAMES = {  # a TRL / transformers argument -> ple's key for it
+    "num_train_epochs": "epochs_per_iteration (passes over each iteration's examples; iterations sets the run)",
+    "per_device_train_batch_size": "batch_size (queries per micro-batch; see its help for several processes)",
+    "max_completion_length": "max_new_tokens",
+    "max_prompt_length": "max_prompt_tokens",
+    "num_generations": "grpo_num_generations (grpo); PLE draws 2 answers per query",
+    "warmup_steps": "warmup_ratio (a share of the run)",
+    "bf16": "dtype: bfloat16",
+    "max_steps": "iterations (each draws queries_per_iteration queries)",
+}
+
+
 def _unknown_key(key: str) -> PLEError:
     if key in RENAMED_KEYS:
         new, what = RENAMED_KEYS[key]
         return PLEError(f"config key '{key}' was renamed to {new} ({what})")
+    if key in TRL_NAMES:
+        return PLEError(f"'{key}' is TRL's name; ple's key is {TRL_NAMES[key]}")
     close = difflib.get_close_matches(key, FIELDS, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     return PLEError(f"unknown config key '{key}'{hint}; `ple train --help` lists them all")

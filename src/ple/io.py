@@ -9,6 +9,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from ple.errors import PLEError
+
 
 def temporary(path: Path) -> Path:
     """Where a file or directory is written before it is renamed to `path`, so a kill never leaves half of it."""
@@ -58,7 +60,7 @@ def jsonl_lines(text: str) -> list[str]:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a torn last line (a kill mid-append) is dropped."""
+    """Rows of a JSONL file; a torn last line (a kill mid-append) is dropped, a damaged one elsewhere is one line."""
     rows = []
     lines = jsonl_lines(Path(path).read_text(encoding="utf-8"))
     for i, line in enumerate(lines):
@@ -66,11 +68,22 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
             continue
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
+        except json.JSONDecodeError as e:
             if i == len(lines) - 1:
                 break
-            raise
+            raise PLEError(f"{path} line {i + 1} is not valid JSON ({e.msg}); {DAMAGED}") from None
     return rows
+
+
+DAMAGED = "ple writes every file whole, so it was damaged since: delete it, and a rerun redoes it"
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file ple wrote; one line naming it when it is no longer valid JSON."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise PLEError(f"{path} is not valid JSON ({e.msg}); {DAMAGED}") from None
 
 
 def same_path(a, b) -> bool:
@@ -101,6 +114,8 @@ def _strict_loader():
     def mapping(loader, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`, which the safe loader merges itself
+                continue
             key = loader.construct_object(key_node, deep=deep)
             if key in seen:
                 mark = key_node.start_mark
@@ -116,8 +131,6 @@ def load_yaml(text: str, what: str) -> Any:
     """YAML text, with a duplicate key refused; one PLEError line naming `what` for any problem."""
     import yaml
 
-    from ple.errors import PLEError
-
     try:
         return yaml.load(text, Loader=_strict_loader())  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
@@ -126,8 +139,6 @@ def load_yaml(text: str, what: str) -> Any:
 
 def read_text_file(path: str | Path, what: str) -> str:
     """A UTF-8 text file, or one PLEError line saying why it cannot be read (missing, a directory, not UTF-8)."""
-    from ple.errors import PLEError
-
     path = Path(path).expanduser()
     if path.is_dir():
         raise PLEError(f"{what} {path} is a directory; name a file")

@@ -23,6 +23,7 @@ Per GPU, with P the model's parameters, T the trained ones (LoRA's adapters, or 
 import importlib.util
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from ple.errors import PLEError
 
@@ -100,6 +101,8 @@ def model_shape(name: str, causal: bool = True) -> ModelShape:
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
 
+    if name.startswith((".", "/", "~")) and not Path(name).expanduser().exists():
+        raise PLEError(f"plan: {name} does not exist (a local model directory, or a hub id)")
     try:
         model_config = AutoConfig.from_pretrained(name)
     except Exception as e:

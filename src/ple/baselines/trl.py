@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from ple.config import tracker_names
 from ple.errors import PLEError
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl
 from ple.rewards import score
@@ -17,7 +18,6 @@ from ple.training.harness import Harness
 from ple.training.loop import iteration_seed, query_order
 from ple.training.policy import mean_of_known
 from ple.training.rundir import TRL_LOG, snapshot_dir, snapshot_steps
-from ple.training.trackers import tracker_names
 from ple.vllm_backend import select_backend
 
 

@@ -156,6 +156,7 @@ class Evaluator:
         an adapter or a model. The base model is the config's model (an adapter's own base when it has another)."""
         base = adapter_base(name)
         if base is None:
+            self.check_tokenizer(name)
             yield self.model(name), self.model(self.reference_name or name), self.model(self.config.model)
             return
         from peft import PeftModel
@@ -171,6 +172,17 @@ class Evaluator:
             yield wrapped, self.model(self.reference_name) if self.reference_name else without, without
         finally:
             self.models[base] = wrapped.unload()
+
+    def check_tokenizer(self, name: str) -> None:
+        """A model is generated, scored and compared with the base model through the base model's tokenizer, so
+        one with another vocabulary is one line (not an IndexError inside the KL)."""
+        if same_path(name, self.config.model) or name == self.config.model:
+            return
+        if load_tokenizer(name).get_vocab() != self.tokenizer.get_vocab():
+            raise PLEError(
+                f"{name} has another tokenizer than the base model {self.config.model}, whose tokenizer, KL and "
+                "perplexity the evaluation uses; evaluate it with a config whose model is its own base model"
+            )
 
     def evaluate(
         self, name: str, prompt_rows: list[dict], out_dir: Path, seed: int | None = None, progress=None

@@ -18,7 +18,6 @@ The rules (`Rules`) are fixed in the compare file before the run they judge:
   "no difference detected", or "n/a (no admissible point)" when either side has none within the budget.
 """
 
-import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -32,7 +31,7 @@ import numpy as np
 from ple.errors import PLEError
 from ple.evaluation.evaluate import COMPLETIONS, judge_reward_name, reward_label
 from ple.evaluation.metrics import _SENTENCE_END, _ngrams, sentences
-from ple.io import atomic_write_text, read_jsonl, strict_json
+from ple.io import atomic_write_text, read_json, read_jsonl, strict_json
 
 
 @dataclass(frozen=True)
@@ -450,7 +449,7 @@ def growth(grid, point_rows: Sequence[dict]) -> list[dict[str, Any]]:
 
 def _read_probe(grid) -> dict | None:
     path = grid.output_dir / PROBE_JSON
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def run_probe(grid, judge) -> None:

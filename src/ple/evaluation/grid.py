@@ -260,6 +260,8 @@ def load_grid(raw: dict, config_overrides: dict | None = None) -> Grid:
     output_dir = raw.get("output_dir", "runs/compare")
     if not isinstance(output_dir, str) or not output_dir.strip():
         raise PLEError(f"compare: `output_dir` must name a directory, got {output_dir!r}")
+    if "method" in (config_overrides or {}) or "method" in (raw.get("config") or {}):
+        raise PLEError("compare: each cell's method comes from `methods`; drop `method` from the shared config")
     config = {**(raw.get("config") or {}), **(config_overrides or {})}
     evaluation = raw.get("evaluation") or {}
     if not isinstance(evaluation, dict) or set(evaluation) - EVALUATION_KEYS:
@@ -615,7 +617,12 @@ def is_current(out: Path, result: str, made_from: dict) -> bool:
     record = out / MADE_FROM
     if not (out / result).is_file():
         return False
-    return not record.is_file() or json.loads(record.read_text()) == json.loads(json.dumps(made_from))
+    try:  # a result damaged since it was written (ple writes whole files) is redone
+        json.loads((out / result).read_text(encoding="utf-8"))
+        held = json.loads(record.read_text()) if record.is_file() else None
+    except json.JSONDecodeError:
+        return False
+    return held is None or held == json.loads(json.dumps(made_from))
 
 
 def make_once(out: Path, result: str, made_from: dict, make) -> None:

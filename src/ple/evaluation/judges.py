@@ -13,7 +13,6 @@ import os
 import random
 import re
 import threading
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -163,6 +162,7 @@ class LLMJudge:
         self._lock = threading.Lock()
         self._slots = threading.Condition()
         self._limit, self._in_flight, self._timeout = concurrency, 0, timeout
+        self._stop, self._stop_reason = threading.Event(), ""  # set once a request gave up: the others stop too
         self.stats = {"requests": 0, "cached": 0, "retries": 0, "unparseable": 0, "cut_off": 0, "failed": 0}
 
     def _count(self, key: str) -> None:
@@ -179,14 +179,20 @@ class LLMJudge:
             timeout = self._timeout
         try:
             self._count("requests")
-            completion = self.client.with_options(timeout=timeout).chat.completions.create(
+            raw = self.client.with_options(timeout=timeout).chat.completions.with_raw_response.create(
                 model=self.model,
                 messages=[{"role": "user", "content": content}],
                 temperature=self.temperature,
                 max_tokens=self.max_tokens,
             )
-            choice = completion.choices[0]
-            return choice.message.content, choice.finish_reason
+            try:
+                choice = raw.parse().choices[0]
+                return choice.message.content, choice.finish_reason
+            except (ValueError, IndexError, AttributeError, TypeError, openai.APIResponseValidationError):
+                # ValueError: JSONDecodeError, UnicodeDecodeError. What the server said is the clue: an HTML error
+                # page from a proxy, or {"error": ...} sent with HTTP 200.
+                body = " ".join(raw.http_response.text.split())[:200]
+                raise _Retryable(f"a reply that is not a chat completion: {body!r}") from None
         except openai.APITimeoutError:
             # The server is queueing, and its queue counts in every timeout: from now on one request at a time,
             # with twice the wait (up to 8 times the configured one), so a retry does not time out behind the
@@ -210,24 +216,37 @@ class LLMJudge:
             raise _Retryable(f"a broken connection ({first_line(e.__cause__ or e)})") from None
         except (UnicodeDecodeError, json.JSONDecodeError, openai.APIResponseValidationError):
             raise _Retryable("a reply that is not UTF-8 JSON") from None
-        except (IndexError, AttributeError, TypeError):
-            raise _Retryable("a reply without choices[0].message") from None
         finally:
             with self._slots:
                 self._in_flight -= 1
                 self._slots.notify_all()
 
     def _post(self, content: str) -> tuple[object, str | None]:
-        """(message content, finish_reason) of one chat completion, retried with backoff."""
+        """(message content, finish_reason) of one chat completion, retried with backoff. The first request to give
+        up stops every other one (a server that refuses connections fails in one request's retries, not in every
+        request's), and so does halt()."""
         for attempt in range(self.max_retries + 1):
+            if self._stop.is_set():
+                raise PLEError(self._stop_reason)
             try:
                 return self._send(content)
             except _Retryable as e:
                 error = str(e)
+            except PLEError as e:
+                self.halt(str(e))
+                raise
             if attempt < self.max_retries:
                 self._count("retries")
-                time.sleep(self.backoff * 2**attempt * (1 + random.random() * 0.1))
-        raise PLEError(f"judge endpoint {self.url} failed {self.max_retries + 1} times (last: {error})")
+                self._stop.wait(self.backoff * 2**attempt * (1 + random.random() * 0.1))
+        self.halt(f"judge endpoint {self.url} failed {self.max_retries + 1} times (last: {error})")
+        raise PLEError(self._stop_reason)
+
+    def halt(self, reason: str) -> None:
+        """No new request after this; the ones in flight end within their timeout."""
+        with self._lock:
+            if not self._stop.is_set():
+                self._stop_reason = reason
+                self._stop.set()
 
     def _key(self, content: str, attempt: int) -> str:
         return hashlib.sha256(json.dumps([self.url, self.model, content, attempt]).encode()).hexdigest()
@@ -269,15 +288,19 @@ class LLMJudge:
     def judge(self, prompts, firsts, seconds) -> list[Verdict]:
         from ple.progress import Progress
 
-        with (
-            Progress(total=len(prompts), description="judging", disable=not self.progress) as bar,
-            ThreadPoolExecutor(max_workers=max(1, self._limit)) as pool,
-        ):
-            futures = [pool.submit(self._judge_one, *args) for args in zip(prompts, firsts, seconds)]
-            for future in futures:
-                future.result()
-                bar.advance()
-            return [f.result() for f in futures]
+        with Progress(total=len(prompts), description="judging", disable=not self.progress) as bar:
+            pool = ThreadPoolExecutor(max_workers=max(1, self._limit))
+            try:
+                futures = [pool.submit(self._judge_one, *args) for args in zip(prompts, firsts, seconds)]
+                for future in futures:
+                    future.result()
+                    bar.advance()
+                return [f.result() for f in futures]
+            except BaseException:  # an error or Ctrl-C: the queued judgements are dropped, not sent
+                self.halt("judging was stopped")
+                raise
+            finally:
+                pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _server_message(error) -> str:

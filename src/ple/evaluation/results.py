@@ -3,7 +3,6 @@ other method with its interval and its pairwise record, the verdict lines those 
 
 import csv
 import io
-import json
 import math
 import platform
 import statistics
@@ -22,7 +21,7 @@ from ple.evaluation.verdict import (
     hierarchical_difference,
     verdict,
 )
-from ple.io import atomic_write_text, read_jsonl
+from ple.io import atomic_write_text, read_json, read_jsonl
 from ple.training.rundir import METRICS_JSONL
 
 BUDGET_COLUMNS = {  # budget.json key -> (column, label)
@@ -35,7 +34,7 @@ KEYS = ("method", "learning_rate", "seed", "step")  # what names one evaluation 
 
 
 def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def cell_values(grid, cell) -> dict[str, float | None] | None:
@@ -164,7 +163,7 @@ def frontier_section(grid) -> list[str]:
     path = write_frontier(grid)
     if path is None:
         return []
-    claim = json.loads((grid.output_dir / "frontier.json").read_text())["claim"]
+    claim = read_json(grid.output_dir / "frontier.json")["claim"]
     details = "Details: [frontier.md](frontier.md)."
     return ["", "## The reward-KL frontier", "", claim or "No comparison yet.", "", details]
 
@@ -181,7 +180,7 @@ def learning_rate_section(out: Path) -> list[str]:
     path = out / "lr_grid.json"
     if not path.is_file():
         return []
-    grid = json.loads(path.read_text())
+    grid = read_json(path)
     rates = sorted({float(r) for scores in grid["scores"].values() for r in scores})
     lines = [
         "",
@@ -354,7 +353,7 @@ def _plot_figure3(runs: list[list[dict]], path: Path) -> None:
 
 
 def cost_section(out: Path) -> list[str]:
-    runs = [json.loads(p.read_text()) for p in sorted((out / "invocations").glob("*.json"))]
+    runs = [read_json(p) for p in sorted((out / "invocations").glob("*.json"))]
     if not runs:
         return []
     hours = sum(r["seconds"] for r in runs) / 3600

@@ -186,7 +186,8 @@ class RunDir:
         finished = self.checkpoints() if saved.is_file() else []
         if (finished or (self.path / BUDGET).is_file()) and not resume:
             raise PLEError(
-                f"{self.path} already holds a run; pass --resume to continue it, or choose another output_dir"
+                f"{self.path} already holds a run; pass --resume (train(resume=True) from Python) to continue it, "
+                "or choose another output_dir"
             )
         if finished:
             self._check_resumable(config, finished[-1][0])

@@ -5,25 +5,8 @@ whatever this says."""
 import math
 from pathlib import Path
 
+from ple.config import tracker_names
 from ple.errors import PLEError
-
-
-def tracker_names(report_to) -> list[str]:
-    names = [report_to] if isinstance(report_to, str) else list(report_to or [])
-    return [n for n in names if n != "none"]
-
-
-def check_tracker_names(report_to) -> None:
-    if not tracker_names(report_to):
-        return
-    from accelerate.tracking import LOGGER_TYPE_TO_CLASS
-
-    unknown = [n for n in tracker_names(report_to) if n not in LOGGER_TYPE_TO_CLASS]
-    if unknown:
-        raise PLEError(
-            f"report_to: unknown tracker(s) {', '.join(map(str, unknown))}; choose none or from "
-            f"{', '.join(LOGGER_TYPE_TO_CLASS)}"
-        )
 
 
 class Trackers:
