@@ -290,3 +290,15 @@ def test_a_grid_whose_baseline_is_its_reference_or_whose_tie_margin_is_not_a_num
         with pytest.raises(PLEError, match=message):
             load_grid({**spec_raw, **change})
     assert load_grid({**spec_raw, "learning_rates": ["1e-3", 2e-4]}).learning_rates == (0.001, 0.0002)
+
+
+def test_a_grid_moved_whole_keeps_its_cells_and_evaluations(spec_raw, tmp_path):
+    spec_raw.update(methods=["ple"], seeds=[0])
+    run_grid(load_grid(spec_raw))
+    moved = tmp_path / "moved"
+    (tmp_path / "grid").rename(moved)
+    evaluation = moved / "cells/ple/lr_0.005/seed0/eval/step_001/eval.json"
+    stamp = evaluation.stat().st_mtime_ns
+    report = run_grid(load_grid({**spec_raw, "output_dir": str(moved)}))
+    assert evaluation.stat().st_mtime_ns == stamp  # not retrained, not evaluated again
+    assert "| ple |" in report.read_text()

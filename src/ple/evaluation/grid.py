@@ -447,7 +447,8 @@ def train_and_evaluate(cell: Cell, evaluator: Evaluator, prompts: list, outs: di
 def check_unchanged(cell: Cell, resumable: tuple[str, ...] = ()) -> None:
     """A finished run is not silently reused under a changed config (but for `resumable` keys, which training
     continues under)."""
-    changed = [k for k in config_changes(cell.paths.config, cell.config) if k not in ("device", *resumable)]
+    moved = ("device", "output_dir")  # a grid moved whole keeps its cells
+    changed = [k for k in config_changes(cell.paths.config, cell.config) if k not in (*moved, *resumable)]
     if changed:
         raise PLEError(
             f"compare cell {cell.label} finished with another config ({', '.join(changed)}); "
@@ -510,7 +511,7 @@ def run_each(cells, eval_dirs, what: str, invocation: "Invocation", evaluator: E
     def finished(cell) -> bool:
         seed_of = cell.seed if seed is None else seed
         return all(
-            is_current(out, EVAL_JSON, evaluation_inputs(evaluator, str(cell.model_at(step)), prompts, seed_of))
+            is_current(out, EVAL_JSON, evaluation_inputs(evaluator, str(cell.model_at(step)), prompts, seed_of, out))
             for step, out in eval_dirs(cell).items()
         )
 
@@ -636,11 +637,13 @@ def make_once(out: Path, result: str, made_from: dict, make) -> None:
     atomic_write_text(out / MADE_FROM, json.dumps(made_from, indent=1))
 
 
-def evaluation_inputs(evaluator: Evaluator, model: str, prompts: list, seed: int) -> dict:
-    """What an evaluation depends on beyond the model's weights: its settings, rewards, prompts and seed."""
+def evaluation_inputs(evaluator: Evaluator, model: str, prompts: list, seed: int, out: Path) -> dict:
+    """What an evaluation in `out` depends on beyond the model's weights: which model (a local one by its path from
+    `out`, so that a grid moved whole keeps its evaluations), the settings, rewards, prompts and seed."""
     digest = hashlib.sha256(json.dumps(prompts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     settings = {key: getattr(evaluator.config, key) for key in sorted(EVALUATION_KEYS)}
-    return {"model": model, "seed": seed, "settings": settings, "rewards": sorted(evaluator.rewards), "prompts": digest}
+    where = os.path.relpath(Path(model).resolve(), out.resolve()) if Path(model).exists() else model
+    return {"model": where, "seed": seed, "settings": settings, "rewards": sorted(evaluator.rewards), "prompts": digest}
 
 
 def evaluate_once(evaluator: Evaluator, model: str, prompts: list, out: Path, label: str, seed: int) -> None:
@@ -651,7 +654,7 @@ def evaluate_once(evaluator: Evaluator, model: str, prompts: list, out: Path, la
             evaluator.evaluate(model, prompts, out, seed, progress)
             progress.advance()
 
-    make_once(out, EVAL_JSON, evaluation_inputs(evaluator, model, prompts, seed), make)
+    make_once(out, EVAL_JSON, evaluation_inputs(evaluator, model, prompts, seed, out), make)
 
 
 def judge_once(a: Path, b: Path, judge, out: Path, judge_settings: dict) -> None:

@@ -72,7 +72,7 @@ def make_reward(reward_funcs, config: Config, device):
 
 class Harness:
     """A run's inputs and policy: `config` as resolve_config gives it, the other arguments as PLETrainer takes them
-    (ple.training.loop). `samples_itself` is False for a method whose library generates (TRL's RLOO)."""
+    (ple.training.loop). `samples_itself` is False for a method whose library generates (TRL's RLOO, GRPO)."""
 
     def __init__(
         self,

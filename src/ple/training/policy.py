@@ -65,7 +65,7 @@ class Policy:
         self.config, self.dist, self.device, self.principle = config, dist, device, principle
         step_share(config, dist.world)  # a batch that does not split over the processes fails before loading
         self.given = {"model": model, "tokenizer": tokenizer, "peft_config": peft_config}  # objects from Python
-        self.samples_itself = samples_itself  # False for a trainer whose library generates (TRL's RLOO)
+        self.samples_itself = samples_itself  # False for a method whose library generates (TRL's RLOO, GRPO)
         self._truncated_prompts = 0  # prompts this process cut to max_prompt_tokens since the last take
         self.skipped_steps = self.skipped_in_a_row = 0  # optimizer steps skipped for a non-finite loss or gradient
         self.where = "training"  # what the optimizer steps are for, to name in an error
@@ -110,7 +110,7 @@ class Policy:
     # -------------------------------------------------------------- prompts and samples
     def encode(self, queries: list, guided: bool = False) -> list[list[int]]:
         """Prompt ids of the plain (or guided) queries; an overlong one loses its query's oldest tokens, never the
-        principle or the template. This process's cut prompts are counted in truncated_prompts."""
+        principle or the template. This process's cut prompts are counted (take_truncated_prompts)."""
         ids, truncated = self.builder.encode(queries, guided, self.config.max_prompt_tokens)
         self._truncated_prompts += truncated
         return ids
