@@ -175,3 +175,9 @@ def test_a_trl_argument_given_to_pleconfig_names_ples_key():
         PLEConfig(learnin_rate=1e-3)
     with pytest.raises(PLEError, match="'per_device_train_batch_size' is TRL's name; ple's key is batch_size"):
         load_config(overrides={**BASE, "per_device_train_batch_size": 4})
+
+
+def test_a_list_given_with_set_to_a_one_value_key_is_one_line():
+    with pytest.raises(PLEError, match="principle takes one value, and '\\[a, b\\]' reads as a YAML list"):
+        load_config(overrides={**BASE, **parse_overrides(["principle=[a, b]"])})
+    assert load_config(overrides={**BASE, **parse_overrides(["principle=[be kind"])}).principle == "[be kind"

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from ple.evaluation.metrics import bootstrap_ci, distinct_n, paired_bootstrap, perplexity
+from ple.evaluation.metrics import bootstrap_ci, corpus_perplexity, distinct_n, paired_bootstrap
 from ple.evaluation.report import write_report
 
 
@@ -18,7 +18,7 @@ def test_distinct_n_by_hand():
 
 def test_perplexity_pools_tokens():
     rows = [{"nll": 2.0, "n_tokens": 1}, {"nll": 4.0, "n_tokens": 3}]
-    assert perplexity(rows) == pytest.approx(math.exp(6 / 4))
+    assert corpus_perplexity("nll", "n_tokens")(rows) == pytest.approx(math.exp(6 / 4))
 
 
 def test_paired_bootstrap_brackets_a_real_shift_and_zero_for_none():

@@ -391,31 +391,10 @@ def _add_plan(sub, epilog: str) -> None:
 
 
 def cmd_plan(args) -> int:
-    import dataclasses
-
-    import torch
-
-    from ple.plan import GIB, launch_from_environment, memory_plan, model_shape, plan_table, reward_model_name
+    from ple.plan import plan_report
 
     config = load_config(args.config, parse_overrides(args.overrides))
-    launch = launch_from_environment()
-    launch = dataclasses.replace(
-        launch,
-        processes=launch.processes if args.processes is None else args.processes,
-        zero_stage=launch.zero_stage if args.zero_stage is None else args.zero_stage,
-        offload_optimizer=args.offload_optimizer or launch.offload_optimizer,
-    )
-    if launch.processes < 1:
-        raise PLEError(f"--processes must be >= 1, got {launch.processes}")
-    if args.gpu_memory is not None and not args.gpu_memory > 0:
-        raise PLEError(f"--gpu-memory must be a positive number of GiB, got {args.gpu_memory}")
-    gpu_bytes = int(args.gpu_memory * GIB) if args.gpu_memory else None
-    if gpu_bytes is None and torch.cuda.is_available():
-        gpu_bytes = torch.cuda.mem_get_info()[1]
-    shape = model_shape(config.model)
-    reward = reward_model_name(config)
-    reward_parameters = model_shape(reward, causal=False).parameters if reward else 0
-    print(plan_table(memory_plan(shape, config, launch, gpu_bytes, reward_parameters), shape, launch, gpu_bytes))
+    print(plan_report(config, args.processes, args.zero_stage, args.offload_optimizer, args.gpu_memory))
     return 0
 
 

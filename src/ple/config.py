@@ -541,6 +541,14 @@ def _coerce(name: str, value: Any) -> Any:
             value = yaml.safe_load(value)  # --set reward='[vader, {name: m:f, weight: 2}]'
         except yaml.YAMLError:
             raise PLEError(f"{name}={value!r} is not a valid YAML list or mapping") from None
+    if isinstance(value, str) and list not in allowed and value.lstrip()[:1] == "[":
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        # --set principle=[a, b] would otherwise become the text "[a, b]". ("{principle}" is a template, not a map.)
+        if isinstance(parsed, list):
+            raise PLEError(f"{name} takes one value, and {value!r} reads as a YAML list")
     if isinstance(value, str) and str in allowed and float in allowed:
         try:
             return float(value)  # wsft_temperature=0.5 from the CLI; 'auto' stays text

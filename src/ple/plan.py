@@ -138,6 +138,32 @@ def reward_model_name(config) -> str | None:
     return spec
 
 
+def plan_report(config, processes: int | None, zero_stage: int | None, offload: bool, gpu_gib: float | None) -> str:
+    """`ple plan`: the table for `config`, the launch read from the environment unless given."""
+    import dataclasses
+
+    import torch
+
+    launch = launch_from_environment()
+    launch = dataclasses.replace(
+        launch,
+        processes=launch.processes if processes is None else processes,
+        zero_stage=launch.zero_stage if zero_stage is None else zero_stage,
+        offload_optimizer=offload or launch.offload_optimizer,
+    )
+    if launch.processes < 1:
+        raise PLEError(f"--processes must be >= 1, got {launch.processes}")
+    if gpu_gib is not None and not gpu_gib > 0:
+        raise PLEError(f"--gpu-memory must be a positive number of GiB, got {gpu_gib}")
+    gpu_bytes = int(gpu_gib * GIB) if gpu_gib else None
+    if gpu_bytes is None and torch.cuda.is_available():
+        gpu_bytes = torch.cuda.mem_get_info()[1]
+    shape = model_shape(config.model)
+    reward = reward_model_name(config)
+    reward_parameters = model_shape(reward, causal=False).parameters if reward else 0
+    return plan_table(memory_plan(shape, config, launch, gpu_bytes, reward_parameters), shape, launch, gpu_bytes)
+
+
 # ---------------------------------------------------------------------------------------------- presenting
 def plan_table(plan: dict, shape: ModelShape, launch: Launch, gpu_bytes: int | None) -> str:
     rows = [

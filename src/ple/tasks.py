@@ -19,7 +19,6 @@ import numpy as np
 
 from ple.errors import PLEError
 
-TASKS = ("none", "hh", "imdb", "tldr")
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 
 

@@ -231,9 +231,6 @@ def corpus_perplexity(nll: str, n_tokens: str) -> Callable[[Rows], float]:
     return compute
 
 
-perplexity = corpus_perplexity("nll", "n_tokens")
-
-
 def _bleu(rows: Rows) -> float:
     import sacrebleu
 
