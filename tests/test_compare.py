@@ -302,3 +302,11 @@ def test_a_grid_moved_whole_keeps_its_cells_and_evaluations(spec_raw, tmp_path):
     report = run_grid(load_grid({**spec_raw, "output_dir": str(moved)}))
     assert evaluation.stat().st_mtime_ns == stamp  # not retrained, not evaluated again
     assert "| ple |" in report.read_text()
+
+
+def test_a_grid_whose_reference_is_another_method_names_it_in_its_verdicts(spec_raw, tmp_path):
+    spec_raw.update(methods=["ple-rank-only", "sft"], seeds=[0], reference="ple-rank-only")
+    text = run_grid(load_grid(spec_raw)).read_text()
+    verdicts = text[text.index("### Verdict") :].split("\n\n")[1]
+    assert verdicts.startswith("- ") and "ple-rank-only" in verdicts and "PLE" not in verdicts
+    assert "## ple-rank-only against each method" in text and "| ple-rank-only minus |" in text

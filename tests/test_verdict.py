@@ -28,7 +28,7 @@ def test_seed_to_seed_variation_widens_the_interval():
     d = hierarchical_difference(a, b)
     assert d["delta"] == pytest.approx(0.05 / 3)
     assert d["ci_low"] < -0.1 and d["ci_high"] > 0.1  # the seed means span [-0.3, 0.3]
-    assert verdict("x", d) == "no difference detected between PLE and x"
+    assert verdict("ple", "x", d) == "no difference detected between PLE and x"
 
 
 def test_prompt_noise_gives_about_the_normal_interval():
@@ -39,8 +39,10 @@ def test_prompt_noise_gives_about_the_normal_interval():
     se = (a[0] - b[0]).std(ddof=1) / np.sqrt(400)
     assert d["se"] == pytest.approx(se, rel=0.1)
     assert d["ci_low"] == pytest.approx(d["delta"] - 1.96 * se, abs=0.2 * se)
-    assert verdict("x", d) == "PLE is ahead of x"
-    assert verdict("x", hierarchical_difference(b, a)) == "x is ahead of PLE"
+    assert verdict("ple", "x", d) == "PLE is ahead of x"
+    assert verdict("ple", "x", hierarchical_difference(b, a)) == "x is ahead of PLE"
+    # A grid whose reference is another method names that method, not PLE.
+    assert verdict("ple-rank-only", "x", d) == "ple-rank-only is ahead of x"
     assert detectable_difference(se) == pytest.approx(2.8 * se, rel=1e-3)
 
 
@@ -61,6 +63,7 @@ def test_the_claim_sentence_follows_the_baselines_it_names():
     )
     assert "not shown" in claim_sentence({**all_ahead, "dpo": tie})
     assert "none of the baselines" in claim_sentence({"distill": ahead})
+    assert claim_sentence(all_ahead, "ple-symmetric").endswith("ple-symmetric is ahead of sft, dpo, rloo, raft.")
 
 
 def test_the_diversity_sentence_flags_falls_past_ten_percent_of_the_base():

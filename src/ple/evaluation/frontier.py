@@ -31,6 +31,7 @@ import numpy as np
 from ple.errors import PLEError
 from ple.evaluation.evaluate import COMPLETIONS, judge_reward_name, reward_label
 from ple.evaluation.metrics import _SENTENCE_END, _ngrams, sentences
+from ple.evaluation.verdict import display
 from ple.io import atomic_write_text, read_json, read_jsonl, strict_json
 
 
@@ -233,10 +234,6 @@ def verdict_line(reference: str, other: str, estimate, low, high, full, budget: 
     if high < 0:
         return f"{oth} is ahead of {ref}"
     return "no difference detected"
-
-
-def display(method: str) -> str:
-    return "PLE" if method == "ple" else method
 
 
 def claim_sentence(rows: Sequence[dict], reference: str, rules: Rules) -> str:

@@ -17,6 +17,7 @@ from ple.evaluation.pairwise import COMPARE_JSON
 from ple.evaluation.verdict import (
     claim_sentence,
     detectable_difference,
+    display,
     diversity_sentence,
     hierarchical_difference,
     verdict,
@@ -260,17 +261,18 @@ def difference_section(grid, base: dict | None, distinct_2: dict[str, float]) ->
             for m, d in diffs.items()
         ],
     )
+    ref = display(grid.reference)
     lines = [
         "",
-        "## PLE against each method",
+        f"## {ref} against each method",
         "",
-        f"The held-out score of PLE minus that of each method (`{judge_reward_name(grid.base)}`, mean over seeds "
+        f"The held-out score of {ref} minus that of each method (`{judge_reward_name(grid.base)}`, mean over seeds "
         "and eval prompts), with a 95% interval from a bootstrap that resamples the shared seeds and, within each, "
-        "the prompts; and PLE's win / tie / loss rate against the method, judged in both orders by the same judge "
+        f"the prompts; and {ref}'s win / tie / loss rate against the method, judged in both orders by the same judge "
         f"(ties within {grid.tie_margin}), pooled over the shared seeds. `detectable` is the smallest true "
         "difference this grid finds with 80% power, (1.96 + 0.84) x the difference's standard error.",
         "",
-        "| PLE minus | difference | 95% interval | seeds | PLE wins / ties / loses | detectable |",
+        f"| {ref} minus | difference | 95% interval | seeds | {ref} wins / ties / loses | detectable |",
         "|---|---:|---|---:|---|---:|",
     ]
     for method, d in diffs.items():
@@ -287,9 +289,9 @@ def difference_section(grid, base: dict | None, distinct_2: dict[str, float]) ->
         "",
         "### Verdict",
         "",
-        *[f"- {verdict(method, d)}." for method, d in diffs.items()],
+        *[f"- {verdict(grid.reference, method, d)}." for method, d in diffs.items()],
         "",
-        claim_sentence(diffs),
+        claim_sentence(diffs, grid.reference),
     ]
     if base:
         lines += ["", diversity_sentence(base["metrics"]["distinct_2"]["value"], distinct_2)]

@@ -1,5 +1,6 @@
-"""What a comparison grid says about PLE against each other method: the difference in held-out score with an
-interval over seeds and prompts, and a verdict line written from that interval, never by hand."""
+"""What a comparison grid says about its reference method (PLE unless the compare file names another) against
+each other method: the difference in held-out score with an interval over seeds and prompts, and a verdict line
+written from that interval, never by hand."""
 
 import math
 
@@ -8,9 +9,9 @@ import numpy as np
 from ple.methods import claimed_baselines
 
 AHEAD, BEHIND, NO_DIFFERENCE = (
-    "PLE is ahead of {x}",
-    "{x} is ahead of PLE",
-    "no difference detected between PLE and {x}",
+    "{ref} is ahead of {x}",
+    "{x} is ahead of {ref}",
+    "no difference detected between {ref} and {x}",
 )
 # The demo's bar: a judge gain bought with a larger relative fall in distinct-2 is flagged next to the verdict.
 DIVERSITY_FALL_LIMIT = 0.10
@@ -46,18 +47,25 @@ def hierarchical_difference(
     }
 
 
-def verdict(method: str, difference: dict[str, float]) -> str:
-    """The line an interval of PLE minus `method` writes."""
+def display(method: str) -> str:
+    """A method as the verdicts and tables name it."""
+    return "PLE" if method == "ple" else method
+
+
+def verdict(reference: str, method: str, difference: dict[str, float]) -> str:
+    """The line an interval of `reference` minus `method` writes."""
+    names = {"ref": display(reference), "x": display(method)}
     if difference["ci_low"] > 0:
-        return AHEAD.format(x=method)
+        return AHEAD.format(**names)
     if difference["ci_high"] < 0:
-        return BEHIND.format(x=method)
-    return NO_DIFFERENCE.format(x=method)
+        return BEHIND.format(**names)
+    return NO_DIFFERENCE.format(**names)
 
 
-def claim_sentence(differences: dict[str, dict[str, float]]) -> str:
-    """One sentence on the paper's claim, from the verdicts against the baselines it names."""
+def claim_sentence(differences: dict[str, dict[str, float]], reference: str = "ple") -> str:
+    """One sentence on the paper's claim, from `reference`'s verdicts against the baselines it names."""
     claimed = claimed_baselines()  # the paper's claim: PLE beats SFT, DPO, PPO-family RL and RAFT
+    ref = display(reference)
     named = [m for m in claimed if m in differences]
     if not named:
         return f"The grid holds none of the baselines the paper's claim names ({', '.join(claimed)})."
@@ -66,13 +74,13 @@ def claim_sentence(differences: dict[str, dict[str, float]]) -> str:
     if behind:
         return (
             f"The paper's claim does not hold on this task at this scale: {', '.join(behind)} "
-            f"{'is' if len(behind) == 1 else 'are'} ahead of PLE."
+            f"{'is' if len(behind) == 1 else 'are'} ahead of {ref}."
         )
     if len(ahead) == len(named):
-        return f"The paper's claim holds on this task at this scale: PLE is ahead of {', '.join(named)}."
+        return f"The paper's claim holds on this task at this scale: {ref} is ahead of {', '.join(named)}."
     undecided = [m for m in named if m not in ahead]
     return (
-        "The paper's claim is not shown on this task at this scale: no difference was detected between PLE and "
+        f"The paper's claim is not shown on this task at this scale: no difference was detected between {ref} and "
         f"{', '.join(undecided)}."
     )
 
