@@ -1,6 +1,7 @@
 """GPU smoke check of the CUDA path: 2-iteration PLE runs on a tiny Llama built in code,
-in bf16 and fp32, with LoRA and full fine-tuning, a 2-process launch, and, where vLLM is installed,
-the vLLM colocate path. Prints one table row per run.
+in bf16 and fp32, with LoRA and full fine-tuning, with dtype auto, gradient checkpointing and sdpa (beside
+ple plan's memory estimate), a 2-process launch, and, where vLLM is installed, the vLLM colocate path.
+Prints one table row per run.
 
     python bench/gpu_smoke.py            # needs a CUDA device; no download
     python bench/gpu_smoke.py cpu        # a dry run of this script on the CPU (vLLM: its CPU build)
@@ -60,6 +61,14 @@ def run_settings(root: Path, device: str, **changes) -> dict:
         max_new_tokens=16,
         **changes,
     )
+
+
+def planned_peak(config, model: Path) -> int:
+    """ple plan's per-GPU peak for `config` in one process (with gradient checkpointing when it is on)."""
+    from ple.plan import Launch, memory_plan, model_shape, peak
+
+    plan = memory_plan(model_shape(str(model)), config, Launch(), None, 0)
+    return peak(plan, checkpointing=config.gradient_checkpointing)
 
 
 def run_summary(metrics: list[dict]) -> tuple[str, str, str]:
@@ -128,43 +137,53 @@ def main() -> int:
         return 0
     root = Path(tempfile.mkdtemp())
     setup(root)
-    rows = []
-    for dtype in ("bfloat16", "float32"):
-        for use_lora in (True, False):
-            out = root / f"run-{dtype}-{use_lora}"
-            config = load_config(
-                overrides=run_settings(
-                    root,
-                    device,
-                    dtype=dtype,
-                    generation_backend="transformers",  # vLLM has its own rows below
-                    use_lora=use_lora,
-                    queries_per_iteration=32,
-                    batch_size=8,
-                    learning_rate=1e-3,
-                    output_dir=str(out),
-                )
+    rows, memory = [], []
+    # dtype auto with gradient checkpointing and sdpa: the 7B defaults (ple.plan's estimate is printed beside
+    # the peak it measures on a GPU).
+    runs = [(d, lora, {}) for d in ("bfloat16", "float32") for lora in (True, False)]
+    runs.append(("auto", True, {"gradient_checkpointing": True, "attn_implementation": "sdpa"}))
+    for dtype, use_lora, extra in runs:
+        out = root / f"run-{dtype}-{use_lora}-{len(extra)}"
+        config = load_config(
+            overrides=run_settings(
+                root,
+                device,
+                dtype=dtype,
+                generation_backend="transformers",  # vLLM has its own rows below
+                use_lora=use_lora,
+                queries_per_iteration=32,
+                batch_size=8,
+                learning_rate=1e-3,
+                output_dir=str(out),
+                **extra,
             )
-            trainer = PLETrainer(args=config)  # the model is built here, so its initial weights can be kept
-            initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
-            started = time.perf_counter()
-            metrics = trainer.train().metrics
-            seconds = time.perf_counter() - started
-            params = dict(trainer.model.named_parameters())
-            changed = sum(not torch.equal(p0, params[n]) for n, p0 in initial.items())
-            devices = {str(p.device) for p in params.values()}
-            dtypes = {str(p.dtype).removeprefix("torch.") for p in params.values() if p.requires_grad}
-            rows.append(
-                (
-                    dtype,
-                    "lora" if use_lora else "full",
-                    *run_summary(metrics),
-                    f"{changed}/{len(initial)}",
-                    ",".join(devices),
-                    ",".join(dtypes),
-                    f"{seconds:.1f}",
-                )
+        )
+        trainer = PLETrainer(args=config)  # the model is built here, so its initial weights can be kept
+        initial = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        metrics = trainer.train().metrics
+        seconds = time.perf_counter() - started
+        params = dict(trainer.model.named_parameters())
+        changed = sum(not torch.equal(p0, params[n]) for n, p0 in initial.items())
+        devices = {str(p.device) for p in params.values()}
+        dtypes = {str(p.dtype).removeprefix("torch.") for p in params.values() if p.requires_grad}
+        resolved = trainer.config.dtype  # auto resolved (bfloat16 on a GPU that has it), as config.yaml records
+        label = ("lora" if use_lora else "full") + (" ckpt sdpa" if extra else "")
+        rows.append(
+            (
+                dtype if dtype == resolved else f"{dtype}={resolved}",
+                label,
+                *run_summary(metrics),
+                f"{changed}/{len(initial)}",
+                ",".join(devices),
+                ",".join(dtypes),
+                f"{seconds:.1f}",
             )
+        )
+        if device == "cuda" and extra:
+            memory.append((label, torch.cuda.max_memory_allocated(), planned_peak(trainer.config, root / "model")))
     # A 2-process launch (torchrun) against a 1-process run of the same config, greedy decoding, in fp32:
     # under bf16 the two runs' different micro-batches round differently, and greedy choices can then diverge.
     launch = {}
@@ -240,6 +259,8 @@ def main() -> int:
     trained = [r[5].split("/") for r in rows if r[5] != "-" and "vllm" not in r[1]]  # vLLM rows: greedy agreement
     ok = all(changed == total for changed, total in trained)
     print("all trainable parameters changed in every run" if ok else "SOME PARAMETERS DID NOT CHANGE")
+    for label, measured, planned in memory:  # shown, not required: the plan is an estimate
+        print(f"memory, {label}: measured peak {measured / 2**20:.0f} MiB, ple plan's peak {planned / 2**20:.0f} MiB")
     same = launch[1] == launch[2]
     print("2-process taus and branch counts equal the 1-process run" if same else f"LAUNCHES DIFFER: {launch}")
     if vllm_installed():
