@@ -1,5 +1,6 @@
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -318,3 +319,43 @@ def test_an_optimizer_step_is_the_same_queries_whatever_the_number_of_processes(
     assert [step_share(config, world) for world in (1, 2, 4, 8)] == [(8, 4), (4, 4), (2, 2), (1, 1)]
     with pytest.raises(PLEError, match=r"=8 queries per optimizer step do not split evenly over 3 processes"):
         step_share(config, 3)
+
+
+def test_push_to_hub_uploads_the_final_model_and_an_unreachable_hub_is_one_line(
+    tmp_path, tiny_chat_model, queries_file, reward_module, monkeypatch, capsys
+):
+    """The Hub cannot be reached from here: a stand-in HfApi records what would be uploaded, then refuses."""
+    import huggingface_hub
+    import yaml
+
+    from ple.cli import main
+
+    calls = []
+
+    class StandIn:
+        def create_repo(self, repo, exist_ok=False):
+            calls.append(("create", repo, exist_ok))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(("upload", repo_id, sorted(p.name for p in Path(folder_path).iterdir())))
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", StandIn)
+    settings = tiny_config(tiny_chat_model, queries_file, tmp_path / "my-run", f"{reward_module}:positivity")
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump({**settings, "iterations": 1, "push_to_hub": True}))
+    assert main(["train", "--config", str(config)]) == 0
+    assert calls[0] == ("create", "my-run", True) and calls[1][:2] == ("upload", "my-run")
+    assert "adapter_model.safetensors" in calls[1][2]
+
+    class Offline(StandIn):
+        def create_repo(self, repo, exist_ok=False):
+            raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Offline)
+    config.write_text(yaml.safe_dump({**settings, "iterations": 1, "push_to_hub": True, "hub_model_id": "me/x"}))
+    capsys.readouterr()
+    assert main(["train", "--config", str(config), "--set", f"output_dir={tmp_path / 'other'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("ple: error: push_to_hub: could not upload to me/x (Failed to resolve 'huggingface.co')")
+    assert (tmp_path / "other" / "final" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "other" / "budget.json").is_file()

@@ -334,6 +334,15 @@ class Config:
         "Local ones write under output_dir/trackers.",
         section="output",
     )
+    push_to_hub: bool = _f(
+        False,
+        "Upload the final model to the Hugging Face Hub when the run ends (a failed upload is one line; the model "
+        "stays in output_dir/final).",
+        section="output",
+    )
+    hub_model_id: str | None = _f(
+        None, "The Hub repository for push_to_hub, as owner/name (default: the output_dir's name).", section="output"
+    )
 
     # ------------------------------------------------------------------
     def validate(self) -> "Config":

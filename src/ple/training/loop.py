@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ple.config import Config
-from ple.errors import PLEError
+from ple.errors import PLEError, first_line
 from ple.methods import get_method
 from ple.progress import Progress
 from ple.training.harness import Harness, resolve_config
@@ -116,6 +116,8 @@ class Loop:
             final = h.policy.save_final(h.run_dir.path)
             if h.dist.main:
                 h.run_dir.write_budget(budget)
+                if config.push_to_hub:
+                    push_to_hub(final, config.hub_model_id or h.run_dir.path.resolve().name)
             h.dist.barrier()
             return RunResult(final, h.run_dir.metrics())
         finally:
@@ -185,6 +187,22 @@ class Loop:
         if truncated:
             progress.log(f"SFT warm-up: {truncated} of {len(examples)} prompts cut to max_prompt_tokens")
         self.checkpoint(WARMUP)
+
+
+def push_to_hub(final: Path, repo: str) -> None:
+    """The final model into the Hub repository `repo` (created if missing); one line when the Hub says no or cannot
+    be reached, since the run itself finished and its model is on disk."""
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo, exist_ok=True)
+        api.upload_folder(repo_id=repo, folder_path=str(final), commit_message="ple: final model")
+    except Exception as e:
+        raise PLEError(
+            f"push_to_hub: could not upload to {repo} ({first_line(e)}); the run finished and its model is in "
+            f"{final}: upload it later with `hf upload {repo} {final}`"
+        ) from None
 
 
 class PLETrainer:
