@@ -26,6 +26,8 @@ def _f(default: Any, help: str, choices: tuple | None = None, section: str = "")
     return field(default=default, metadata=meta)
 
 
+DTYPE_CHOICES = ("auto", "float32", "bfloat16")  # what `dtype` and `reward_dtype` take (ple.model.resolve_dtype)
+
 # Keys that were renamed: an old config names the new key in one line instead of silently meaning something else.
 RENAMED_KEYS = {  # old key -> (new key, what it is)
     "beta": ("rank_beta", "the logistic ranking scale; TRL's KL coefficient is dpo_beta, rloo_beta or grpo_beta here"),
@@ -40,7 +42,7 @@ class Config:
         "auto",
         "Compute dtype. auto: bfloat16 on a CUDA GPU that has it, else float32. bfloat16: bf16 autocast and a bf16 "
         "frozen base under LoRA; trained weights stay fp32.",
-        ("auto", "float32", "bfloat16"),
+        DTYPE_CHOICES,
         "model",
     )
     attn_implementation: str = _f(
@@ -154,7 +156,7 @@ class Config:
     reward_dtype: str = _f(
         "auto",
         "Weights of a reward model: auto (bfloat16 on a CUDA GPU that has it, else float32), float32, bfloat16.",
-        ("auto", "float32", "bfloat16"),
+        DTYPE_CHOICES,
         "reward",
     )
     reward_device: str = _f(

@@ -86,6 +86,11 @@ def read_json(path: Path) -> Any:
         raise PLEError(f"{path} is not valid JSON ({e.msg}); {DAMAGED}") from None
 
 
+def finite_number(value) -> bool:
+    """A number a metric row can hold as one: an int or float (not a bool) that is neither NaN nor infinite."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def same_path(a, b) -> bool:
     """Two non-empty strings that spell one path (runs/ref/ and runs/ref, ~/m and /root/m)."""
     if not (isinstance(a, str) and isinstance(b, str) and a and b):

@@ -227,14 +227,14 @@ class ClassifierReward:
         return scores
 
 
-def _build_one(spec: str, options: dict[str, Any], batch_size: int, device, loading: dict[str, Any]) -> RewardFn:
+def _build_one(spec: str, options: dict[str, Any], loading: dict[str, Any]) -> RewardFn:
     if spec == "vader":
         return vader_reward
     if _CALLABLE.match(spec):
         return load_callable(spec)
     if ":" in spec:  # no hub id has one
         raise PLEError(f"reward '{spec}' is not of the form module:function or file.py:function (name the function)")
-    return ClassifierReward(spec, batch_size=batch_size, device=device, **options, **loading)
+    return ClassifierReward(spec, **options, **loading)
 
 
 def build_reward(
@@ -249,9 +249,9 @@ def build_reward(
 ) -> RewardFn:
     """The config's `reward` as one callable. A list gives the weighted sum of its parts. `dtype` and `max_length`
     are a reward model's weights and the most tokens it reads."""
-    loading = {"dtype": dtype, "max_length": max_length}
+    loading = {"batch_size": batch_size, "device": device, "dtype": dtype, "max_length": max_length}
     if isinstance(spec, str):
-        return _build_one(spec, {"label": label, "output": output, "input": input}, batch_size, device, loading)
+        return _build_one(spec, {"label": label, "output": output, "input": input}, loading)
     parts: list[tuple[float, RewardFn]] = []
     for item in spec:
         if isinstance(item, str):
@@ -267,7 +267,7 @@ def build_reward(
         if not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise PLEError(f"reward '{item['name']}': weight must be a number, got {weight!r}")
         options = {"label": item.get("label"), "output": item.get("output", "prob"), "input": item.get("input", "pair")}
-        parts.append((float(weight), _build_one(item["name"], options, batch_size, device, loading)))
+        parts.append((float(weight), _build_one(item["name"], options, loading)))
     if not parts:
         raise PLEError("reward list is empty")
     return summed_reward([fn for _, fn in parts], [weight for weight, _ in parts])

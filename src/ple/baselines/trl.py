@@ -12,7 +12,7 @@ import torch
 
 from ple.config import tracker_names
 from ple.errors import PLEError
-from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl
+from ple.io import atomic_write_jsonl, atomic_write_text, finite_number, read_jsonl
 from ple.rewards import score
 from ple.training.harness import Harness
 from ple.training.loop import iteration_seed, query_order
@@ -89,14 +89,11 @@ def iteration_rows(log: list[dict], iterations: int, max_steps: int) -> list[dic
         low = snapshot_step(t, iterations, max_steps) if t else 0
         high = snapshot_step(t + 1, iterations, max_steps)
         at = [row for row in steps if low < row["step"] <= high]
-        keys = dict.fromkeys(k for row in at for k, v in row.items() if _number(v) and k not in ("step", "epoch"))
-        means = {k: mean_of_known(row[k] if _number(row.get(k)) else None for row in at) for k in keys}
+        numbers = [{k: v for k, v in row.items() if finite_number(v) and k not in ("step", "epoch")} for row in at]
+        keys = dict.fromkeys(k for row in numbers for k in row)
+        means = {k: mean_of_known(row.get(k) for row in numbers) for k in keys}
         rows.append({"iteration": t, "optimizer_steps": max(high - low, 0), **means})
     return rows
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 class DPO:
@@ -175,7 +172,7 @@ class OnlineRL:
     reward against the plain query."""
 
     samples_itself = False  # TRL generates, with its own colocated vLLM when the backend is vllm
-    name, trainer, args_class = "", "", ""  # the method, TRL's trainer and config class names
+    name, trainer, args_class, beta_key = "", "", "", ""  # the method; TRL's trainer, its config; the KL key
 
     def __init__(self, harness: Harness):
         refuse_launcher(harness)
@@ -183,11 +180,7 @@ class OnlineRL:
         self.use_vllm = uses_vllm(harness)
 
     def generations(self) -> int:
-        raise NotImplementedError
-
-    def method_args(self) -> dict[str, Any]:
-        """The method's own TRL settings (its KL coefficient)."""
-        raise NotImplementedError
+        return 2  # PLE's two answers per query
 
     def run(self) -> tuple[dict[str, Any], list[dict]]:
         import trl
@@ -214,7 +207,7 @@ class OnlineRL:
             vllm_max_model_length=config.max_prompt_tokens + config.max_new_tokens,
             vllm_server_base_url=config.vllm_server_url,
             vllm_server_timeout=config.vllm_server_timeout,
-            **self.method_args(),
+            beta=getattr(config, self.beta_key),
         )
         counter = CountingReward(self.harness.reward_fn)
         extra_columns = [c for c in rows[0] if c != "prompt"]
@@ -239,24 +232,15 @@ class OnlineRL:
         return budget, take_trained_model(self.harness, trainer)
 
 
-class RLOO(OnlineRL):
-    name, trainer, args_class = "RLOO", "RLOOTrainer", "RLOOConfig"
-
-    def generations(self) -> int:
-        return 2  # PLE's two answers per query; the leave-one-out baseline of each is the other
-
-    def method_args(self) -> dict[str, Any]:
-        return {"beta": self.config.rloo_beta}
+class RLOO(OnlineRL):  # the leave-one-out baseline of each of the two answers is the other
+    name, trainer, args_class, beta_key = "RLOO", "RLOOTrainer", "RLOOConfig", "rloo_beta"
 
 
 class GRPO(OnlineRL):
-    name, trainer, args_class = "GRPO", "GRPOTrainer", "GRPOConfig"
+    name, trainer, args_class, beta_key = "GRPO", "GRPOTrainer", "GRPOConfig", "grpo_beta"
 
     def generations(self) -> int:
         return self.config.grpo_num_generations
-
-    def method_args(self) -> dict[str, Any]:
-        return {"beta": self.config.grpo_beta}
 
 
 def uses_vllm(harness: Harness) -> bool:

@@ -661,8 +661,12 @@ def judge_once(a: Path, b: Path, judge, out: Path, judge_settings: dict) -> None
     """Judge A's completions against B's into `out` unless a previous invocation did, from the same answers and
     judge settings."""
     answers = {side: _sha256(d / COMPLETIONS) for side, d in (("a", a), ("b", b))}
-    sides = [load_completions(str(d / COMPLETIONS)) for d in (a, b)]
-    make_once(out, COMPARE_JSON, {**answers, **judge_settings}, lambda: judge_pair(*sides, judge, str(a), str(b), out))
+
+    def make():  # the answer files are parsed only when the judging is redone
+        sides = [load_completions(str(d / COMPLETIONS)) for d in (a, b)]
+        judge_pair(*sides, judge, str(a), str(b), out)
+
+    make_once(out, COMPARE_JSON, {**answers, **judge_settings}, make)
 
 
 def _sha256(path: Path) -> str:

@@ -5,7 +5,7 @@ A method supplies its algorithm: a class built from the run's Harness (ple.train
 - `iteration(t) -> (generation rows, metrics)` and `summary_line(metrics)`: PLE, its ablations, distill, sft and
   raft; with `state() -> dict` and `load_state(state)` when it carries something from one iteration to the next
   (checkpointed beside the weights); or
-- `run() -> (budget, metrics rows)`: a library trains the whole run (TRL's DPO and RLOO); its rows are one per
+- `run() -> (budget, metrics rows)`: a library trains the whole run (TRL's DPO, RLOO and GRPO); its rows are one per
   iteration, as every method's are in metrics.jsonl.
 
 The loop owns the rest: the run directory (lock, resume, checkpoints), the SFT warm-up, snapshots, trackers, the

@@ -41,7 +41,7 @@ LOCK = ".lock"
 INPUTS = "inputs.json"
 CONFIG = "config.yaml"
 METRICS_JSONL = "metrics.jsonl"
-TRL_LOG = "trl_log.jsonl"  # TRL's logging steps of a dpo or rloo run (metrics.jsonl has one row per iteration)
+TRL_LOG = "trl_log.jsonl"  # TRL's logging steps of a dpo, rloo or grpo run (metrics.jsonl: one row per iteration)
 BUDGET = "budget.json"
 FINAL = "final"
 GENERATIONS = "generations"
@@ -260,7 +260,7 @@ class RunDir:
         before it."""
         for t, checkpoint in reversed(finished):
             try:
-                state = read_json(checkpoint / TRAINER_STATE)
+                state = json.loads((checkpoint / TRAINER_STATE).read_text())  # a torn one: the one before it
                 if state.get("iteration") != t:
                     raise PLEError(
                         f"checkpoint {checkpoint} says iteration {state.get('iteration')!r} in {TRAINER_STATE}, not "
@@ -364,7 +364,3 @@ def snapshot_steps(config) -> list[int]:
 
 def checkpoint_name(t: int) -> str:
     return "warmup" if t == WARMUP else f"iter_{t:03d}"
-
-
-def read_json(path: Path) -> dict:
-    return json.loads(path.read_text())

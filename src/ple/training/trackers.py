@@ -2,11 +2,11 @@
 trackio, ...), through accelerate's tracker classes, as TRL and accelerate do. metrics.jsonl is written
 whatever this says."""
 
-import math
 from pathlib import Path
 
 from ple.config import tracker_names
 from ple.errors import PLEError
+from ple.io import finite_number
 
 
 class Trackers:
@@ -34,11 +34,7 @@ class Trackers:
             self.trackers.append(tracker)
 
     def log(self, metrics: dict, step: int) -> None:
-        numbers = {
-            k: v
-            for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        }
+        numbers = {k: v for k, v in metrics.items() if finite_number(v)}
         for tracker in self.trackers:
             tracker.log(numbers, step=step)
 
