@@ -2,6 +2,7 @@
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -168,3 +169,95 @@ def test_deepspeed_cpu_offload_of_the_optimizer_trains(tmp_path, tiny_chat_model
     assert launched.returncode == 0, launched.stderr[-3000:]
     final = load_file(out / "final" / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in final.items() if "lora_B" in k)  # B starts at zero: it was trained
+
+
+def _pairs_file(path: Path) -> Path:
+    """Preference pairs in the data, so that DPO's training does not depend on which process samples what."""
+    from ple.testing import WORDS
+
+    rng = random.Random(1)
+    rows = [
+        {
+            "prompt": " ".join(rng.choices(WORDS, k=3)),
+            "chosen": " ".join(rng.choices(WORDS, k=4)),
+            "rejected": " ".join(rng.choices(WORDS, k=5)),
+        }
+        for _ in range(16)
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _zero_config(tmp_path: Path, launch: str) -> Path:
+    """The shipped ZeRO-2 file; for ZeRO-3 one that partitions every parameter, as a 7B model's LoRA weights are
+    (DeepSpeed keeps a parameter under 10 * hidden_size elements whole on each process, so all of the tiny model's
+    LoRA weights would be)."""
+    if launch == "zero2":
+        return REPO / "configs" / "accelerate" / "zero2.yaml"
+    ds = tmp_path / "ds3.json"
+    zero = {"stage": 3, "stage3_param_persistence_threshold": 0}
+    batch = dict.fromkeys(("train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "train_batch_size"), "auto")
+    ds.write_text(json.dumps({"zero_optimization": zero, "gradient_clipping": "auto", **batch}))
+    shipped = yaml.safe_load((REPO / "configs" / "accelerate" / "zero3.yaml").read_text())
+    shipped["deepspeed_config"] = {"deepspeed_config_file": str(ds), "zero3_init_flag": False}
+    shipped.pop("mixed_precision", None)  # the JSON file holds every DeepSpeed setting
+    path = tmp_path / "zero3-all-partitioned.yaml"
+    path.write_text(yaml.safe_dump(shipped))
+    return path
+
+
+@pytest.mark.parametrize("method,launch", [("dpo", "torchrun"), ("dpo", "zero3"), ("rloo", "zero3"), ("grpo", "zero2")])
+def test_trl_baselines_run_under_a_launch_as_in_one_process(
+    tmp_path, tiny_chat_model, queries_file, reward_module, method, launch
+):
+    """TRL's trainers under torchrun and ZeRO (2 CPU processes): the same optimizer steps and policy samples as one
+    process, snapshots with the whole trained weights (gathered under ZeRO-3), and for DPO on the data's pairs the
+    1-process run's final weights (to 1e-5)."""
+    if launch != "torchrun":
+        pytest.importorskip("deepspeed", reason='DeepSpeed is in the test extra: pip install -e ".[test]"')
+    data = _pairs_file(tmp_path / "pairs.jsonl") if method == "dpo" else queries_file
+    settings = dict(
+        method=method,
+        iterations=2,
+        queries_per_iteration=8,
+        batch_size=2,
+        gradient_accumulation_steps=2,
+        keep_checkpoints=0,
+        snapshot_every=1,
+        temperature=1.0,
+    )
+    runs = {}
+    for processes in (1, 2):
+        out = tmp_path / f"run{processes}"
+        config = tmp_path / f"run{processes}.yaml"
+        config.write_text(
+            yaml.safe_dump(tiny_config(tiny_chat_model, data, out, f"{reward_module}:positivity", **settings))
+        )
+        if processes == 1:
+            subprocess.run([sys.executable, "-m", "ple", "train", "--config", str(config)], check=True, env=ENV)
+        elif launch == "torchrun":
+            command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+            launched = subprocess.run(
+                command + ["-m", "ple", "train", "--config", str(config)], env=ENV, capture_output=True, text=True
+            )
+            assert launched.returncode == 0, launched.stderr[-3000:]
+        else:
+            port = 29660 + 5 * ["dpo", "rloo", "grpo"].index(method)
+            launched = _accelerate_launch(_zero_config(tmp_path, launch), port, "train", "--config", str(config))
+            assert launched.returncode == 0, launched.stderr[-3000:]
+        runs[processes] = out
+    one, two = runs[1], runs[2]
+    steps = {run: [m["optimizer_steps"] for m in _metrics(run)] for run in (one, two)}
+    assert steps[one] == steps[two] == ([1, 1] if method == "grpo" else [2, 2]), steps  # grpo: 4 answers per query
+    budget_one, budget_two = (json.loads((run / "budget.json").read_text()) for run in (one, two))
+    assert budget_one["samples"] == budget_two["samples"] == (0 if method == "dpo" else 32)
+    final_one = load_file(one / "final" / "adapter_model.safetensors")
+    for run in (one, two):
+        for saved in ("snapshots/step_001", "snapshots/step_002", "final"):
+            weights = load_file(run / saved / "adapter_model.safetensors")
+            assert {k: v.shape for k, v in weights.items()} == {k: v.shape for k, v in final_one.items()}, saved
+            assert any(v.abs().sum() > 0 for k, v in weights.items() if "lora_B" in k), saved  # trained, not empty
+    if method == "dpo":
+        final_two = load_file(two / "final" / "adapter_model.safetensors")
+        for key in final_one:
+            assert torch.allclose(final_one[key], final_two[key], atol=1e-5), key

@@ -177,7 +177,7 @@ class Config:
     # --- algorithm ---
     method: str = _f(
         "ple",
-        "PLE, one of its named ablations (ple-*, rlcd, distill), or a baseline (sft, dpo, rloo, raft) trained "
+        "PLE, one of its named ablations (ple-*, rlcd, distill), or a baseline (sft, dpo, rloo, grpo, raft) trained "
         "under the same budget of policy samples; the registered methods (ple.methods) are listed below.",
         section="algorithm",
     )

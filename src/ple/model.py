@@ -194,8 +194,10 @@ def merged_lora(model):
 
 
 def save_model(model, tokenizer, path: Path, merge: bool = False) -> None:
-    """Save an adapter (or the full model); with `merge`, LoRA is folded into a plain checkpoint."""
+    """Save the policy's adapter (or the full model); with `merge`, LoRA is folded into a plain checkpoint. Only the
+    policy's own adapter ("default") is saved: TRL may hold a frozen reference copy beside it."""
     if merge:
         model = model.merge_and_unload()
-    model.save_pretrained(path)
+    adapters = list(getattr(model, "peft_config", {}))
+    model.save_pretrained(path, **({"selected_adapters": ["default"]} if len(adapters) > 1 else {}))
     tokenizer.save_pretrained(path)

@@ -55,6 +55,13 @@ class ZeroEngine:
         self.engine, _ = accelerator.prepare(model, optimizer)
         self.engine.train()
 
+    @classmethod
+    def prepared(cls, engine, accelerator) -> "ZeroEngine":
+        """A DeepSpeed engine another trainer (TRL's) prepared, for gathering its weights."""
+        zero = cls.__new__(cls)
+        zero.engine, zero.accelerator, zero.world = engine, accelerator, accelerator.num_processes
+        return zero
+
     def micro_batches(self, mine: list, step: list, batch_size: int) -> list[list]:
         """This process's micro-batches, padded with empty ones to the count of the process with the most."""
         most = max(len(step[rank :: self.world]) for rank in range(self.world))

@@ -16,21 +16,24 @@ from ple.io import atomic_write_jsonl, atomic_write_text, finite_number, read_js
 from ple.rewards import score
 from ple.training.harness import Harness
 from ple.training.loop import iteration_seed, query_order
-from ple.training.policy import mean_of_known
+from ple.training.policy import mean_of_known, step_share
 from ple.training.rundir import TRL_LOG, snapshot_dir, snapshot_steps
 from ple.vllm_backend import select_backend
 
 
-def refuse_launcher(harness: Harness) -> None:
-    if harness.dist.world > 1 or harness.dist.accelerator is not None:
-        raise PLEError(
-            f"method={harness.config.method} runs in one process without DeepSpeed; launch it with plain python"
-        )
+def trl_batch(config, world: int) -> tuple[int, int]:
+    """(rows per micro-batch on each process, micro-batches per optimizer step) for TRL: an optimizer step takes
+    batch_size * gradient_accumulation_steps rows whatever the number of processes (ple.training.policy.step_share),
+    in equal micro-batches of at most batch_size, as TRL's trainers need them equal."""
+    share, most = step_share(config, world)
+    micro = max(m for m in range(1, most + 1) if share % m == 0)
+    return micro, share // micro
 
 
-def trl_args(harness: Harness, config_class, **extra):
-    """TRL's config for the policy PLE would train: PLE's optimiser settings, seed and precision."""
+def trl_args(harness: Harness, config_class, completions_per_row: int = 1, **extra):
+    """TRL's config for the policy PLE would train: PLE's optimiser settings, batch, seed and precision."""
     config = harness.config
+    micro, accumulation = trl_batch(config, harness.dist.world)
     schedule = config.lr_scheduler_type
     return config_class(
         output_dir=str(harness.run_dir.path / "trl"),
@@ -40,7 +43,8 @@ def trl_args(harness: Harness, config_class, **extra):
         warmup_steps=config.warmup_ratio,  # transformers reads a number below 1 as a share of the steps
         weight_decay=config.weight_decay,
         max_grad_norm=config.max_grad_norm if config.max_grad_norm > 0 else 1e9,
-        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        per_device_train_batch_size=completions_per_row * micro,
+        gradient_accumulation_steps=accumulation,
         gradient_checkpointing=config.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False},
         seed=config.seed,
@@ -54,12 +58,6 @@ def trl_args(harness: Harness, config_class, **extra):
     )
 
 
-def callbacks(harness: Harness) -> list:
-    if not harness.config.snapshot_every:
-        return []
-    return [snapshot_callback(harness.run_dir.path, harness.config, harness.policy.tokenizer)]
-
-
 def all_queries(harness: Harness, n: int | None = None) -> list[dict]:
     """The first n queries PLE would draw (all it draws over the run by default), in its order."""
     config = harness.config
@@ -70,12 +68,14 @@ def all_queries(harness: Harness, n: int | None = None) -> list[dict]:
 def take_trained_model(harness: Harness, trainer) -> list[dict]:
     """The policy TRL trained, without TRL's frozen reference copy of the adapter; TRL's step log written to
     trl_log.jsonl; one metrics row per iteration from it."""
-    model = harness.policy.model = trainer.model
+    harness.policy.adopt(trainer)
+    model = harness.policy.model
     for name in list(getattr(model, "peft_config", {})):
         if name != "default":  # TRL's frozen reference copy of the adapter, not part of the policy
             model.delete_adapter(name)
     log = trainer.state.log_history
-    atomic_write_jsonl(harness.run_dir.path / TRL_LOG, log)
+    if harness.dist.main:
+        atomic_write_jsonl(harness.run_dir.path / TRL_LOG, log)
     return iteration_rows(log, harness.config.iterations, trainer.state.max_steps)
 
 
@@ -97,8 +97,9 @@ def iteration_rows(log: list[dict], iterations: int, max_steps: int) -> list[dic
 
 
 class DPO:
+    optimizes_itself = False  # TRL's trainer owns the optimizer and prepares the model for the launch
+
     def __init__(self, harness: Harness):
-        refuse_launcher(harness)
         self.harness, self.config, self.policy = harness, harness.config, harness.policy
 
     def run(self) -> tuple[dict[str, Any], list[dict]]:
@@ -114,7 +115,6 @@ class DPO:
             self.harness,
             DPOConfig,
             beta=config.dpo_beta,
-            per_device_train_batch_size=config.batch_size,
             num_train_epochs=config.epochs_per_iteration,
         )
         dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
@@ -123,8 +123,8 @@ class DPO:
             args=args,
             train_dataset=dataset,
             processing_class=self.policy.tokenizer,
-            callbacks=callbacks(self.harness),
         )
+        add_snapshots(self.harness, trainer)
         trainer.train()
         return {**budget, "pairs": len(pairs)}, take_trained_model(self.harness, trainer)
 
@@ -132,6 +132,7 @@ class DPO:
         """(prompt, chosen, rejected) rows, cached in pairs.jsonl, and what building them cost."""
         cache = self.harness.run_dir.path / "pairs.jsonl"
         budget_file = self.harness.run_dir.path / "pairs_budget.json"
+        self.harness.dist.barrier()  # every process looks before the main one writes
         if cache.is_file() and budget_file.is_file():
             return read_jsonl(cache), json.loads(budget_file.read_text())
         rows = all_queries(self.harness)
@@ -146,24 +147,35 @@ class DPO:
         else:
             if self.harness.reward_fn is None:
                 raise PLEError("dpo needs a reward to rank base-model samples (or data with chosen/rejected)")
-            torch.manual_seed(iteration_seed(self.config.seed, 0))
-            texts = [builder.render(r["prompt"]) for r in rows]
-            ids = self.policy.encode([r["prompt"] for r in rows])
-            samples, stats = self.policy.sample(ids + ids)
-            scores, _ = self.harness.score(rows + rows, [x.text for x in samples])
-            n = len(rows)
-            pairs = []
-            for text, a, b, s_a, s_b in zip(texts, samples[:n], samples[n:], scores[:n], scores[n:]):
-                if s_a is None or s_b is None or s_a == s_b:
-                    continue
-                (win, s_w), (lose, s_l) = sorted([(a, s_a), (b, s_b)], key=lambda x: -x[1])
-                pairs.append(
-                    {"prompt": text, "chosen": win.text, "rejected": lose.text, "s_chosen": s_w, "s_rejected": s_l}
-                )
-            budget = {"samples": 2 * n, "reward_calls": 2 * n, "gen_tokens": stats["gen_tokens"], "pair_source": "base"}
-        atomic_write_jsonl(cache, pairs)
-        atomic_write_text(budget_file, json.dumps(budget))
+            pairs, tokens = self.sampled_pairs(rows)
+            budget = {"samples": 2 * len(rows), "reward_calls": 2 * len(rows), "gen_tokens": tokens}
+            budget["pair_source"] = "base"
+        if self.harness.dist.main:
+            atomic_write_jsonl(cache, pairs)
+            atomic_write_text(budget_file, json.dumps(budget))
+        self.harness.dist.barrier()
         return pairs, budget
+
+    def sampled_pairs(self, rows: list[dict]) -> tuple[list[dict], int]:
+        """Two base-model answers to each row, the better-scored one chosen (ties and unscored pairs dropped), in the
+        rows' order; each process samples its share. (pairs, tokens generated)."""
+        dist, policy = self.harness.dist, self.policy
+        torch.manual_seed(iteration_seed(self.config.seed, 0))
+        mine = dist.shard(list(range(len(rows))))
+        my_rows = [rows[i] for i in mine]
+        ids = policy.encode([r["prompt"] for r in my_rows])
+        samples, stats = policy.sample(ids + ids)
+        scores, _ = self.harness.score(my_rows + my_rows, [x.text for x in samples])
+        n = len(my_rows)
+        found = []
+        for i, a, b, s_a, s_b in zip(mine, samples[:n], samples[n:], scores[:n], scores[n:]):
+            if s_a is None or s_b is None or s_a == s_b:
+                continue
+            (win, s_w), (lose, s_l) = sorted([(a, s_a), (b, s_b)], key=lambda x: -x[1])
+            pair = {"chosen": win.text, "rejected": lose.text, "s_chosen": s_w, "s_rejected": s_l}
+            found.append((i, {"prompt": policy.builder.render(rows[i]["prompt"]), **pair}))
+        pairs = [pair for _, pair in sorted(dist.gather(found), key=lambda x: x[0])]
+        return pairs, sum(dist.gather([stats["gen_tokens"]]))
 
 
 class OnlineRL:
@@ -172,10 +184,10 @@ class OnlineRL:
     reward against the plain query."""
 
     samples_itself = False  # TRL generates, with its own colocated vLLM when the backend is vllm
+    optimizes_itself = False  # TRL's trainer owns the optimizer and prepares the model for the launch
     name, trainer, args_class, beta_key = "", "", "", ""  # the method; TRL's trainer, its config; the KL key
 
     def __init__(self, harness: Harness):
-        refuse_launcher(harness)
         self.harness, self.config, self.policy = harness, harness.config, harness.policy
         self.use_vllm = uses_vllm(harness)
 
@@ -192,8 +204,8 @@ class OnlineRL:
         args = trl_args(
             self.harness,
             getattr(trl, self.args_class),
+            completions_per_row=k,
             num_generations=k,
-            per_device_train_batch_size=k * config.batch_size,
             max_steps=math.ceil(k * len(rows) / per_step),
             max_completion_length=config.max_new_tokens,
             temperature=max(config.temperature, 1e-5),
@@ -225,10 +237,12 @@ class OnlineRL:
             args=args,
             train_dataset=dataset,
             processing_class=self.policy.tokenizer,
-            callbacks=callbacks(self.harness),
         )
+        add_snapshots(self.harness, trainer)
         trainer.train()
-        budget = {"samples": counter.samples, "reward_calls": counter.samples, "gen_tokens": counter.tokens}
+        samples = sum(self.harness.dist.gather([counter.samples]))  # each process scores its own completions
+        tokens = sum(self.harness.dist.gather([counter.tokens]))
+        budget = {"samples": samples, "reward_calls": samples, "gen_tokens": tokens}
         return budget, take_trained_model(self.harness, trainer)
 
 
@@ -263,31 +277,26 @@ def snapshot_step(done: int, iterations: int, max_steps: int) -> int:
     return max(1, round(done * max_steps / iterations))
 
 
-def snapshot_callback(run_dir, config, tokenizer):
-    """A TRL (transformers) callback that saves the policy's adapter to snapshots/step_NNN at the optimizer step
-    matching each of config's snapshot steps, as PLE's loop does after iteration NNN."""
+def add_snapshots(harness: Harness, trainer) -> None:
+    """Save the policy to snapshots/step_NNN at the optimizer step matching each of the config's snapshot steps, as
+    PLE's loop does after iteration NNN. Every process saves (under ZeRO-3 they gather the weights together)."""
     from transformers import TrainerCallback
 
-    from ple.io import replace_dir, temporary
+    config = harness.config
+    if not config.snapshot_every:
+        return
 
     class SnapshotCallback(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
             self.at = {snapshot_step(d, config.iterations, state.max_steps): d for d in snapshot_steps(config)}
 
-        def on_step_end(self, args, state, control, model=None, **kwargs):
+        def on_step_end(self, args, state, control, **kwargs):
             done = self.at.get(state.global_step)
-            if done is None or not state.is_world_process_zero:
-                return
-            path = snapshot_dir(run_dir, done)
-            tmp = temporary(path)
-            adapters = list(getattr(model, "peft_config", {}))
-            # TRL may hold a frozen reference copy of the adapter beside the policy's own ("default").
-            selected = {"selected_adapters": ["default"]} if "default" in adapters and len(adapters) > 1 else {}
-            model.save_pretrained(tmp, **selected)
-            tokenizer.save_pretrained(tmp)
-            replace_dir(tmp, path)
+            if done is not None:
+                harness.policy.adopt(trainer)
+                harness.policy.save_weights(snapshot_dir(harness.run_dir.path, done))
 
-    return SnapshotCallback()
+    trainer.add_callback(SnapshotCallback())
 
 
 class CountingReward:

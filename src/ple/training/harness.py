@@ -72,7 +72,8 @@ def make_reward(reward_funcs, config: Config, device):
 
 class Harness:
     """A run's inputs and policy: `config` as resolve_config gives it, the other arguments as PLETrainer takes them
-    (ple.training.loop). `samples_itself` is False for a method whose library generates (TRL's RLOO, GRPO)."""
+    (ple.training.loop). `samples_itself` is False for a method whose library generates (TRL's RLOO, GRPO);
+    `optimizes_itself` is False for one whose library owns the optimizer and any DeepSpeed engine (TRL's trainers)."""
 
     def __init__(
         self,
@@ -84,6 +85,7 @@ class Harness:
         processing_class=None,
         peft_config=None,
         samples_itself: bool = True,
+        optimizes_itself: bool = True,
     ):
         self.config = config
         self.dist = Dist()
@@ -117,7 +119,15 @@ class Harness:
         self.run_dir = RunDir(Path(config.output_dir), self.dist.main)
         loaded = model if model is not None and not isinstance(model, (str, Path)) else None
         self.policy = Policy(
-            config, self.dist, self.device, self.principle, samples_itself, loaded, processing_class, peft_config
+            config,
+            self.dist,
+            self.device,
+            self.principle,
+            samples_itself,
+            optimizes_itself,
+            loaded,
+            processing_class,
+            peft_config,
         )
 
     def score(self, rows: list[dict], completions: list[str]) -> tuple[list[float | None], float]:

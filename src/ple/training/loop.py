@@ -242,6 +242,7 @@ class PLETrainer:
             processing_class,
             peft_config,
             samples_itself=getattr(algorithm, "samples_itself", True),
+            optimizes_itself=getattr(algorithm, "optimizes_itself", True),
         )
         self.algorithm = algorithm(self.harness)
 

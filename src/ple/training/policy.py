@@ -58,6 +58,7 @@ class Policy:
         device: torch.device,
         principle,
         samples_itself: bool = True,
+        optimizes_itself: bool = True,
         model=None,
         tokenizer=None,
         peft_config=None,
@@ -66,6 +67,7 @@ class Policy:
         step_share(config, dist.world)  # a batch that does not split over the processes fails before loading
         self.given = {"model": model, "tokenizer": tokenizer, "peft_config": peft_config}  # objects from Python
         self.samples_itself = samples_itself  # False for a method whose library generates (TRL's RLOO, GRPO)
+        self.optimizes_itself = optimizes_itself  # False for one whose library owns the optimizer (TRL's trainers)
         self._truncated_prompts = 0  # prompts this process cut to max_prompt_tokens since the last take
         self.skipped_steps = self.skipped_in_a_row = 0  # optimizer steps skipped for a non-finite loss or gradient
         self.where = "training"  # what the optimizer steps are for, to name in an error
@@ -92,7 +94,7 @@ class Policy:
         self.builder = PromptBuilder.from_config(self.tokenizer, config, self.principle)
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=config.learning_rate, weight_decay=config.weight_decay)
-        if self.dist.accelerator is not None:
+        if self.dist.accelerator is not None and self.optimizes_itself:  # else the library's trainer does (adopt)
             from ple.zero import ZeroEngine
 
             self.zero = ZeroEngine(self.dist.accelerator, self.model, self.optimizer, config)
@@ -275,6 +277,16 @@ class Policy:
 
     def _hint(self) -> str:
         return f"check the rewards' scale and the learning rate ({self.config.learning_rate:g})"
+
+    def adopt(self, trainer) -> None:
+        """The policy as a library's trainer (TRL's, transformers') left it: its model, and under DeepSpeed its
+        engine, through which the weights are gathered for saving."""
+        self.model = trainer.model
+        self.version += 1  # new weights for the vLLM engine
+        if trainer.is_deepspeed_enabled:
+            from ple.zero import ZeroEngine
+
+            self.zero = ZeroEngine.prepared(trainer.model_wrapped, trainer.accelerator)
 
     def full_model(self):
         """A context giving the policy with all its weights present, for generation and saving."""
