@@ -261,3 +261,55 @@ def test_trl_baselines_run_under_a_launch_as_in_one_process(
         final_two = load_file(two / "final" / "adapter_model.safetensors")
         for key in final_one:
             assert torch.allclose(final_one[key], final_two[key], atol=1e-5), key
+
+
+def test_evaluation_during_a_zero2_launch_is_ple_eval_of_the_snapshot_and_zero3_is_one_line(
+    tmp_path, tiny_chat_model, queries_file, reward_module
+):
+    """eval_steps under 2 processes: the main one evaluates the replicated weights (ZeRO-2) as `ple eval` evaluates
+    the snapshot saved at the same iteration; under ZeRO-3, whose forward hooks are collective, one line."""
+    pytest.importorskip("deepspeed", reason='DeepSpeed is in the test extra: pip install -e ".[test]"')
+    from ple.cli import main
+
+    out = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    settings = dict(COMMON, iterations=1, eval_steps=1, eval_dataset=str(queries_file), eval_max_prompts=4)
+    config.write_text(
+        yaml.safe_dump(
+            tiny_config(tiny_chat_model, queries_file, out, f"{reward_module}:positivity", snapshot_every=1, **settings)
+        )
+    )
+    launched = _accelerate_launch(
+        REPO / "configs" / "accelerate" / "zero2.yaml", 29680, "train", "--config", str(config)
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    during = json.loads((out / "evals" / "iter_001" / "eval.json").read_text())["metrics"]
+    assert (
+        main(
+            [
+                "eval",
+                "--config",
+                str(config),
+                "--model",
+                str(out / "snapshots" / "step_001"),
+                "--output-dir",
+                str(tmp_path / "ple-eval"),
+            ]
+        )
+        == 0
+    )
+    by_ple_eval = json.loads((tmp_path / "ple-eval" / "eval.json").read_text())["metrics"]
+    assert {k: v["value"] for k, v in during.items()} == pytest.approx({k: v["value"] for k, v in by_ple_eval.items()})
+    assert _metrics(out)[0]["eval/kl"] == during["kl"]["value"] > 0
+
+    launched = _accelerate_launch(
+        REPO / "configs" / "accelerate" / "zero3.yaml",
+        29685,
+        "train",
+        "--config",
+        str(config),
+        "--set",
+        f"output_dir={tmp_path / 'zero3'}",
+    )
+    errors = [line for line in launched.stderr.splitlines() if line.startswith("ple: error: ")]
+    assert launched.returncode != 0 and errors and all("eval_steps under DeepSpeed ZeRO-3" in e for e in errors)

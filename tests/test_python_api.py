@@ -112,14 +112,15 @@ def read_scalars(logdir):
     return scalars
 
 
-def test_report_to_tensorboard_gets_every_iterations_metrics(tmp_path, tiny_chat_model, queries_file):
+def test_report_to_tensorboard_gets_every_iterations_metrics_and_evaluation(tmp_path, tiny_chat_model, queries_file):
     settings = tiny_config(tiny_chat_model, queries_file, tmp_path / "run", None, report_to="tensorboard")
+    settings.update(eval_steps=1, eval_dataset=str(queries_file), eval_max_prompts=4)  # the in-memory reward too
     settings.pop("reward")
     metrics = PLETrainer(args=PLEConfig(**settings), reward_funcs=longer_is_better).train().metrics
     scalars = read_scalars(tmp_path / "run" / "trackers")
     for m in metrics:
-        assert scalars[("mean_s", m["iteration"])] == pytest.approx(m["mean_s"], rel=1e-6)
-        assert scalars[("tau", m["iteration"])] == pytest.approx(m["tau"], rel=1e-6)
+        for key in ("mean_s", "tau", "eval/reward", "eval/kl", "eval/distinct_2"):
+            assert scalars[(key, m["iteration"])] == pytest.approx(m[key], rel=1e-6), key
     with pytest.raises(PLEError, match="report_to: unknown tracker\\(s\\) tensorbored"):
         load_config(overrides={**settings, "reward": "vader", "report_to": "tensorbored"})
 

@@ -91,7 +91,7 @@ class Config:
     sft_split: str = _f("train", "Split of the SFT set, for hub datasets.", section="data")
     eval_dataset: str | None = _f(
         None,
-        "Eval prompts for `ple eval` (same formats); a reference/response/chosen column enables BLEU.",
+        "Eval prompts for `ple eval` and eval_steps (same formats); a reference/response/chosen column enables BLEU.",
         section="data",
     )
     eval_split: str = _f("test", "Split of the eval set, for hub datasets.", section="data")
@@ -325,8 +325,16 @@ class Config:
     snapshot_every: int = _f(
         0,
         "Every this many iterations the policy's weights are also saved to snapshots/step_NNN (NNN: iterations "
-        "done) and never pruned, to evaluate the run along its training (ple compare does); DPO and RLOO save at "
-        "the matching optimizer step. 0: none.",
+        "done) and never pruned, to evaluate the run along its training (ple compare does); DPO, RLOO and GRPO save "
+        "at the matching optimizer step. 0: none.",
+        section="output",
+    )
+    eval_steps: int = _f(
+        0,
+        "Every this many iterations, and after the last, the policy in training is evaluated as `ple eval` evaluates "
+        "a model (eval_dataset, eval_max_prompts, eval_rewards; rewards, KL to the base model, degeneration): the "
+        "numbers go to metrics.jsonl as eval/<metric> and to the trackers, the answers to evals/iter_NNN/. DPO, "
+        "RLOO and GRPO evaluate at the matching optimizer step. 0: never.",
         section="output",
     )
     report_to: str | list = _f(
@@ -403,6 +411,7 @@ AT_LEAST_0 = (
     "generation_batch_size",
     "keep_checkpoints",
     "snapshot_every",
+    "eval_steps",
     "eval_max_prompts",
     "top_k",
     "temperature",
@@ -488,6 +497,10 @@ def _combination_problems(config: "Config") -> list[str]:
         ),
         (bool(config.output_dir.strip()), "output_dir is empty; name the run directory"),
         (not config.merge_lora or config.use_lora, "merge_lora needs use_lora: true"),
+        (
+            config.eval_steps == 0 or config.eval_dataset is not None,
+            f"eval_steps={config.eval_steps} needs an eval_dataset to evaluate on",
+        ),
         (
             config.attn_implementation != "flash_attention_2" or importlib.util.find_spec("flash_attn") is not None,
             "attn_implementation=flash_attention_2 needs the flash-attn package (pip install flash-attn, on a CUDA "

@@ -17,7 +17,7 @@ from ple.rewards import score
 from ple.training.harness import Harness
 from ple.training.loop import iteration_seed, query_order
 from ple.training.policy import mean_of_known, step_share
-from ple.training.rundir import TRL_LOG, snapshot_dir, snapshot_steps
+from ple.training.rundir import TRL_LOG, eval_steps, snapshot_dir, snapshot_steps
 from ple.vllm_backend import select_backend
 
 
@@ -65,9 +65,10 @@ def all_queries(harness: Harness, n: int | None = None) -> list[dict]:
     return [harness.queries[i] for i in query_order(len(harness.queries), 0, n, config.seed, config.shuffle)]
 
 
-def take_trained_model(harness: Harness, trainer) -> list[dict]:
+def take_trained_model(harness: Harness, trainer, evaluated: dict[int, dict]) -> list[dict]:
     """The policy TRL trained, without TRL's frozen reference copy of the adapter; TRL's step log written to
-    trl_log.jsonl; one metrics row per iteration from it."""
+    trl_log.jsonl; one metrics row per iteration from it, with the evaluations after each iteration (`evaluated`:
+    iterations done -> eval metrics)."""
     harness.policy.adopt(trainer)
     model = harness.policy.model
     for name in list(getattr(model, "peft_config", {})):
@@ -76,7 +77,8 @@ def take_trained_model(harness: Harness, trainer) -> list[dict]:
     log = trainer.state.log_history
     if harness.dist.main:
         atomic_write_jsonl(harness.run_dir.path / TRL_LOG, log)
-    return iteration_rows(log, harness.config.iterations, trainer.state.max_steps)
+    rows = iteration_rows(log, harness.config.iterations, trainer.state.max_steps)
+    return [{**row, **evaluated.get(row["iteration"] + 1, {})} for row in rows]
 
 
 def iteration_rows(log: list[dict], iterations: int, max_steps: int) -> list[dict]:
@@ -124,9 +126,9 @@ class DPO:
             train_dataset=dataset,
             processing_class=self.policy.tokenizer,
         )
-        add_snapshots(self.harness, trainer)
+        evaluated = add_iteration_ends(self.harness, trainer)
         trainer.train()
-        return {**budget, "pairs": len(pairs)}, take_trained_model(self.harness, trainer)
+        return {**budget, "pairs": len(pairs)}, take_trained_model(self.harness, trainer, evaluated)
 
     def preference_pairs(self) -> tuple[list[dict], dict[str, Any]]:
         """(prompt, chosen, rejected) rows, cached in pairs.jsonl, and what building them cost."""
@@ -238,12 +240,12 @@ class OnlineRL:
             train_dataset=dataset,
             processing_class=self.policy.tokenizer,
         )
-        add_snapshots(self.harness, trainer)
+        evaluated = add_iteration_ends(self.harness, trainer)
         trainer.train()
         samples = sum(self.harness.dist.gather([counter.samples]))  # each process scores its own completions
         tokens = sum(self.harness.dist.gather([counter.tokens]))
         budget = {"samples": samples, "reward_calls": samples, "gen_tokens": tokens}
-        return budget, take_trained_model(self.harness, trainer)
+        return budget, take_trained_model(self.harness, trainer, evaluated)
 
 
 class RLOO(OnlineRL):  # the leave-one-out baseline of each of the two answers is the other
@@ -277,26 +279,34 @@ def snapshot_step(done: int, iterations: int, max_steps: int) -> int:
     return max(1, round(done * max_steps / iterations))
 
 
-def add_snapshots(harness: Harness, trainer) -> None:
-    """Save the policy to snapshots/step_NNN at the optimizer step matching each of the config's snapshot steps, as
-    PLE's loop does after iteration NNN. Every process saves (under ZeRO-3 they gather the weights together)."""
+def add_iteration_ends(harness: Harness, trainer) -> dict[int, dict]:
+    """What PLE's loop does after iteration NNN, at the optimizer step matching it: the policy saved to
+    snapshots/step_NNN (config.snapshot_every) and evaluated into evals/iter_NNN (config.eval_steps). Every process
+    takes part (under ZeRO-3 they gather the weights together). Returns iterations done -> eval metrics, filled as
+    training goes."""
     from transformers import TrainerCallback
 
     config = harness.config
-    if not config.snapshot_every:
-        return
+    snapshots, evals = snapshot_steps(config), eval_steps(config)
+    evaluated: dict[int, dict] = {}
 
-    class SnapshotCallback(TrainerCallback):
+    class IterationEnds(TrainerCallback):
         def on_train_begin(self, args, state, control, **kwargs):
-            self.at = {snapshot_step(d, config.iterations, state.max_steps): d for d in snapshot_steps(config)}
+            self.at: dict[int, list[int]] = {}
+            for done in sorted({*snapshots, *evals}):
+                self.at.setdefault(snapshot_step(done, config.iterations, state.max_steps), []).append(done)
 
         def on_step_end(self, args, state, control, **kwargs):
-            done = self.at.get(state.global_step)
-            if done is not None:
+            for done in self.at.get(state.global_step, []):
                 harness.policy.adopt(trainer)
-                harness.policy.save_weights(snapshot_dir(harness.run_dir.path, done))
+                if done in snapshots:
+                    harness.policy.save_weights(snapshot_dir(harness.run_dir.path, done))
+                if done in evals:
+                    evaluated[done] = harness.evaluation(done)
 
-    trainer.add_callback(SnapshotCallback())
+    if snapshots or evals:
+        trainer.add_callback(IterationEnds())
+    return evaluated
 
 
 class CountingReward:

@@ -125,7 +125,10 @@ class Evaluator:
     active (bf16), and its answers' perplexity under the base model comes from the same weights with the adapter
     disabled. The adapter is unloaded afterwards, leaving the base model as it was loaded."""
 
-    def __init__(self, config: Config, reference_model: str | None = None, guided: bool = False):
+    def __init__(
+        self, config: Config, reference_model: str | None = None, guided: bool = False, rewards: dict | None = None
+    ):
+        """`rewards`: name -> reward function for those already loaded (the training reward of a run in progress)."""
         self.config, self.guided, self.reference_name = config, guided, reference_model
         self.device = resolve_device(config.device)
         self.dtype = resolve_dtype(config.dtype, self.device)
@@ -137,7 +140,11 @@ class Evaluator:
         if reference_model is not None:  # loaded now, so that a bad name fails before any generation
             self.model(reference_model)
         # Built before generating, so a bad reward fails in seconds, not after a long generation.
-        self.rewards = {name: config_reward(spec, config, self.device) for name, spec in reward_specs(config).items()}
+        given = rewards or {}
+        self.rewards = {
+            name: given[name] if name in given else config_reward(spec, config, self.device)
+            for name, spec in reward_specs(config).items()
+        }
 
     def check(self, prompt_rows: list[dict]) -> None:
         for fn in self.rewards.values():
@@ -173,6 +180,22 @@ class Evaluator:
         finally:
             self.models[base] = wrapped.unload()
 
+    @contextlib.contextmanager
+    def trained(self, model):
+        """((model, perplexity reference, KL base), the reference's name) for a policy in training, in memory, as
+        `policy` gives them for its saved form: a LoRA policy's base is itself with the adapter disabled (no second
+        copy); a fully fine-tuned one's is the config's model, loaded on first use. In eval mode in the block."""
+        was_training = model.training
+        model.eval()
+        try:
+            if getattr(model, "peft_config", None):
+                without = _AdapterDisabled(model)
+                yield (model, without, without), self.config.model
+            else:
+                yield (model, model, self.model(self.config.model)), "the policy in training"
+        finally:
+            model.train(was_training)
+
     def check_tokenizer(self, name: str) -> None:
         """A model is generated, scored and compared with the base model through the base model's tokenizer, so
         one with another vocabulary is one line (not an IndexError inside the KL)."""
@@ -189,9 +212,19 @@ class Evaluator:
     ) -> dict[str, Any]:
         """Generate for the prompts (sampling seeded with `seed`, config.seed by default), score, and write
         completions.jsonl, eval.json and eval.md to out_dir."""
+        with self.policy(name) as models:
+            reference_label = self.reference_name or adapter_base(name) or name
+            return self.evaluate_loaded(name, models, reference_label, prompt_rows, out_dir, seed, progress)
+
+    def evaluate_loaded(
+        self, name: str, models, reference_label: str, prompt_rows: list[dict], out_dir: Path, seed=None, progress=None
+    ) -> dict[str, Any]:
+        """`evaluate` of loaded models: (the model that answers, the reference of its perplexity, named
+        reference_label, the base model of its KL), as `policy` or `trained` give them."""
         config = self.config
         self.check(prompt_rows)
-        with self.policy(name) as (model, reference, base), autocast(self.dtype, self.device):
+        model, reference, base = models
+        with autocast(self.dtype, self.device):
             torch.manual_seed(config.seed if seed is None else seed)
             rows = generate_rows(
                 model,
@@ -207,7 +240,7 @@ class Evaluator:
             self.score(rows, prompt_rows)
             self.add_reference_nll(rows, prompt_rows, model)
         metrics = {m.name: metric_result(m, rows) for m in applicable(rows, self.reward_metrics())}
-        metrics["generation_perplexity"]["reference_model"] = self.reference_name or adapter_base(name) or name
+        metrics["generation_perplexity"]["reference_model"] = reference_label
         metrics["kl"]["between"] = kl_note(config)
         result = {"model": name, "guided": self.guided, "n_prompts": len(rows), "metrics": metrics}
         write_evaluation(out_dir, rows, result)

@@ -14,6 +14,7 @@ from ple.methods import get_method
 from ple.model import resolve_device, resolve_dtype
 from ple.principles import load_principle
 from ple.rewards import ClassifierReward, check_reward, config_reward, score, summed_reward
+from ple.training.evaluation import TrainingEvaluation
 from ple.training.policy import Policy
 from ple.training.rundir import RunDir
 
@@ -129,6 +130,7 @@ class Harness:
             processing_class,
             peft_config,
         )
+        self.evaluation = TrainingEvaluation(self) if config.eval_steps else None  # config.eval_steps
 
     def score(self, rows: list[dict], completions: list[str]) -> tuple[list[float | None], float]:
         """The training reward of each completion against its row's plain query (other columns passed along), and

@@ -24,7 +24,7 @@ from ple.errors import PLEError, first_line
 from ple.methods import get_method
 from ple.progress import Progress
 from ple.training.harness import Harness, resolve_config
-from ple.training.rundir import BUDGET, FINAL, WARMUP, snapshot_dir, snapshot_steps
+from ple.training.rundir import BUDGET, FINAL, WARMUP, eval_steps, snapshot_dir, snapshot_steps
 from ple.training.trackers import Trackers
 
 
@@ -134,6 +134,8 @@ class Loop:
             rows, metrics = self.algorithm.iteration(t)
             metrics["n_truncated_prompts"] = h.policy.take_truncated_prompts()
             metrics["learning_rate"] = h.policy.learning_rate
+            if t + 1 in eval_steps(config):
+                metrics.update(h.evaluation(t + 1))
             h.run_dir.write_iteration(t, rows, metrics)
             trackers.log(metrics, step=t)
             if t + 1 in snapshot_steps(config):  # before the checkpoint: a resume never skips one

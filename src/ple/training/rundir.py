@@ -47,6 +47,7 @@ FINAL = "final"
 GENERATIONS = "generations"
 CHECKPOINTS = "checkpoints"
 SNAPSHOTS = "snapshots"
+EVALS = "evals"  # the evaluations during training (config.eval_steps)
 TRAINER_STATE = "trainer_state.json"
 MARKER = ".ple-run"  # written first into a new run directory: what tells a ple run from a user's folder
 INPUT_FIELDS = ("dataset", "sft_dataset", "eval_dataset", "principle")
@@ -360,6 +361,17 @@ def snapshot_steps(config) -> list[int]:
     """The iteration counts a run snapshots its policy at: every snapshot_every, up to its iterations."""
     every = config.snapshot_every
     return list(range(every, config.iterations + 1, every)) if every > 0 else []
+
+
+def eval_steps(config) -> list[int]:
+    """The iteration counts after which a run evaluates its policy: every eval_steps, and after the last."""
+    every = config.eval_steps
+    return sorted({*range(every, config.iterations + 1, every), config.iterations}) if every > 0 else []
+
+
+def eval_dir(run_dir: Path, done: int) -> Path:
+    """Where the evaluation after `done` iterations is written (config.eval_steps)."""
+    return run_dir / EVALS / f"iter_{done:03d}"
 
 
 def checkpoint_name(t: int) -> str:
