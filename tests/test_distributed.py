@@ -313,3 +313,33 @@ def test_evaluation_during_a_zero2_launch_is_ple_eval_of_the_snapshot_and_zero3_
     )
     errors = [line for line in launched.stderr.splitlines() if line.startswith("ple: error: ")]
     assert launched.returncode != 0 and errors and all("eval_steps under DeepSpeed ZeRO-3" in e for e in errors)
+
+
+def test_a_bf16_zero_launch_keeps_bf16_weights_and_fp32_master_weights(
+    tmp_path, tiny_chat_model, queries_file, reward_module
+):
+    """dtype: bfloat16 under the shipped ZeRO-2 file: DeepSpeed's bf16 mode (bf16 weights, half the memory and
+    traffic of fp32 ones), fp32 master weights in its optimizer shards, and a final model in bf16 that trained."""
+    pytest.importorskip("deepspeed", reason='DeepSpeed is in the test extra: pip install -e ".[test]"')
+    out = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    settings = dict(COMMON, iterations=1, use_lora=False, dtype="bfloat16", learning_rate=1e-3)
+    config.write_text(
+        yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, out, f"{reward_module}:positivity", **settings))
+    )
+    launched = _accelerate_launch(
+        REPO / "configs" / "accelerate" / "zero2.yaml", 29690, "train", "--config", str(config)
+    )
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    state_dir = out / "checkpoints" / "iter_000" / "deepspeed" / "state"
+    engine_weights = torch.load(state_dir / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert {v.dtype for v in engine_weights.values()} == {torch.bfloat16}  # what the engine holds and moves
+    shards = sorted(state_dir.glob("*optim_states.pt"))
+    assert len(shards) == 2
+    for shard in shards:
+        state = torch.load(shard, weights_only=False)["optimizer_state_dict"]
+        assert {t.dtype for t in state["single_partition_of_fp32_groups"]} == {torch.float32}
+    final = load_file(out / "final" / "model.safetensors")
+    base = load_file(Path(tiny_chat_model) / "model.safetensors")
+    assert {v.dtype for v in final.values()} == {torch.bfloat16}
+    assert any(not torch.equal(final[k], base[k].to(torch.bfloat16)) for k in final)  # it trained

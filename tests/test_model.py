@@ -1,8 +1,11 @@
 import pytest
 import torch
+import yaml
+from conftest import tiny_config
 
 from ple.logprobs import response_logprobs
 from ple.losses import IGNORE_INDEX, sequence_logprobs
+from ple.model import load_causal_lm
 
 
 def test_left_padded_response_logprobs_equal_a_plain_forward_per_sequence(tiny_chat_model):
@@ -151,3 +154,28 @@ def test_a_process_with_no_prompts_samples_nothing(tiny_chat_model):
     tokenizer = load_tokenizer(tiny_chat_model)
     assert PromptBuilder(tokenizer, "be kind").encode([], True, 16) == ([], 0)
     assert generate(load_causal_lm(tiny_chat_model), tokenizer, [], max_new_tokens=4) == []
+
+
+def test_a_bf16_full_fine_tuning_saves_its_final_model_in_bf16(tmp_path, tiny_chat_model, queries_file, reward_module):
+    """The weights train in fp32 (master weights) under bf16 compute; final/ holds them rounded to bf16, with a
+    config that says so, and the checkpoints keep fp32 for resuming."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from ple.cli import main
+
+    out = tmp_path / "run"
+    config = tmp_path / "run.yaml"
+    settings = dict(use_lora=False, dtype="bfloat16", learning_rate=1e-3, keep_checkpoints=0)
+    config.write_text(
+        yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, out, f"{reward_module}:positivity", **settings))
+    )
+    assert main(["train", "--config", str(config)]) == 0
+    final = load_file(out / "final" / "model.safetensors")
+    master = load_file(out / "checkpoints" / "iter_001" / "model.safetensors")
+    assert final.keys() == master.keys() and {v.dtype for v in master.values()} == {torch.float32}
+    for key, value in master.items():
+        assert torch.equal(final[key], value.to(torch.bfloat16)), key
+    assert json.loads((out / "final" / "config.json").read_text())["dtype"] == "bfloat16"
+    assert load_causal_lm(str(out / "final"), "bfloat16").dtype == torch.bfloat16

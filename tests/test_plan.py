@@ -36,10 +36,12 @@ def test_the_memory_plan_by_hand(tmp_path, tiny_chat_model, queries_file, shape)
     assert one["activations"] == 34 * tokens * h * layers + logits
     assert one["activations_checkpointed"] == tokens * h * (2 * layers + 34) + logits
 
+    # Under DeepSpeed in bf16 the engine holds bf16 weights (base and adapters) and gradients; its optimizer holds
+    # fp32 master weights and two fp32 moments: 2 + 2 + 12 bytes per trained parameter.
     zero3 = memory_plan(shape, config, Launch(processes=4, zero_stage=3), None, 1000)
-    assert zero3["weights"] == (shape.parameters * 2 + 4 * trained) // 4
-    assert (zero3["gradients"], zero3["optimizer"]) == (4 * trained // 4, 8 * trained // 4)
-    assert zero3["gather"] == one["weights"]
+    assert zero3["weights"] == 2 * (shape.parameters + trained) // 4
+    assert (zero3["gradients"], zero3["optimizer"]) == (2 * trained // 4, 12 * trained // 4)
+    assert zero3["gather"] == 2 * (shape.parameters + trained)
     tokens = 2 * 2 * 120  # 8 queries a step over 4 processes: micro-batches of 2
     assert zero3["activations"] == 34 * tokens * h * layers + 2 * 2 * 21 * v * 4
     assert zero3["reward"] == 1000 * 2
@@ -47,6 +49,11 @@ def test_the_memory_plan_by_hand(tmp_path, tiny_chat_model, queries_file, shape)
     assert peak(zero3, checkpointing=False) == held + max(zero3["activations"], zero3["gather"])
     assert peak(zero3, checkpointing=True) == held + max(zero3["activations_checkpointed"], zero3["gather"])
 
+    bf16_full = load_config(overrides={**config.to_dict(), "use_lora": False, "dtype": "bfloat16"})
+    sharded = memory_plan(shape, bf16_full, Launch(processes=8, zero_stage=3), None, 0)
+    p = shape.parameters
+    assert (sharded["weights"], sharded["gradients"], sharded["optimizer"]) == (2 * p // 8, 2 * p // 8, 12 * p // 8)
+    assert sharded["gather"] == 2 * p  # not fp32's 4 P
     full = load_config(overrides={**config.to_dict(), "use_lora": False, "dtype": "float32"})
     offloaded = memory_plan(shape, full, Launch(processes=2, zero_stage=2, offload_optimizer=True), None, 0)
     assert offloaded["weights"] == 4 * shape.parameters  # fp32 master weights, not sharded below ZeRO-3

@@ -117,3 +117,17 @@ def test_gpu_recipes_are_valid_configs(name):
     assert (config.task, config.tau0, config.alpha, config.lora_r, config.lora_alpha) == (name, 0.2, 0.9, 8, 16)
     assert config.dtype == "bfloat16" and config.lora_target_modules == "all-linear"
     assert load_principle(str(root / config.principle), config.principle_name)
+
+
+def test_the_7b_recipe_is_the_hh_recipe_with_a_7b_model_and_checkpointing():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    hh, hh7b = (load_config(root / "configs" / f"{name}.yaml").to_dict() for name in ("hh", "hh7b"))
+    differ = {k: hh7b[k] for k in hh if hh[k] != hh7b[k]}
+    assert differ == {
+        "model": "Qwen/Qwen2.5-7B-Instruct",
+        "dtype": "auto",
+        "gradient_checkpointing": True,
+        "output_dir": "runs/hh7b",
+    }

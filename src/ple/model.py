@@ -1,6 +1,7 @@
 """Loading the policy (any AutoModelForCausalLM, optionally with LoRA) and saving it."""
 
 import contextlib
+import copy
 import json
 from pathlib import Path
 
@@ -193,11 +194,19 @@ def merged_lora(model):
                 weight.data = original
 
 
-def save_model(model, tokenizer, path: Path, merge: bool = False) -> None:
+def save_model(model, tokenizer, path: Path, merge: bool = False, dtype: str | None = None) -> None:
     """Save the policy's adapter (or the full model); with `merge`, LoRA is folded into a plain checkpoint. Only the
-    policy's own adapter ("default") is saved: TRL may hold a frozen reference copy beside it."""
+    policy's own adapter ("default") is saved: TRL may hold a frozen reference copy beside it. With `dtype`, a full
+    model's floating-point weights are written in it (a bf16 run's final model, trained on fp32 master weights)."""
     if merge:
         model = model.merge_and_unload()
     adapters = list(getattr(model, "peft_config", {}))
-    model.save_pretrained(path, **({"selected_adapters": ["default"]} if len(adapters) > 1 else {}))
+    if adapters or dtype is None or model.dtype == DTYPES[dtype]:
+        model.save_pretrained(path, **({"selected_adapters": ["default"]} if len(adapters) > 1 else {}))
+    else:
+        cast = {k: v.to(DTYPES[dtype]) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+        model.save_pretrained(path, state_dict=cast)
+        config = copy.deepcopy(model.config)  # save_pretrained records the parameters' dtype, not the file's
+        config.dtype = DTYPES[dtype]  # what from_pretrained(dtype="auto") reads
+        config.save_pretrained(path)
     tokenizer.save_pretrained(path)

@@ -7,9 +7,11 @@ library versions, and CUDA's own context (about 0.5-1 GB) is not counted.
 Per GPU, with P the model's parameters, T the trained ones (LoRA's adapters, or P), W processes, ZeRO stage z:
 
     weights      LoRA: P * b + 4 T (frozen base in the compute dtype's b bytes, adapters fp32); full: 4 P (fp32
-                 master weights, as ple trains them); divided by W under ZeRO-3
-    gradients    4 T; divided by W under ZeRO-2 and -3
-    optimizer    8 T (AdamW's two fp32 moments); divided by W under ZeRO-1 to -3; 0 when offloaded to the CPU
+                 master weights, as ple trains them); under DeepSpeed in bf16, 2 (P + T) and 2 P (the engine's bf16
+                 weights; ple.zero); divided by W under ZeRO-3
+    gradients    4 T (2 T under DeepSpeed in bf16); divided by W under ZeRO-2 and -3
+    optimizer    8 T (AdamW's two fp32 moments), 12 T under DeepSpeed in bf16 (with the fp32 master weights);
+                 divided by W under ZeRO-1 to -3; 0 when offloaded to the CPU
     gather       ZeRO-3 only: the full weights of the line above, held for a moment to generate and to save
     activations  a micro-batch of m queries runs 2 m sequences of S = max_prompt_tokens + max_new_tokens tokens:
                  34 * 2m * S * h * L * b / 2 bytes without checkpointing (Korthikanti et al. 2022, 16-bit
@@ -62,8 +64,13 @@ def memory_plan(shape: ModelShape, config, launch: Launch, gpu_bytes: int | None
     """Bytes per GPU of each part (the module docstring's formulas), for `config` under `launch`."""
     b = 2 if config.dtype in ("bfloat16", "auto") else 4  # auto is bf16 on any GPU that has it
     trained = lora_parameters(shape, config.lora_r, config.lora_target_modules) if config.use_lora else shape.parameters
-    weights = shape.parameters * b + 4 * trained if config.use_lora else 4 * shape.parameters
     w, z = launch.processes, launch.zero_stage
+    if z >= 1 and b == 2:  # DeepSpeed's bf16 mode: bf16 weights and gradients, fp32 master weights in the optimizer
+        weights = 2 * (shape.parameters + trained) if config.use_lora else 2 * shape.parameters
+        gradient_bytes, optimizer_bytes = 2, 12
+    else:
+        weights = shape.parameters * b + 4 * trained if config.use_lora else 4 * shape.parameters
+        gradient_bytes, optimizer_bytes = 4, 8
     share = config.batch_size * config.gradient_accumulation_steps // w
     m = min(config.batch_size, max(share, 1))  # the micro-batch (ple.training.policy.step_share)
     tokens = 2 * m * (config.max_prompt_tokens + config.max_new_tokens)
@@ -76,8 +83,8 @@ def memory_plan(shape: ModelShape, config, launch: Launch, gpu_bytes: int | None
     reward_bytes = 2 if config.reward_dtype in ("bfloat16", "auto") else 4
     return {
         "weights": weights // w if z == 3 else weights,
-        "gradients": 4 * trained // w if z >= 2 else 4 * trained,
-        "optimizer": 0 if launch.offload_optimizer else 8 * trained // w if z >= 1 else 8 * trained,
+        "gradients": gradient_bytes * trained // w if z >= 2 else gradient_bytes * trained,
+        "optimizer": 0 if launch.offload_optimizer else optimizer_bytes * trained // (w if z >= 1 else 1),
         "gather": weights if z == 3 else 0,
         "activations": KORTHIKANTI * layer * shape.layers + logits,
         "activations_checkpointed": layer * (2 * shape.layers + KORTHIKANTI) + logits,

@@ -49,6 +49,10 @@ class ZeroEngine:
             gradient_accumulation_steps=accumulation,
             train_batch_size=micro * accumulation * world,
             gradient_clipping=config.max_grad_norm,
+            # PLE's dtype sets the precision: under bf16 the engine keeps bf16 weights (half the memory and traffic
+            # of fp32 ones) and fp32 master weights in its optimizer.
+            bf16={"enabled": config.dtype == "bfloat16"},
+            fp16={"enabled": False},
         )
         self.accelerator = accelerator
         self.world = world

@@ -317,7 +317,7 @@ class Policy:
                 ) from None
         self.dist.barrier()
 
-    def save_weights(self, path: Path, merge: bool = False) -> None:
+    def save_weights(self, path: Path, merge: bool = False, dtype: str | None = None) -> None:
         """The policy's weights (no optimizer) into `path`: written beside it and renamed, so a kill never leaves a
         half-saved model. Every process calls it (under ZeRO-3 they all take part in gathering the weights); the
         main one writes."""
@@ -325,11 +325,11 @@ class Policy:
         with self.full_model() as model:
             if self.dist.main:
                 shutil.rmtree(tmp, ignore_errors=True)
-                save_model(model, self.tokenizer, tmp, merge=merge)
+                save_model(model, self.tokenizer, tmp, merge=merge, dtype=dtype)
                 replace_dir(tmp, path)
 
     def save_final(self, run_dir: Path) -> Path:
-        """run_dir/final, LoRA merged in when config.merge_lora."""
+        """run_dir/final, LoRA merged in when config.merge_lora, a full model in the run's dtype."""
         final = run_dir / FINAL
-        self.save_weights(final, merge=self.config.merge_lora)
+        self.save_weights(final, merge=self.config.merge_lora, dtype=self.config.dtype)
         return final
