@@ -86,6 +86,11 @@ def read_json(path: Path) -> Any:
         raise PLEError(f"{path} is not valid JSON ({e.msg}); {DAMAGED}") from None
 
 
+def read_json_if_present(path: Path) -> Any:
+    """read_json of a file a step may not have written yet; None when it is missing."""
+    return read_json(path) if Path(path).is_file() else None
+
+
 def finite_number(value) -> bool:
     """A number a metric row can hold as one: an int or float (not a bool) that is neither NaN nor infinite."""
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)

@@ -32,7 +32,7 @@ from ple.errors import PLEError
 from ple.evaluation.evaluate import COMPLETIONS, judge_reward_name, reward_label
 from ple.evaluation.metrics import _SENTENCE_END, _ngrams, sentences
 from ple.evaluation.verdict import display
-from ple.io import atomic_write_text, read_json, read_jsonl, strict_json
+from ple.io import atomic_write_text, read_json_if_present, read_jsonl, strict_json
 
 
 @dataclass(frozen=True)
@@ -400,7 +400,7 @@ def analyse(grid, rules: Rules) -> dict[str, Any] | None:
         "reference": reference,
         "differences": rows,
         "claim": claim_sentence(rows, reference, rules) if rows else None,
-        "probe": _read_probe(grid),
+        "probe": read_json_if_present(grid.output_dir / PROBE_JSON),
         "growth": growth(grid, point_rows),
     }
     return result
@@ -442,11 +442,6 @@ def growth(grid, point_rows: Sequence[dict]) -> list[dict[str, Any]]:
             row["branches"] = branches
             out.append(row)
     return out
-
-
-def _read_probe(grid) -> dict | None:
-    path = grid.output_dir / PROBE_JSON
-    return read_json(path) if path.is_file() else None
 
 
 def run_probe(grid, judge) -> None:

@@ -515,9 +515,10 @@ def run_each(cells, eval_dirs, what: str, invocation: "Invocation", evaluator: E
             for step, out in eval_dirs(cell).items()
         )
 
-    eta = ETA([(c.method, finished(c)) for c in cells])
-    for cell in cells:
-        if finished(cell):
+    done_before = [finished(c) for c in cells]  # each is_current hashes its inputs: once per cell
+    eta = ETA([(c.method, done) for c, done in zip(cells, done_before)])
+    for cell, done in zip(cells, done_before):
+        if done:
             check_unchanged(cell)
         else:
             if cell.paths.budget.is_file():  # trained, to be evaluated again or trained on: a clear line, not rundir's

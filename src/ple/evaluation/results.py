@@ -22,7 +22,7 @@ from ple.evaluation.verdict import (
     hierarchical_difference,
     verdict,
 )
-from ple.io import atomic_write_text, read_json, read_jsonl
+from ple.io import atomic_write_text, read_json, read_json_if_present, read_jsonl
 from ple.training.rundir import METRICS_JSONL
 
 BUDGET_COLUMNS = {  # budget.json key -> (column, label)
@@ -34,21 +34,18 @@ BUDGET_COLUMNS = {  # budget.json key -> (column, label)
 KEYS = ("method", "learning_rate", "seed", "step")  # what names one evaluation in the long table
 
 
-def _read(path: Path) -> dict | None:
-    return read_json(path) if path.is_file() else None
-
-
 def cell_values(grid, cell) -> dict[str, float | None] | None:
     """Every value of a finished cell's final evaluation: each metric of eval.json, the budget, and the pairwise
     rates against the base model and the baseline; None for an unfinished cell."""
-    result, budget = _read(cell.paths.eval(cell.final_step) / EVAL_JSON), _read(cell.paths.budget)
+    result = read_json_if_present(cell.paths.eval(cell.final_step) / EVAL_JSON)
+    budget = read_json_if_present(cell.paths.budget)
     if result is None or budget is None:
         return None
     values = {name: m["value"] for name, m in result["metrics"].items()}
     for key, (column, _) in BUDGET_COLUMNS.items():
         values[column] = budget.get(key) / (60 if key == "seconds" else 1) if budget.get(key) is not None else None
     for other in ("base", grid.baseline) if grid.baseline else ("base",):
-        compare = _read(cell.paths.vs(other) / COMPARE_JSON)
+        compare = read_json_if_present(cell.paths.vs(other) / COMPARE_JSON)
         for outcome in ("win", "tie", "loss"):
             if other == "base" or outcome == "win":
                 values[f"{outcome}_vs_{other}"] = compare["rates"][outcome]["value"] if compare else None
@@ -70,7 +67,7 @@ def long_table(grid) -> tuple[dict | None, list[dict[str, Any]]]:
                     "value": value,
                 }
             )
-    return _read(grid.base_dir / EVAL_JSON), rows
+    return read_json_if_present(grid.base_dir / EVAL_JSON), rows
 
 
 def wide(rows: list[dict]) -> list[dict[str, Any]]:

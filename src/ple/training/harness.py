@@ -130,7 +130,7 @@ class Harness:
             processing_class,
             peft_config,
         )
-        self.evaluation = TrainingEvaluation(self) if config.eval_steps else None  # config.eval_steps
+        self.evaluation = TrainingEvaluation(self) if config.eval_steps else None
 
     def score(self, rows: list[dict], completions: list[str]) -> tuple[list[float | None], float]:
         """The training reward of each completion against its row's plain query (other columns passed along), and
