@@ -1,6 +1,7 @@
 """GPU smoke check of the CUDA path: 2-iteration PLE runs on a tiny Llama built in code,
 in bf16 and fp32, with LoRA and full fine-tuning, with dtype auto, gradient checkpointing and sdpa (beside
-ple plan's memory estimate), a 2-process launch, and, where vLLM is installed, the vLLM colocate path.
+ple plan's memory estimate, and evaluated while it trains against `ple eval` of its snapshot), a 2-process launch
+of PLE and of GRPO, and, where vLLM is installed, the vLLM colocate path.
 Prints one table row per run.
 
     python bench/gpu_smoke.py            # needs a CUDA device; no download
@@ -78,6 +79,32 @@ def run_summary(metrics: list[dict]) -> tuple[str, str, str]:
     return taus, branches, f"{metrics[-1]['loss']:.4f}"
 
 
+def evaluation_gap(out: Path) -> float:
+    """The largest relative difference between the metrics eval_steps wrote after the last iteration and those
+    `ple eval` computes for the snapshot saved then (they should be equal: the same weights and seed)."""
+    done = sorted((out / "evals").iterdir())[-1]
+    snapshot = out / "snapshots" / done.name.replace("iter_", "step_")
+    command = [sys.executable, "-m", "ple", "eval", "--config", str(out / "config.yaml"), "--model", str(snapshot)]
+    subprocess.run([*command, "--output-dir", str(out / "ple-eval")], check=True, capture_output=True)
+    during = json.loads((done / "eval.json").read_text())["metrics"]
+    after = json.loads((out / "ple-eval" / "eval.json").read_text())["metrics"]
+    return max(abs(during[k]["value"] - v["value"]) / max(abs(v["value"]), 1e-9) for k, v in after.items())
+
+
+def grpo_launch(root: Path, device: str) -> int:
+    """GRPO (TRL's trainer) under a 2-process torchrun launch: the policy samples it drew (2 * 16 * 2 planned)."""
+    out = root / "grpo-2"
+    config_file = root / "grpo-2.yaml"
+    settings = dict(method="grpo", queries_per_iteration=16, batch_size=4, learning_rate=1e-3, output_dir=str(out))
+    config_file.write_text(json.dumps(run_settings(root, device, generation_backend="transformers", **settings)))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "ple"]
+    done = subprocess.run([*command, "train", "--config", str(config_file)], capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-3000:])
+        return -1
+    return json.loads((out / "budget.json").read_text())["samples"]
+
+
 VLLM_CASES = {"fp32": ("float32", False), "fp32 sleep": ("float32", True), "bf16": ("bfloat16", False)}
 
 
@@ -141,7 +168,10 @@ def main() -> int:
     # dtype auto with gradient checkpointing and sdpa: the 7B defaults (ple.plan's estimate is printed beside
     # the peak it measures on a GPU).
     runs = [(d, lora, {}) for d in ("bfloat16", "float32") for lora in (True, False)]
-    runs.append(("auto", True, {"gradient_checkpointing": True, "attn_implementation": "sdpa"}))
+    # ... and evaluated while it trains (eval_steps), to be compared with `ple eval` of its snapshot below.
+    evaluated = {"eval_steps": 2, "eval_dataset": str(root / "queries.jsonl"), "eval_max_prompts": 16}
+    evaluated["snapshot_every"] = 2
+    runs.append(("auto", True, {"gradient_checkpointing": True, "attn_implementation": "sdpa", **evaluated}))
     for dtype, use_lora, extra in runs:
         out = root / f"run-{dtype}-{use_lora}-{len(extra)}"
         config = load_config(
@@ -184,6 +214,8 @@ def main() -> int:
         )
         if device == "cuda" and extra:
             memory.append((label, torch.cuda.max_memory_allocated(), planned_peak(trainer.config, root / "model")))
+        if extra:
+            eval_gap = evaluation_gap(out)
     # A 2-process launch (torchrun) against a 1-process run of the same config, greedy decoding, in fp32:
     # under bf16 the two runs' different micro-batches round differently, and greedy choices can then diverge.
     launch = {}
@@ -235,6 +267,7 @@ def main() -> int:
                 f"{time.perf_counter() - started:.1f}",
             )
         )
+    grpo_samples = grpo_launch(root, device)
     vllm_ok = True
     if vllm_installed():
         for case in VLLM_CASES:
@@ -261,6 +294,14 @@ def main() -> int:
     print("all trainable parameters changed in every run" if ok else "SOME PARAMETERS DID NOT CHANGE")
     for label, measured, planned in memory:  # shown, not required: the plan is an estimate
         print(f"memory, {label}: measured peak {measured / 2**20:.0f} MiB, ple plan's peak {planned / 2**20:.0f} MiB")
+    eval_same = eval_gap <= 1e-3
+    print(
+        f"eval_steps' evaluation {'equals' if eval_same else 'DIFFERS FROM'} ple eval of the snapshot (largest "
+        f"relative difference {eval_gap:.2g})"
+    )
+    grpo_ok = grpo_samples == 64
+    print(f"grpo under a 2-process launch: {grpo_samples} policy samples ({'as planned' if grpo_ok else 'NOT 64'})")
+    ok = ok and eval_same and grpo_ok
     same = launch[1] == launch[2]
     print("2-process taus and branch counts equal the 1-process run" if same else f"LAUNCHES DIFFER: {launch}")
     if vllm_installed():
