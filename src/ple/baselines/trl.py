@@ -15,9 +15,9 @@ from ple.errors import PLEError
 from ple.io import atomic_write_jsonl, atomic_write_text, finite_number, read_jsonl
 from ple.rewards import score
 from ple.training.harness import Harness
-from ple.training.loop import iteration_seed, query_order
+from ple.training.loop import iteration_end, iteration_seed, query_order
 from ple.training.policy import mean_of_known, step_share
-from ple.training.rundir import TRL_LOG, eval_steps, snapshot_dir, snapshot_steps
+from ple.training.rundir import TRL_LOG, eval_steps, snapshot_steps
 from ple.vllm_backend import select_backend
 
 
@@ -280,10 +280,8 @@ def snapshot_step(done: int, iterations: int, max_steps: int) -> int:
 
 
 def add_iteration_ends(harness: Harness, trainer) -> dict[int, dict]:
-    """What PLE's loop does after iteration NNN, at the optimizer step matching it: the policy saved to
-    snapshots/step_NNN (config.snapshot_every) and evaluated into evals/iter_NNN (config.eval_steps). Every process
-    takes part (under ZeRO-3 they gather the weights together). Returns iterations done -> eval metrics, filled as
-    training goes."""
+    """ple.training.loop.iteration_end (a snapshot, an evaluation) at the optimizer step matching the end of each
+    iteration that has one. Returns iterations done -> eval metrics, filled as training goes."""
     from transformers import TrainerCallback
 
     config = harness.config
@@ -299,10 +297,7 @@ def add_iteration_ends(harness: Harness, trainer) -> dict[int, dict]:
         def on_step_end(self, args, state, control, **kwargs):
             for done in self.at.get(state.global_step, []):
                 harness.policy.adopt(trainer)
-                if done in snapshots:
-                    harness.policy.save_weights(snapshot_dir(harness.run_dir.path, done))
-                if done in evals:
-                    evaluated[done] = harness.evaluation(done)
+                evaluated[done] = iteration_end(harness, done)
 
     if snapshots or evals:
         trainer.add_callback(IterationEnds())

@@ -28,9 +28,9 @@ class TrainingEvaluation:
         self.evaluator = Evaluator(harness.config, rewards=trained) if harness.dist.main else None
 
     def __call__(self, done: int) -> dict[str, Any]:
-        """The policy after `done` iterations: eval/<metric> -> value. Every process calls it (under ZeRO-3 they
-        gather the weights together); the main one evaluates and writes evals/iter_NNN/. The random streams are
-        left as they were, so that training draws the same with and without evaluation."""
+        """The policy after `done` iterations: eval/<metric> -> value. Every process calls it; the main one
+        evaluates and writes eval_dir(done) while the others wait. The random streams are left as they were, so
+        that training draws the same with and without evaluation."""
         h = self.harness
         result = None
         devices = [h.device.index or 0] if h.device.type == "cuda" else []

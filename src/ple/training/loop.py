@@ -134,12 +134,9 @@ class Loop:
             rows, metrics = self.algorithm.iteration(t)
             metrics["n_truncated_prompts"] = h.policy.take_truncated_prompts()
             metrics["learning_rate"] = h.policy.learning_rate
-            if t + 1 in eval_steps(config):
-                metrics.update(h.evaluation(t + 1))
+            metrics.update(iteration_end(h, t + 1))  # before the checkpoint: a resume never skips a snapshot
             h.run_dir.write_iteration(t, rows, metrics)
             trackers.log(metrics, step=t)
-            if t + 1 in snapshot_steps(config):  # before the checkpoint: a resume never skips one
-                h.policy.save_weights(snapshot_dir(h.run_dir.path, t + 1))
             self.checkpoint(t)
             progress.advance()
             progress.log(self.algorithm.summary_line(metrics))
@@ -189,6 +186,16 @@ class Loop:
         if truncated:
             progress.log(f"SFT warm-up: {truncated} of {len(examples)} prompts cut to max_prompt_tokens")
         self.checkpoint(WARMUP)
+
+
+def iteration_end(h: Harness, done: int) -> dict[str, Any]:
+    """What follows a method's `done`-th iteration (at the matching optimizer step for a whole run): the policy's
+    snapshot (config.snapshot_every) and its evaluation (config.eval_steps), whose eval/<metric> numbers are
+    returned for the iteration's metrics row. Every process calls it."""
+    config = h.config
+    if done in snapshot_steps(config):
+        h.policy.save_weights(snapshot_dir(h.run_dir.path, done))
+    return h.evaluation(done) if done in eval_steps(config) else {}
 
 
 def push_to_hub(final: Path, repo: str) -> None:
