@@ -83,7 +83,7 @@ def evaluation_gap(out: Path) -> float:
     """The largest relative difference between the metrics eval_steps wrote after the last iteration and those
     `ple eval` computes for the snapshot saved then (they should be equal: the same weights and seed)."""
     done = sorted((out / "evals").iterdir())[-1]
-    snapshot = out / "snapshots" / done.name.replace("iter_", "step_")
+    snapshot = out / "snapshots" / done.name  # both step_NNN, NNN the iterations done
     command = [sys.executable, "-m", "ple", "eval", "--config", str(out / "config.yaml"), "--model", str(snapshot)]
     subprocess.run([*command, "--output-dir", str(out / "ple-eval")], check=True, capture_output=True)
     during = json.loads((done / "eval.json").read_text())["metrics"]

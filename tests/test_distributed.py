@@ -283,7 +283,7 @@ def test_evaluation_during_a_zero2_launch_is_ple_eval_of_the_snapshot_and_zero3_
         REPO / "configs" / "accelerate" / "zero2.yaml", 29680, "train", "--config", str(config)
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
-    during = json.loads((out / "evals" / "iter_001" / "eval.json").read_text())["metrics"]
+    during = json.loads((out / "evals" / "step_001" / "eval.json").read_text())["metrics"]
     assert (
         main(
             [

@@ -38,7 +38,7 @@ def test_evaluation_during_training_is_ple_eval_of_the_saved_policy(
         out = tmp_path / f"ple-eval-{done}"
         assert main(["eval", "--config", str(config), "--model", str(snapshot), "--output-dir", str(out)]) == 0
         by_ple_eval = json.loads((out / "eval.json").read_text())["metrics"]
-        during = json.loads((run / "evals" / f"iter_{done:03d}" / "eval.json").read_text())["metrics"]
+        during = json.loads((run / "evals" / f"step_{done:03d}" / "eval.json").read_text())["metrics"]
         assert set(during) == set(by_ple_eval) >= {"reward", "kl", "distinct_2", "generation_perplexity"}
         for name, result in by_ple_eval.items():
             assert during[name]["value"] == pytest.approx(result["value"], rel=1e-5, abs=1e-7), name

@@ -333,7 +333,7 @@ class Config:
         0,
         "Every this many iterations, and after the last, the policy in training is evaluated as `ple eval` evaluates "
         "a model (eval_dataset, eval_max_prompts, eval_rewards; rewards, KL to the base model, degeneration): the "
-        "numbers go to metrics.jsonl as eval/<metric> and to the trackers, the answers to evals/iter_NNN/. DPO, "
+        "numbers go to metrics.jsonl as eval/<metric> and to the trackers, the answers to evals/step_NNN/. DPO, "
         "RLOO and GRPO evaluate at the matching optimizer step. 0: never.",
         section="output",
     )

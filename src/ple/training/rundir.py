@@ -371,7 +371,7 @@ def eval_steps(config) -> list[int]:
 
 def eval_dir(run_dir: Path, done: int) -> Path:
     """Where the evaluation after `done` iterations is written (config.eval_steps)."""
-    return run_dir / EVALS / f"iter_{done:03d}"
+    return run_dir / EVALS / f"step_{done:03d}"  # NNN: iterations done, as in snapshots/step_NNN
 
 
 def checkpoint_name(t: int) -> str:
