@@ -75,8 +75,14 @@ def test_two_processes_match_one(tmp_path, tiny_chat_model, queries_file, reward
         capture_output=True,
         text=True,
     )
-    assert launched.returncode == 0, launched.stderr[-3000:]
+    _assert_ok(launched)
     _assert_same_run(one, two, 2, atol=1e-5)
+
+
+def _assert_ok(launched: subprocess.CompletedProcess) -> None:
+    """The launch exited 0; else its `ple:` lines (which the launcher's traceback can push out of a tail) and tail."""
+    ple_lines = [line for line in launched.stderr.splitlines() if "ple: " in line]
+    assert launched.returncode == 0, "\n".join(ple_lines) + "\n...\n" + launched.stderr[-3000:]
 
 
 def _accelerate_launch(config_file: Path, port: int, *args: str) -> subprocess.CompletedProcess:
@@ -114,7 +120,7 @@ def test_deepspeed_zero_matches_one_process_and_resumes(tmp_path, tiny_chat_mode
         launched = _accelerate_launch(
             accelerate_config, 29600 + 10 * stage + iterations, "train", "--config", str(config_zero), *extra
         )
-        assert launched.returncode == 0, launched.stderr[-3000:]
+        _assert_ok(launched)
         assert (zero / "checkpoints" / f"iter_{iterations - 1:03d}" / "deepspeed").is_dir()
     assert [m["n_skip"] for m in _metrics(one)] == [0, 0]  # so that every step of 2 pairs ends in a step of 1
     _assert_same_run(one, zero, 2, atol=1e-5)
@@ -166,7 +172,7 @@ def test_deepspeed_cpu_offload_of_the_optimizer_trains(tmp_path, tiny_chat_model
         yaml.safe_dump(tiny_config(tiny_chat_model, queries_file, out, f"{reward_module}:positivity", **settings))
     )
     launched = _accelerate_launch(accelerate_config, 29650, "train", "--config", str(config))
-    assert launched.returncode == 0, launched.stderr[-3000:]
+    _assert_ok(launched)
     final = load_file(out / "final" / "adapter_model.safetensors")
     assert any(v.abs().sum() > 0 for k, v in final.items() if "lora_B" in k)  # B starts at zero: it was trained
 
@@ -240,11 +246,11 @@ def test_trl_baselines_run_under_a_launch_as_in_one_process(
             launched = subprocess.run(
                 command + ["-m", "ple", "train", "--config", str(config)], env=ENV, capture_output=True, text=True
             )
-            assert launched.returncode == 0, launched.stderr[-3000:]
+            _assert_ok(launched)
         else:
             port = 29660 + 5 * ["dpo", "rloo", "grpo"].index(method)
             launched = _accelerate_launch(_zero_config(tmp_path, launch), port, "train", "--config", str(config))
-            assert launched.returncode == 0, launched.stderr[-3000:]
+            _assert_ok(launched)
         runs[processes] = out
     one, two = runs[1], runs[2]
     steps = {run: [m["optimizer_steps"] for m in _metrics(run)] for run in (one, two)}
@@ -282,7 +288,7 @@ def test_evaluation_during_a_zero2_launch_is_ple_eval_of_the_snapshot_and_zero3_
     launched = _accelerate_launch(
         REPO / "configs" / "accelerate" / "zero2.yaml", 29680, "train", "--config", str(config)
     )
-    assert launched.returncode == 0, launched.stderr[-3000:]
+    _assert_ok(launched)
     during = json.loads((out / "evals" / "step_001" / "eval.json").read_text())["metrics"]
     assert (
         main(
@@ -330,7 +336,7 @@ def test_a_bf16_zero_launch_keeps_bf16_weights_and_fp32_master_weights(
     launched = _accelerate_launch(
         REPO / "configs" / "accelerate" / "zero2.yaml", 29690, "train", "--config", str(config)
     )
-    assert launched.returncode == 0, launched.stderr[-3000:]
+    _assert_ok(launched)
     state_dir = out / "checkpoints" / "iter_000" / "deepspeed" / "state"
     engine_weights = torch.load(state_dir / "mp_rank_00_model_states.pt", weights_only=False)["module"]
     assert {v.dtype for v in engine_weights.values()} == {torch.bfloat16}  # what the engine holds and moves

@@ -75,6 +75,26 @@ def test_a_process_of_the_same_launch_writing_the_marker_is_not_a_foreign_folder
         refuse_foreign(run_dir)
 
 
+def test_the_marker_renamed_between_the_check_and_the_listing_is_not_a_foreign_folder(tmp_path, monkeypatch):
+    """An interleaving a launch can hit (the likely cause of a CI failure where rank 1 exited with a ple error): the
+    other process asks whether the marker is there (not yet), the main process renames it into place, the other
+    process lists the directory and finds it."""
+    import ple.training.rundir as rundir
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ".lock").write_text("")
+    first_look = rundir.holds_ple_run
+
+    def main_process_renames_the_marker_now(path):
+        held = first_look(path)
+        (path / MARKER).write_text("a ple run dir")
+        return held
+
+    monkeypatch.setattr(rundir, "holds_ple_run", main_process_renames_the_marker_now)
+    refuse_foreign(run_dir)
+
+
 def test_output_dir_that_is_empty_or_a_file_is_one_line(config, tmp_path):
     with pytest.raises(PLEError, match="output_dir is empty"):
         load_config(overrides={**config, "output_dir": ""})

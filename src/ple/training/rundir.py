@@ -87,8 +87,9 @@ def refuse_foreign(run_dir: Path, holds=None, what: str = "ple run") -> None:
     if run_dir.exists() and not run_dir.is_dir():
         raise PLEError(f"output_dir {run_dir} is a file, not a directory")
     if run_dir.is_dir() and not (holds or holds_ple_run)(run_dir):
-        # Another process of the same launch may be writing the marker right now (its temporary name).
-        ours = {LOCK, temporary(run_dir / MARKER).name}
+        # Another process of the same launch may be writing the marker right now: its temporary name, or the marker
+        # itself when the rename lands between the check above and this listing.
+        ours = {LOCK, MARKER, temporary(run_dir / MARKER).name}
         foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in ours)
         if foreign:
             raise PLEError(
