@@ -310,3 +310,21 @@ def test_a_grid_whose_reference_is_another_method_names_it_in_its_verdicts(spec_
     verdicts = text[text.index("### Verdict") :].split("\n\n")[1]
     assert verdicts.startswith("- ") and "ple-rank-only" in verdicts and "PLE" not in verdicts
     assert "## ple-rank-only against each method" in text and "| ple-rank-only minus |" in text
+
+
+def test_a_method_added_to_a_finished_grid_is_trained_alone_and_reported_as_added_later(spec_raw, tmp_path):
+    spec_raw.update(methods=["ple"], seeds=[0])
+    first = run_grid(load_grid(spec_raw)).read_text()
+    assert "Added after the grid's first run" not in first
+    grid = tmp_path / "grid"
+    kept = grid / "cells/ple/lr_0.005/seed0/eval/step_001/eval.json"
+    stamp = kept.stat().st_mtime_ns
+    report = run_grid(load_grid({**spec_raw, "methods": ["ple", "sft"]})).read_text()
+    assert kept.stat().st_mtime_ns == stamp  # ple's cell is not rerun
+    records = sorted((grid / "invocations").glob("*.json"))
+    assert [json.loads(p.read_text())["trained"] for p in records] == [
+        ["cell ple/lr_0.005/seed0"],
+        ["cell sft/lr_0.005/seed0"],
+    ]
+    day = lambda p: f"{p.name[:4]}-{p.name[4:6]}-{p.name[6:8]}"  # noqa: E731
+    assert f"Added after the grid's first run (started {day(records[0])}): sft (trained {day(records[1])})" in report

@@ -49,6 +49,7 @@ from ple.data import load_rows, query_rows
 from ple.errors import PLEError
 from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, Evaluator, eval_prompts, judge_reward_name
 from ple.evaluation.judges import RewardJudge
+from ple.evaluation.layout import GRID_FILE, GRID_MARKER, INVOCATIONS
 from ple.evaluation.pairwise import COMPARE_JSON, judge_pair, load_completions
 from ple.evaluation.results import write_results
 from ple.io import atomic_write_text, read_yaml_file, strict_json
@@ -394,7 +395,7 @@ def run_grid(grid: Grid) -> Path:
     invocation = Invocation(grid.output_dir)
     prompts = eval_prompts(grid.base, None)
     evaluator = Evaluator(grid.base)
-    atomic_write_text(grid.output_dir / "compare.yaml", yaml.safe_dump(grid_for_file(grid), sort_keys=False))
+    atomic_write_text(grid.output_dir / GRID_FILE, yaml.safe_dump(grid_for_file(grid), sort_keys=False))
 
     evaluate_once(evaluator, grid.base.model, prompts, grid.base_dir, "base model", grid.base.seed)
     for i in range(1, max(grid.best_of_n, default=1)):
@@ -526,6 +527,7 @@ def run_each(cells, eval_dirs, what: str, invocation: "Invocation", evaluator: E
             started = time.perf_counter()
             train_and_evaluate(cell, evaluator, prompts, eval_dirs(cell), cell.seed if seed is None else seed)
             eta.done(cell.method, time.perf_counter() - started, f"{what} {cell.label}")
+            invocation.trained.append(f"{what} {cell.label}")
             invocation.record()
         yield cell
 
@@ -551,7 +553,6 @@ class ETA:
         )
 
 
-GRID_MARKER = ".ple-compare"  # written first into a new grid directory: what tells a grid from a user's folder
 
 
 def holds_grid(out: Path) -> bool:
@@ -559,7 +560,7 @@ def holds_grid(out: Path) -> bool:
     compare.yaml beside what it ran (invocations/, base/ or cells/)."""
     if (out / GRID_MARKER).is_file():
         return True
-    return (out / "compare.yaml").is_file() and any((out / d).is_dir() for d in ("invocations", "base", "cells"))
+    return (out / GRID_FILE).is_file() and any((out / d).is_dir() for d in (INVOCATIONS, "base", "cells"))
 
 
 def claim_grid_dir(out: Path) -> None:
@@ -575,19 +576,23 @@ def claim_grid_dir(out: Path) -> None:
 
 
 class Invocation:
-    """invocations/<start>.json: this invocation's wall time and peak memory, rewritten after every finished run,
-    so that a grid run across sessions adds up, killed invocations included (to their last finished run)."""
+    """invocations/<start>.json: this invocation's wall time, peak memory and the runs it trained ("cell
+    ple/lr_0.0001/seed0", "lr grid ..."), rewritten after every finished run, so that a grid run across sessions
+    adds up, killed invocations included (to their last finished run), and a report can tell which cells joined
+    the grid after its first invocation."""
 
     def __init__(self, out: Path):
         self.started = time.perf_counter()
-        self.path = out / "invocations" / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.json"
+        self.path = out / INVOCATIONS / f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}.json"
+        self.trained: list[str] = []
 
     def record(self) -> None:
         import resource
 
         peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux
         seconds = time.perf_counter() - self.started
-        atomic_write_text(self.path, json.dumps({"seconds": seconds, "peak_rss_gb": peak_kb / 2**20}))
+        record = {"seconds": seconds, "peak_rss_gb": peak_kb / 2**20, "trained": self.trained}
+        atomic_write_text(self.path, json.dumps(record))
 
 
 def grid_for_file(grid: Grid) -> dict:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, judge_reward_name, reward_label
+from ple.evaluation.layout import INVOCATIONS
 from ple.evaluation.metrics import METRICS
 from ple.evaluation.pairwise import COMPARE_JSON
 from ple.evaluation.verdict import (
@@ -147,7 +148,7 @@ def write_results(grid) -> Path:
         lines.append(f"Not finished yet: {', '.join(missing)}.")
     diversity = {s["method"]: s["distinct_2_mean"] for s in summary if s.get("distinct_2_mean") is not None}
     lines += learning_rate_section(out) + difference_section(grid, base, diversity)
-    lines += figure3_section(grid) + frontier_section(grid) + cost_section(out)
+    lines += figure3_section(grid) + frontier_section(grid) + added_section(grid) + cost_section(out)
     report = out / "results.md"
     atomic_write_text(report, "\n".join(lines) + "\n")
     return report
@@ -352,7 +353,7 @@ def _plot_figure3(runs: list[list[dict]], path: Path) -> None:
 
 
 def cost_section(out: Path) -> list[str]:
-    runs = [read_json(p) for p in sorted((out / "invocations").glob("*.json"))]
+    runs = [read_json(p) for p in sorted((out / INVOCATIONS).glob("*.json"))]
     if not runs:
         return []
     hours = sum(r["seconds"] for r in runs) / 3600
@@ -361,6 +362,32 @@ def cost_section(out: Path) -> list[str]:
         "",
         f"Wall time: {hours:.2f} h over {len(runs)} invocation(s) of `ple compare`; peak memory (RSS of one "
         f"invocation): {peak:.1f} GB.",
+    ]
+
+
+def added_later(grid) -> dict[str, str]:
+    """The methods every one of whose cells a later invocation than the grid's first trained, each with the day
+    it was added (an invocation's file name starts with its start time, YYYYMMDDTHHMMSS)."""
+    records = sorted((grid.output_dir / INVOCATIONS).glob("*.json"))
+    later = {label: path.name[:8] for path in records[1:] for label in read_json(path).get("trained", [])}
+    added = {}
+    for method in grid.methods:
+        days = [later.get(f"cell {c.label}") for c in grid.cells if c.method == method]
+        if days and all(days):
+            added[method] = f"{max(days)[:4]}-{max(days)[4:6]}-{max(days)[6:]}"
+    return added
+
+
+def added_section(grid) -> list[str]:
+    added = added_later(grid)
+    if not added:
+        return []
+    first = sorted((grid.output_dir / INVOCATIONS).glob("*.json"))[0].name[:8]
+    named = ", ".join(f"{m} (trained {day})" for m, day in added.items())
+    return [
+        "",
+        f"Added after the grid's first run (started {first[:4]}-{first[4:6]}-{first[6:]}): {named}, under the same "
+        "config, evaluation and rules; the other methods' cells were not rerun.",
     ]
 
 
