@@ -122,6 +122,12 @@ def test_compare_never_writes_into_a_users_folder(spec_raw, tmp_path):
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(PLEError, match="is a file, not a directory"):
         run_grid(load_grid({**spec_raw, "output_dir": str(tmp_path / "a_file")}))
+    grid = tmp_path / "grid"  # a grid whose base/ became a file: one line before any work, the file kept
+    claim_grid_dir(grid)
+    (grid / "base").write_text("the user's notes")
+    with pytest.raises(PLEError, match="grid/base is a file where the grid keeps a folder"):
+        run_grid(load_grid(spec_raw))
+    assert (grid / "base").read_text() == "the user's notes"
 
 
 def test_bad_compare_files_fail_with_one_line(spec_raw, tmp_path, capsys):

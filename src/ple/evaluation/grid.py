@@ -49,7 +49,17 @@ from ple.data import load_rows, query_rows
 from ple.errors import PLEError
 from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, Evaluator, eval_prompts, judge_reward_name
 from ple.evaluation.judges import RewardJudge
-from ple.evaluation.layout import GRID_FILE, GRID_MARKER, INVOCATIONS
+from ple.evaluation.layout import (
+    BASE,
+    BASE_DRAWS,
+    CELLS,
+    GRID_DIRS,
+    GRID_FILE,
+    GRID_MARKER,
+    INVOCATIONS,
+    LR_GRID,
+    LR_GRID_JSON,
+)
 from ple.evaluation.pairwise import COMPARE_JSON, judge_pair, load_completions
 from ple.evaluation.results import write_results
 from ple.io import atomic_write_text, read_yaml_file, strict_json
@@ -173,14 +183,14 @@ class Grid:
 
     @property
     def base_dir(self) -> Path:
-        return self.output_dir / "base"
+        return self.output_dir / BASE
 
     def base_draw(self, i: int) -> tuple[Path, int]:
         """(directory, seed) of the base model's i-th answer to every prompt, for best-of-n; draw 0 is its
         evaluation itself."""
         if i == 0:
             return self.base_dir, self.base.seed
-        return self.output_dir / "base_draws" / f"draw_{i:02d}", self.base.seed + i
+        return self.output_dir / BASE_DRAWS / f"draw_{i:02d}", self.base.seed + i
 
     def method_seeds(self, method: str) -> tuple[int, ...]:
         return self.seeds_per_method.get(method, self.seeds)
@@ -205,7 +215,7 @@ class Grid:
         method's overrides, the rate, the seed and the run directory, then `changes`."""
         preset = get_method(method).preset
         shared = {k: v for k, v in self.config.items() if k != "method" and k not in preset}
-        directory = root or self.output_dir / "cells" / method / f"lr_{rate:g}" / f"seed{seed}"
+        directory = root or self.output_dir / CELLS / method / f"lr_{rate:g}" / f"seed{seed}"
         values = {
             **shared,
             **self.overrides.get(method, {}),
@@ -469,7 +479,7 @@ def tune_learning_rates(grid: Grid, evaluator: Evaluator, invocation: "Invocatio
             m,
             rate,
             lr.seed,
-            out / "lr_grid" / m / f"lr_{rate:g}",
+            out / LR_GRID / m / f"lr_{rate:g}",
             iterations=lr.iterations,
             queries_per_iteration=lr.queries_per_iteration,
         )
@@ -493,7 +503,7 @@ def tune_learning_rates(grid: Grid, evaluator: Evaluator, invocation: "Invocatio
         "chosen": chosen,
         "fixed_by_overrides": {m: o["learning_rate"] for m, o in grid.overrides.items() if "learning_rate" in o},
     }
-    atomic_write_text(out / "lr_grid.json", strict_json(record, indent=2))
+    atomic_write_text(out / LR_GRID_JSON, strict_json(record, indent=2))
     return chosen
 
 
@@ -553,20 +563,21 @@ class ETA:
         )
 
 
-
-
 def holds_grid(out: Path) -> bool:
     """Whether `out` is a ple compare grid: the marker it writes first, or (a grid from before the marker)
     compare.yaml beside what it ran (invocations/, base/ or cells/)."""
     if (out / GRID_MARKER).is_file():
         return True
-    return (out / GRID_FILE).is_file() and any((out / d).is_dir() for d in (INVOCATIONS, "base", "cells"))
+    return (out / GRID_FILE).is_file() and any((out / d).is_dir() for d in (INVOCATIONS, BASE, CELLS))
 
 
 def claim_grid_dir(out: Path) -> None:
     """Create `out` for a grid, or reuse it when it is one; one line for a user's folder, whose results.md or
     cells.csv the grid would overwrite."""
     refuse_foreign(out, holds_grid, "ple compare grid")
+    for name in GRID_DIRS:
+        if (out / name).exists() and not (out / name).is_dir():
+            raise PLEError(f"compare: {out / name} is a file where the grid keeps a folder; move it away and rerun")
     try:
         out.mkdir(parents=True, exist_ok=True)
         if not (out / GRID_MARKER).is_file():

@@ -3,3 +3,9 @@
 GRID_FILE = "compare.yaml"  # the grid as run, stated as a compare file
 GRID_MARKER = ".ple-compare"  # written first into a new grid directory: what tells a grid from a user's folder
 INVOCATIONS = "invocations"  # one record per `ple compare` invocation (grid.Invocation)
+BASE = "base"  # the base model's evaluation
+BASE_DRAWS = "base_draws"  # its further draws, for best-of-n
+CELLS = "cells"  # cells/<method>/lr_<rate>/seed<seed>: one training run each
+LR_GRID = "lr_grid"  # the learning-rate tuning runs
+LR_GRID_JSON = "lr_grid.json"  # the rates they chose
+GRID_DIRS = (BASE, BASE_DRAWS, CELLS, LR_GRID, INVOCATIONS)  # the folders a grid writes at its top

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, judge_reward_name, reward_label
-from ple.evaluation.layout import INVOCATIONS
+from ple.evaluation.layout import INVOCATIONS, LR_GRID_JSON
 from ple.evaluation.metrics import METRICS
 from ple.evaluation.pairwise import COMPARE_JSON
 from ple.evaluation.verdict import (
@@ -176,7 +176,7 @@ def _seed_counts(grid) -> str:
 
 def learning_rate_section(out: Path) -> list[str]:
     """The lr grid's validation scores and the chosen rate per method (lr_grid.json, from ple.evaluation.grid)."""
-    path = out / "lr_grid.json"
+    path = out / LR_GRID_JSON
     if not path.is_file():
         return []
     grid = read_json(path)
