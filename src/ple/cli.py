@@ -1,4 +1,4 @@
-"""The `ple` command: train, generate, eval, demo, compare, plan."""
+"""The `ple` command: train, generate, eval, demo, compare, plan, report."""
 
 import argparse
 import errno
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ple", description="Progressively Label Enhancement for LLM alignment.")
     sub = parser.add_subparsers(dest="command", required=True)
     epilog = "config fields:\n" + config_reference()
-    for add in (_add_train, _add_generate, _add_eval, _add_demo, _add_compare, _add_plan):
+    for add in (_add_train, _add_generate, _add_eval, _add_demo, _add_compare, _add_plan, _add_report):
         add(sub, epilog)
     return parser
 
@@ -398,6 +398,34 @@ def cmd_plan(args) -> int:
     return 0
 
 
+def _add_report(sub, epilog: str) -> None:
+    report = sub.add_parser(
+        "report",
+        help="re-render a compare grid's frontier views from its frontier.json, computing nothing",
+        description="Rewrites frontier.md, frontier_points.csv and the frontier plots of a `ple compare` grid "
+        "directory from its frontier.json alone (no bootstrap, no model): for a changed view, or a grid copied "
+        "without its plots.",
+    )
+    report.add_argument("directory", help="a `ple compare` grid directory holding frontier.json")
+
+
+def cmd_report(args) -> int:
+    from ple.evaluation.frontier_views import render_frontier
+    from ple.evaluation.layout import FRONTIER_JSON
+
+    directory = Path(args.directory)
+    if not directory.is_dir():
+        raise PLEError(f"report: {directory} is not a directory")
+    try:
+        path = render_frontier(directory)
+    except (KeyError, TypeError, ValueError) as e:  # a frontier.json from another version, or edited by hand
+        raise PLEError(f"report: {directory / FRONTIER_JSON} lacks what the views need ({e!r})") from None
+    if path is None:
+        raise PLEError(f"report: {directory} holds no {FRONTIER_JSON}; run `ple compare` with a frontier first")
+    print(f"frontier: {path}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
@@ -408,6 +436,7 @@ def main(argv: list[str] | None = None) -> int:
         "eval": cmd_eval,
         "compare": cmd_compare,
         "plan": cmd_plan,
+        "report": cmd_report,
     }
     try:
         return commands[args.command](args)
@@ -432,6 +461,7 @@ RESUMING = {  # what continues each command after a Ctrl-C
     "eval": "nothing was written for the model being evaluated; rerun `ple eval` (a judge's replies are cached)",
     "generate": "rerun `ple generate`",
     "plan": "rerun `ple plan`",
+    "report": "rerun `ple report`",
 }
 
 

@@ -53,12 +53,14 @@ from ple.evaluation.layout import (
     BASE,
     BASE_DRAWS,
     CELLS,
+    FRONTIER_JSON,
     GRID_DIRS,
     GRID_FILE,
     GRID_MARKER,
     INVOCATIONS,
     LR_GRID,
     LR_GRID_JSON,
+    PROBE_JSON,
 )
 from ple.evaluation.pairwise import COMPARE_JSON, judge_pair, load_completions
 from ple.evaluation.results import write_results
@@ -416,11 +418,21 @@ def run_grid(grid: Grid) -> Path:
     run_cells(grid, evaluator, prompts, invocation)
     judge_cells(grid, evaluator)
     if grid.frontier is not None:
-        from ple.evaluation.frontier import run_probe
-
-        run_probe(grid, evaluator.rewards[judge_reward_name(grid.base)])
+        analyse_frontier(grid, evaluator.rewards[judge_reward_name(grid.base)])
     invocation.record()
     return write_results(grid)
+
+
+def analyse_frontier(grid: Grid, judge) -> None:
+    """The judge probe (probe.json), then the frontier's analysis (frontier.json), which reports the probe."""
+    from ple.evaluation import frontier
+
+    record = frontier.probe(grid, judge)
+    if record is not None:
+        atomic_write_text(grid.output_dir / PROBE_JSON, strict_json(record, indent=2))
+    result = frontier.analyse(grid, frontier.rules_from(grid.frontier))
+    if result is not None:
+        atomic_write_text(grid.output_dir / FRONTIER_JSON, strict_json(result, indent=2))
 
 
 def judge_cells(grid: Grid, evaluator: Evaluator) -> None:

@@ -9,3 +9,7 @@ CELLS = "cells"  # cells/<method>/lr_<rate>/seed<seed>: one training run each
 LR_GRID = "lr_grid"  # the learning-rate tuning runs
 LR_GRID_JSON = "lr_grid.json"  # the rates they chose
 GRID_DIRS = (BASE, BASE_DRAWS, CELLS, LR_GRID, INVOCATIONS)  # the folders a grid writes at its top
+FRONTIER_JSON = "frontier.json"  # the frontier's analysis (ple.evaluation.frontier.analyse)
+PROBE_JSON = "probe.json"  # the judge probe (ple.evaluation.frontier.probe)
+FRONTIER_MD = "frontier.md"  # its views (ple.evaluation.frontier_views), rendered from frontier.json
+FRONTIER_POINTS_CSV = "frontier_points.csv"

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, judge_reward_name, reward_label
-from ple.evaluation.layout import INVOCATIONS, LR_GRID_JSON
+from ple.evaluation.layout import FRONTIER_JSON, FRONTIER_MD, INVOCATIONS, LR_GRID_JSON
 from ple.evaluation.metrics import METRICS
 from ple.evaluation.pairwise import COMPARE_JSON
 from ple.evaluation.verdict import (
@@ -155,15 +155,14 @@ def write_results(grid) -> Path:
 
 
 def frontier_section(grid) -> list[str]:
-    """The frontier's verdict (ple.evaluation.frontier), written to frontier.md; the table above is final models
-    only and judges them without regard to KL or diversity."""
-    from ple.evaluation.frontier import write_frontier
+    """The frontier's verdict from frontier.json (ple.evaluation.frontier), with frontier.md rendered from it; the
+    table above is final models only and judges them without regard to KL or diversity."""
+    from ple.evaluation.frontier_views import render_frontier
 
-    path = write_frontier(grid)
-    if path is None:
+    if grid.frontier is None or render_frontier(grid.output_dir) is None:
         return []
-    claim = read_json(grid.output_dir / "frontier.json")["claim"]
-    details = "Details: [frontier.md](frontier.md)."
+    claim = read_json(grid.output_dir / FRONTIER_JSON)["claim"]
+    details = f"Details: [{FRONTIER_MD}]({FRONTIER_MD})."
     return ["", "## The reward-KL frontier", "", claim or "No comparison yet.", "", details]
 
 

@@ -1,0 +1,46 @@
+"""`ple report`: a grid's frontier views re-rendered from its frontier.json alone, with no statistic recomputed."""
+
+import json
+import shutil
+from pathlib import Path
+
+import ple.evaluation.frontier as frontier
+from ple.cli import main
+
+COMMITTED = Path(__file__).resolve().parents[1] / "results" / "sentiment-frontier"
+
+
+def test_the_committed_frontier_re_renders_to_the_same_file_without_a_bootstrap(tmp_path, monkeypatch, capsys):
+    def no_statistics(*args, **kwargs):
+        raise AssertionError("a view recomputed a statistic")
+
+    for name in ("bootstrap_envelopes", "compare", "envelope", "analyse"):
+        monkeypatch.setattr(frontier, name, no_statistics)
+    result = json.loads((COMMITTED / "frontier.json").read_text())
+    # as written, and as a frontier.json from before it recorded its sampling (then read from compare.yaml)
+    for case, written in (
+        ("as_written", result),
+        ("no_sampling", {k: v for k, v in result.items() if k != "sampling"}),
+    ):
+        out = tmp_path / case
+        out.mkdir()
+        (out / "frontier.json").write_text(json.dumps(written))
+        shutil.copy(COMMITTED / "compare.yaml", out / "compare.yaml")
+        assert main(["report", str(out)]) == 0
+        assert (out / "frontier.md").read_text() == (COMMITTED / "frontier.md").read_text()
+        assert (out / "frontier_points.csv").read_text() == (COMMITTED / "frontier_points.csv").read_text()
+        assert all((out / f).stat().st_size > 1000 for f in ("frontier.png", "frontier_diversity.png"))
+
+
+def test_report_on_a_folder_without_a_frontier_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "missing")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "holds no frontier.json" in capsys.readouterr().err
+    (tmp_path / "frontier.json").write_text('{"points": [')
+    assert main(["report", str(tmp_path)]) == 2
+    assert "frontier.json is not valid JSON" in capsys.readouterr().err
+    (tmp_path / "frontier.json").write_text("{}")
+    assert main(["report", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "frontier.json lacks what the views need" in err and "Traceback" not in err
