@@ -26,7 +26,8 @@ import numpy as np
 from ple.data import load_rows, query_rows
 from ple.demo import JUDGE, demo_config, evaluate
 from ple.evaluation.evaluate import Evaluator
-from ple.evaluation.metrics import distinct_n, paired_bootstrap
+from ple.evaluation.metrics import distinct_n
+from ple.evaluation.stats import paired_bootstrap
 from ple.trainer import PLETrainer
 
 

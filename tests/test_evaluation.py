@@ -4,8 +4,9 @@ import math
 import numpy as np
 import pytest
 
-from ple.evaluation.metrics import bootstrap_ci, corpus_perplexity, distinct_n, paired_bootstrap
+from ple.evaluation.metrics import corpus_perplexity, distinct_n
 from ple.evaluation.report import write_report
+from ple.evaluation.stats import bootstrap_ci, paired_bootstrap
 
 
 def test_distinct_n_by_hand():

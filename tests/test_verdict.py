@@ -3,13 +3,8 @@
 import numpy as np
 import pytest
 
-from ple.evaluation.verdict import (
-    claim_sentence,
-    detectable_difference,
-    diversity_sentence,
-    hierarchical_difference,
-    verdict,
-)
+from ple.evaluation.stats import detectable_difference, hierarchical_difference
+from ple.evaluation.verdict import claim_sentence, diversity_sentence, verdict
 
 
 def test_a_constant_difference_has_no_spread():

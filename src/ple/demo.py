@@ -12,8 +12,9 @@ import torch
 from ple import assets
 from ple.config import load_config
 from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, Evaluator, eval_prompts
-from ple.evaluation.metrics import Metric, applicable, paired_bootstrap, reward_metric
+from ple.evaluation.metrics import Metric, applicable, reward_metric
 from ple.evaluation.report import write_report
+from ple.evaluation.stats import paired_bootstrap
 from ple.io import read_jsonl, read_yaml_file
 from ple.presets import COMPARE_PRESETS, DEMO
 from ple.progress import Progress

@@ -23,7 +23,6 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -32,6 +31,7 @@ from ple.errors import PLEError
 from ple.evaluation.evaluate import COMPLETIONS, judge_reward_name
 from ple.evaluation.layout import PROBE_JSON
 from ple.evaluation.metrics import _SENTENCE_END, _ngrams, sentences
+from ple.evaluation.stats import standard_error, z_value
 from ple.evaluation.verdict import display
 from ple.io import read_json_if_present, read_jsonl
 
@@ -197,14 +197,14 @@ def compare(
     Bonferroni-corrected normal interval (z at 1 - alpha / (2 m), m the number of (method, budget) pairs: with
     m near 30, a percentile interval would rest on the one or two most extreme of a thousand replicates)."""
     m = len(others) * len(rules.budgets)
-    z = NormalDist().inv_cdf(1 - rules.alpha / (2 * m)) if m else math.nan
+    z = z_value(rules.alpha, m) if m else math.nan
     rows = []
     for other in others:
         for budget in rules.budgets:
             estimate = full[reference][budget] - full[other][budget]
             draws = np.array([r[budget] - o[budget] for r, o in zip(replicates[reference], replicates[other])])
             defined = draws[np.isfinite(draws)]
-            se = float(defined.std(ddof=1)) if len(defined) > 1 else math.nan
+            se = standard_error(draws)
             low, high = estimate - z * se, estimate + z * se
             rows.append(
                 {
@@ -361,14 +361,12 @@ def analyse(grid, rules: Rules) -> dict[str, Any] | None:
         by_method[BEST_OF_N] = [p for p in points if p.method == BEST_OF_N]
     full = {m: envelope(ps, halves, base.features, rules) for m, ps in by_method.items()}
     replicates = bootstrap_envelopes(by_method, base.features, halves, rules)
-    z95 = NormalDist().inv_cdf(0.975)
+    z95 = z_value()
     envelopes = {}
     for m in by_method:
         envelopes[m] = {}
         for budget in rules.budgets:
-            values = np.array([r[budget] for r in replicates[m]])
-            values = values[np.isfinite(values)]
-            se = float(values.std(ddof=1)) if len(values) > 1 else math.nan
+            se = standard_error([r[budget] for r in replicates[m]])
             envelopes[m][budget] = {"value": full[m][budget], "se": se, "ci95": z95 * se}
     reference = grid.reference
     others = [m for m in methods if m != reference] if reference in methods else []

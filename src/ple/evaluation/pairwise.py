@@ -11,7 +11,7 @@ from ple.data import prompt_text
 from ple.errors import PLEError
 from ple.evaluation.evaluate import judge_reward_name, reward_specs
 from ple.evaluation.judges import UNSCORED, LLMJudge, RewardJudge, both_orders
-from ple.evaluation.metrics import bootstrap_ci
+from ple.evaluation.stats import bootstrap_ci
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, strict_json
 from ple.model import resolve_device
 from ple.rewards import config_reward

@@ -15,14 +15,8 @@ from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, judge_reward_name, r
 from ple.evaluation.layout import FRONTIER_JSON, FRONTIER_MD, INVOCATIONS, LR_GRID_JSON
 from ple.evaluation.metrics import METRICS
 from ple.evaluation.pairwise import COMPARE_JSON
-from ple.evaluation.verdict import (
-    claim_sentence,
-    detectable_difference,
-    display,
-    diversity_sentence,
-    hierarchical_difference,
-    verdict,
-)
+from ple.evaluation.stats import detectable_difference, hierarchical_difference
+from ple.evaluation.verdict import claim_sentence, display, diversity_sentence, verdict
 from ple.io import atomic_write_text, read_json, read_json_if_present, read_jsonl
 from ple.training.rundir import METRICS_JSONL
 

@@ -2,10 +2,6 @@
 each other method: the difference in held-out score with an interval over seeds and prompts, and a verdict line
 written from that interval, never by hand."""
 
-import math
-
-import numpy as np
-
 from ple.methods import claimed_baselines
 
 AHEAD, BEHIND, NO_DIFFERENCE = (
@@ -15,36 +11,6 @@ AHEAD, BEHIND, NO_DIFFERENCE = (
 )
 # The demo's bar: a judge gain bought with a larger relative fall in distinct-2 is flagged next to the verdict.
 DIVERSITY_FALL_LIMIT = 0.10
-
-
-def hierarchical_difference(
-    a: dict[int, np.ndarray], b: dict[int, np.ndarray], n_resamples: int = 4000, seed: int = 0
-) -> dict[str, float]:
-    """Mean score of A minus mean score of B, with a 95% percentile interval from a two-level bootstrap.
-
-    `a` and `b` map a seed to that cell's per-prompt scores on the same prompts, in the same order. Only the seeds
-    both hold are used, paired: seed s of A against seed s of B (the same query order and evaluation seed). Each
-    resample draws the seeds with replacement and then, within each drawn seed, the prompts with replacement, so
-    the interval carries both the run-to-run and the prompt-to-prompt variation. `se` is the resamples' standard
-    deviation."""
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        raise ValueError("the two methods share no seed")
-    diffs = np.stack([np.asarray(a[s], dtype=float) - np.asarray(b[s], dtype=float) for s in seeds])  # seeds x prompts
-    n_seeds, n_prompts = diffs.shape
-    rng = np.random.default_rng(seed)
-    seed_draws = rng.integers(0, n_seeds, (n_resamples, n_seeds))
-    prompt_draws = rng.integers(0, n_prompts, (n_resamples, n_seeds, n_prompts))
-    resampled = np.nanmean(diffs[seed_draws[:, :, None], prompt_draws], axis=(1, 2))  # nan: a prompt left unscored
-    low, high = np.percentile(resampled, [2.5, 97.5])
-    return {
-        "delta": float(np.nanmean(diffs)),
-        "ci_low": float(low),
-        "ci_high": float(high),
-        "se": float(resampled.std(ddof=1)),
-        "seeds": n_seeds,
-        "prompts": n_prompts,
-    }
 
 
 def display(method: str) -> str:
@@ -100,9 +66,3 @@ def diversity_sentence(base_distinct_2: float, distinct_2: dict[str, float]) -> 
         f"The verdict reads the held-out judge only, which does not score variety: distinct-2 fell by more "
         f"than {limit} of the base model's {base_distinct_2:.3f} for {shown}."
     )
-
-
-def detectable_difference(se: float) -> float:
-    """The smallest true difference this grid finds with 80% power at the 5% level, given the standard error of a
-    difference: (1.96 + 0.84) * se."""
-    return (1.959964 + 0.841621) * se if math.isfinite(se) else math.nan
