@@ -11,7 +11,7 @@ import torch
 
 from ple import assets
 from ple.config import load_config
-from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, Evaluator, eval_prompts
+from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, Evaluator, eval_prompts, heldout_key
 from ple.evaluation.metrics import Metric, applicable, reward_metric
 from ple.evaluation.report import write_report
 from ple.evaluation.stats import paired_bootstrap
@@ -22,7 +22,7 @@ from ple.sentiment import PRINCIPLES, prepare, shared_judge
 from ple.trainer import PLETrainer
 from ple.training.rundir import CONFIG
 
-JUDGE = "heldout:ple.sentiment:judge_reward"  # the held-out judge's column in the evaluation rows
+JUDGE = heldout_key("ple.sentiment:judge_reward")  # the held-out judge's column in the evaluation rows
 EVAL_SEED_OFFSET = 12345  # the evaluation's sampling seed is the run's seed plus this
 # The demo's rewards, named for its report; every registered metric (ple.evaluation.metrics) follows them.
 DEMO_METRICS = (

@@ -42,6 +42,13 @@ REFERENCE_COLUMNS = ("reference", "response", "chosen")
 EVAL_JSON, COMPLETIONS = "eval.json", "completions.jsonl"  # what an evaluation writes in its directory
 
 
+HELDOUT = "heldout:"  # a held-out reward's column is HELDOUT + its name (the training reward's is "reward")
+
+
+def heldout_key(name: str) -> str:
+    return HELDOUT + name
+
+
 def reward_specs(config: Config) -> dict[str, Any]:
     """Name -> reward spec for the training reward and every held-out one."""
     specs = {}
@@ -50,13 +57,13 @@ def reward_specs(config: Config) -> dict[str, Any]:
     extra = config.eval_rewards or []
     for spec in [extra] if isinstance(extra, str) else extra:
         name = spec if isinstance(spec, str) else spec.get("name", "reward")
-        specs[f"heldout:{name}"] = [spec] if isinstance(spec, dict) else spec
+        specs[heldout_key(name)] = [spec] if isinstance(spec, dict) else spec
     return specs
 
 
 def judge_reward_name(config: Config) -> str:
     """The reward that judges win rates and differences: the first held-out one, else the training reward."""
-    return next((k for k in reward_specs(config) if k.startswith("heldout:")), "reward")
+    return next((k for k in reward_specs(config) if k.startswith(HELDOUT)), "reward")
 
 
 def eval_prompts(config: Config, prompts_file: str | None) -> list[dict]:
@@ -331,7 +338,7 @@ def answering_model(model, dtype: str):
 
 
 def reward_label(name: str) -> str:
-    return f"held-out reward {name.split(':', 1)[1]}" if name.startswith("heldout:") else "training reward"
+    return f"held-out reward {name.removeprefix(HELDOUT)}" if name.startswith(HELDOUT) else "training reward"
 
 
 def write_evaluation(out_dir: Path, rows: list[dict], result: dict[str, Any]) -> None:

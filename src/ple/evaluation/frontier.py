@@ -29,7 +29,7 @@ import numpy as np
 
 from ple.errors import PLEError
 from ple.evaluation.evaluate import COMPLETIONS, judge_reward_name
-from ple.evaluation.layout import PROBE_JSON
+from ple.evaluation.layout import PROBE_JSON, cell_label
 from ple.evaluation.metrics import _SENTENCE_END, _ngrams, sentences
 from ple.evaluation.stats import standard_error, z_value
 from ple.evaluation.verdict import display
@@ -80,7 +80,7 @@ class Point:
     def label(self) -> str:
         if self.method == BEST_OF_N:
             return f"best-of-{self.step}"
-        return f"{self.method}/lr_{self.learning_rate:g}/seed{self.seed}/step{self.step}"
+        return f"{cell_label(self.method, self.learning_rate, self.seed)}/step{self.step}"
 
 
 BEST_OF_N = "best-of-n"

@@ -61,6 +61,8 @@ from ple.evaluation.layout import (
     LR_GRID,
     LR_GRID_JSON,
     PROBE_JSON,
+    cell_label,
+    rate_dir,
 )
 from ple.evaluation.pairwise import COMPARE_JSON, judge_pair, load_completions
 from ple.evaluation.results import write_results
@@ -161,7 +163,7 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.method}/lr_{self.learning_rate:g}/seed{self.seed}"
+        return cell_label(self.method, self.learning_rate, self.seed)
 
 
 @dataclass(frozen=True)
@@ -217,7 +219,7 @@ class Grid:
         method's overrides, the rate, the seed and the run directory, then `changes`."""
         preset = get_method(method).preset
         shared = {k: v for k, v in self.config.items() if k != "method" and k not in preset}
-        directory = root or self.output_dir / CELLS / method / f"lr_{rate:g}" / f"seed{seed}"
+        directory = root or self.output_dir / CELLS / cell_label(method, rate, seed)
         values = {
             **shared,
             **self.overrides.get(method, {}),
@@ -230,7 +232,7 @@ class Grid:
         try:
             config = load_config(overrides=values)
         except PLEError as e:
-            raise PLEError(f"compare cell {method}/lr_{rate:g}/seed{seed}: {e}") from None
+            raise PLEError(f"compare cell {cell_label(method, rate, seed)}: {e}") from None
         return Cell(method, rate, seed, config)
 
     def counterpart(self, cell: Cell, method: str) -> Cell | None:
@@ -491,7 +493,7 @@ def tune_learning_rates(grid: Grid, evaluator: Evaluator, invocation: "Invocatio
             m,
             rate,
             lr.seed,
-            out / LR_GRID / m / f"lr_{rate:g}",
+            out / LR_GRID / m / rate_dir(rate),
             iterations=lr.iterations,
             queries_per_iteration=lr.queries_per_iteration,
         )

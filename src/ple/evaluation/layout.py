@@ -13,3 +13,12 @@ FRONTIER_JSON = "frontier.json"  # the frontier's analysis (ple.evaluation.front
 PROBE_JSON = "probe.json"  # the judge probe (ple.evaluation.frontier.probe)
 FRONTIER_MD = "frontier.md"  # its views (ple.evaluation.frontier_views), rendered from frontier.json
 FRONTIER_POINTS_CSV = "frontier_points.csv"
+
+
+def rate_dir(rate: float) -> str:
+    return f"lr_{rate:g}"
+
+
+def cell_label(method: str, rate: float, seed: int) -> str:
+    """A cell's name in messages and tables, which is also its folder under cells/: method/lr_<rate>/seed<seed>."""
+    return f"{method}/{rate_dir(rate)}/seed{seed}"

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, judge_reward_name, reward_label
+from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, HELDOUT, judge_reward_name, reward_label
 from ple.evaluation.layout import FRONTIER_JSON, FRONTIER_MD, INVOCATIONS, LR_GRID_JSON
 from ple.evaluation.metrics import METRICS
 from ple.evaluation.pairwise import COMPARE_JSON
@@ -92,7 +92,7 @@ def summarise(rows: list[dict], methods) -> list[dict]:
 def table_columns(grid, base: dict | None) -> dict[str, str]:
     """The compare table's columns, key -> label: the rewards, the pairwise rates, the registered metrics marked
     in_summary, the budget."""
-    rewards = [k for k in (base or {}).get("metrics", {}) if k == "reward" or k.startswith("heldout:")]
+    rewards = [k for k in (base or {}).get("metrics", {}) if k == "reward" or k.startswith(HELDOUT)]
     columns = {k: reward_label(k) for k in rewards}
     columns |= {"win_vs_base": "win vs base", "loss_vs_base": "loss vs base"}
     if grid.baseline:
