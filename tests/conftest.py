@@ -5,7 +5,9 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 
+from ple.evaluation.metrics import answer_kl, continuation_logprobs
 from ple.testing import WORDS, build_tiny_model
 
 
@@ -89,3 +91,17 @@ def track_params(monkeypatch):
         self.initial = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
 
     monkeypatch.setattr(PLETrainer, "__init__", init)
+
+
+@torch.no_grad()
+def response_kls(model, base, rows: list[dict], pad_id: int, batch_size: int = 16) -> list[tuple[float, float]]:
+    """`answer_kl` (exact, k1) per row, both models teacher-forced on the row's prompt and response: the tests'
+    second way to the KL the evaluation computes from pi's own generation steps (Evaluator.add_kl)."""
+    out = []
+    for start in range(0, len(rows), batch_size):
+        batch = rows[start : start + batch_size]
+        prompts, responses = [r["prompt_ids"] for r in batch], [r["response_ids"] for r in batch]
+        lp = continuation_logprobs(model, prompts, responses, pad_id)
+        lq = continuation_logprobs(base, prompts, responses, pad_id)
+        out += [answer_kl(a, b, r) for a, b, r in zip(lp, lq, responses)]
+    return out

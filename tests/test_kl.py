@@ -5,9 +5,10 @@ import math
 
 import pytest
 import torch
+from conftest import response_kls
 from transformers import LlamaForCausalLM
 
-from ple.evaluation.metrics import repeated_4gram_share, response_kls, sentences, top_sentence_share
+from ple.evaluation.metrics import repeated_4gram_share, sentences, top_sentence_share
 from ple.testing import tiny_llama_config
 
 

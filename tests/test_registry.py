@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import yaml
-from conftest import tiny_config
+from conftest import response_kls, tiny_config
 
 from ple.baselines import make_trainer
 from ple.baselines.sft import SFT
@@ -15,7 +15,7 @@ from ple.config import load_config
 from ple.errors import PLEError
 from ple.evaluation import evaluate as evaluate_module
 from ple.evaluation.evaluate import Evaluator, generate_rows
-from ple.evaluation.metrics import METRICS, Metric, register_metric, response_kls, response_nll
+from ple.evaluation.metrics import METRICS, Metric, register_metric, response_nll
 from ple.methods import METHODS, Method, get_method, register
 from ple.model import load_causal_lm, load_tokenizer
 from ple.principles import PromptBuilder

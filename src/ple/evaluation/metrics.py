@@ -6,7 +6,6 @@ reference model, `reference`, `ref_nll` and `ref_n_tokens` when the data has ref
 and how it is printed. `ple eval`, the demo's report and the `ple compare` tables are views of it: a new metric
 appears in all of them by one `register_metric(Metric(...))` (docs/extending.md)."""
 
-import contextlib
 import functools
 import math
 import re
@@ -106,24 +105,6 @@ def continuation_logprobs(model, prompts: list[list[int]], responses: list[list[
     ).logits[:, :-1]
     logprobs = logits.float().log_softmax(-1)
     return [logprobs[i, : len(r)] for i, r in enumerate(responses)]
-
-
-@torch.no_grad()
-def response_kls(
-    model, base, rows: Rows, pad_id: int, batch_size: int = 16, running=contextlib.nullcontext
-) -> list[tuple[float, float]]:
-    """`answer_kl` (exact, k1) per row, both models teacher-forced on the row's prompt and response.
-    `running(model)` is a context that gives the module to run for pi (an adapter merged into the base weights,
-    say); `base` runs outside it. (The evaluation takes pi's side from the generation itself.)"""
-    out = []
-    for start in range(0, len(rows), batch_size):
-        batch = rows[start : start + batch_size]
-        prompts, responses = [r["prompt_ids"] for r in batch], [r["response_ids"] for r in batch]
-        with running(model) as policy:
-            lp = continuation_logprobs(policy, prompts, responses, pad_id)
-        lq = continuation_logprobs(base, prompts, responses, pad_id)
-        out += [answer_kl(a, b, r) for a, b, r in zip(lp, lq, responses)]
-    return out
 
 
 @torch.no_grad()
