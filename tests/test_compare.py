@@ -148,7 +148,7 @@ def test_bad_compare_files_fail_with_one_line(spec_raw, tmp_path, capsys):
 
 
 def test_the_lr_grid_picks_each_methods_rate_on_validation_prompts_and_the_verdict_follows(
-    spec_raw, tmp_path, queries_file, reward_module
+    spec_raw, tmp_path, queries_file, reward_module, monkeypatch
 ):
     """Each method trains at each rate, is scored on the validation prompts, and its cells train at the best rate;
     results.md then holds PLE's difference from each method, computed here by hand from the completions."""
@@ -202,6 +202,20 @@ def test_the_lr_grid_picks_each_methods_rate_on_validation_prompts_and_the_verdi
     assert "### PLE's branches per iteration (mean over 2 seeds" in report
     (invocation,) = (grid / "invocations").glob("*.json")
     assert json.loads(invocation.read_text())["peak_rss_gb"] > 0 and "Wall time: " in report
+
+    # The views compute nothing: `ple report` rewrites results.md and its CSVs from results.json alone.
+    import ple.evaluation.results as results
+    import ple.evaluation.stats as stats
+
+    def no_statistics(*args, **kwargs):
+        raise AssertionError("a view recomputed a statistic")
+
+    for module in (results, stats):
+        monkeypatch.setattr(module, "hierarchical_difference", no_statistics)
+    for name in ("results.md", "differences.csv", "results.csv"):
+        (grid / name).unlink()
+    assert main(["report", str(grid)]) == 0
+    assert (grid / "results.md").read_text() == report and (grid / "differences.csv").is_file()
 
 
 def test_a_frontier_grid_evaluates_every_snapshot_and_draws_the_base_models_best_of_n(spec_raw, tmp_path):

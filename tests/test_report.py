@@ -36,11 +36,11 @@ def test_report_on_a_folder_without_a_frontier_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
-    assert "holds no frontier.json" in capsys.readouterr().err
+    assert "holds no results.json or frontier.json" in capsys.readouterr().err
     (tmp_path / "frontier.json").write_text('{"points": [')
     assert main(["report", str(tmp_path)]) == 2
     assert "frontier.json is not valid JSON" in capsys.readouterr().err
     (tmp_path / "frontier.json").write_text("{}")
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
-    assert "frontier.json lacks what the views need" in err and "Traceback" not in err
+    assert "lacks what the views need" in err and "Traceback" not in err

@@ -401,28 +401,29 @@ def cmd_plan(args) -> int:
 def _add_report(sub, epilog: str) -> None:
     report = sub.add_parser(
         "report",
-        help="re-render a compare grid's frontier views from its frontier.json, computing nothing",
-        description="Rewrites frontier.md, frontier_points.csv and the frontier plots of a `ple compare` grid "
-        "directory from its frontier.json alone (no bootstrap, no model): for a changed view, or a grid copied "
-        "without its plots.",
+        help="re-render a compare grid's results.md, frontier.md, CSVs and plots from its JSON, computing nothing",
+        description="Rewrites the views of a `ple compare` grid directory (results.md, frontier.md, their CSVs "
+        "and plots) from its results.json and frontier.json alone (no bootstrap, no model): for a changed view, "
+        "or a grid copied without its plots.",
     )
-    report.add_argument("directory", help="a `ple compare` grid directory holding frontier.json")
+    report.add_argument("directory", help="a `ple compare` grid directory")
 
 
 def cmd_report(args) -> int:
     from ple.evaluation.frontier_views import render_frontier
-    from ple.evaluation.layout import FRONTIER_JSON
+    from ple.evaluation.layout import FRONTIER_JSON, RESULTS_JSON
+    from ple.evaluation.results_views import render_results
 
     directory = Path(args.directory)
     if not directory.is_dir():
         raise PLEError(f"report: {directory} is not a directory")
-    try:
-        path = render_frontier(directory)
-    except (KeyError, TypeError, ValueError) as e:  # a frontier.json from another version, or edited by hand
-        raise PLEError(f"report: {directory / FRONTIER_JSON} lacks what the views need ({e!r})") from None
-    if path is None:
-        raise PLEError(f"report: {directory} holds no {FRONTIER_JSON}; run `ple compare` with a frontier first")
-    print(f"frontier: {path}")
+    try:  # results.md renders frontier.md too; a grid from before results.json has its frontier alone
+        paths = [render_results(directory) or render_frontier(directory)]
+    except (KeyError, TypeError, ValueError) as e:  # a JSON file from another version, or edited by hand
+        raise PLEError(f"report: the JSON in {directory} lacks what the views need ({e!r})") from None
+    if paths[0] is None:
+        raise PLEError(f"report: {directory} holds no {RESULTS_JSON} or {FRONTIER_JSON}; run `ple compare` first")
+    print(f"report: {paths[0]}")
     return 0
 
 

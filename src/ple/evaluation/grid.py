@@ -61,11 +61,13 @@ from ple.evaluation.layout import (
     LR_GRID,
     LR_GRID_JSON,
     PROBE_JSON,
+    RESULTS_JSON,
     cell_label,
     rate_dir,
 )
 from ple.evaluation.pairwise import COMPARE_JSON, judge_pair, load_completions
-from ple.evaluation.results import write_results
+from ple.evaluation.results import analyse_results
+from ple.evaluation.results_views import render_results
 from ple.io import atomic_write_text, read_yaml_file, strict_json
 from ple.methods import METHODS, get_method
 from ple.progress import Progress, quiet_libraries
@@ -422,7 +424,8 @@ def run_grid(grid: Grid) -> Path:
     if grid.frontier is not None:
         analyse_frontier(grid, evaluator.rewards[judge_reward_name(grid.base)])
     invocation.record()
-    return write_results(grid)
+    atomic_write_text(grid.output_dir / RESULTS_JSON, strict_json(analyse_results(grid), indent=1))
+    return render_results(grid.output_dir)
 
 
 def analyse_frontier(grid: Grid, judge) -> None:
