@@ -49,19 +49,22 @@ def _fmt(value, digits: int = 3) -> str:
 
 
 def frontier_markdown(result: dict, rules: Rules) -> str:
-    budgets = rules.budgets
-    judge = reward_label(result["judge"])
-    base = result["base"]
-    points = result["points"]
-    sampling = result["sampling"]
-    n_checkpoints = sum(p["method"] != BEST_OF_N for p in points)
-    lines = [
+    lines = header_section(result, rules) + verdict_section(result, rules) + envelope_section(result, rules)
+    lines += best_of_n_section(result) + probe_section(result) + points_section(result)
+    lines += growth_markdown(result["growth"])
+    lines += ["", "Every number: `frontier.json`; every point: `frontier_points.csv`.", ""]
+    return "\n".join(lines)
+
+
+def header_section(result: dict, rules: Rules) -> list[str]:
+    judge, base, sampling = reward_label(result["judge"]), result["base"], result["sampling"]
+    n_checkpoints = sum(p["method"] != BEST_OF_N for p in result["points"])
+    return [
         "# The reward-KL frontier",
         "",
         f"{n_checkpoints} checkpoint evaluations on {result['n_prompts']} held-out prompts, answers drawn at "
         f"temperature {sampling['temperature']:g}, top_p {sampling['top_p']:g}, top_k {sampling['top_k']}; the score "
-        f"is "
-        f"the {judge}; KL is KL(pi || pi_base) in nats per answer (ple.evaluation.metrics.answer_kl). "
+        f"is the {judge}; KL is KL(pi || pi_base) in nats per answer (ple.evaluation.metrics.answer_kl). "
         f"Base model: judge {_fmt(base['judge'])}, distinct-2 {_fmt(base['distinct_2'])}.",
         "",
         f"Rules (fixed before the run): a point is admissible when its distinct-2 is at least "
@@ -73,6 +76,12 @@ def frontier_markdown(result: dict, rules: Rules) -> str:
         "redo the gate, the selection and the difference.",
         "",
         *_gate_warning(rules, min(result["halves"])),
+    ]
+
+
+def verdict_section(result: dict, rules: Rules) -> list[str]:
+    budgets = rules.budgets
+    lines = [
         "## Verdict",
         "",
         result["claim"] or "No comparison: the reference method has no evaluated point yet.",
@@ -100,7 +109,12 @@ def frontier_markdown(result: dict, rules: Rules) -> str:
             f"bootstrap standard errors (Bonferroni over {first['comparisons']} comparisons, family-wise "
             f"{1 - rules.alpha:.0%}).",
         ]
-    lines += [
+    return lines
+
+
+def envelope_section(result: dict, rules: Rules) -> list[str]:
+    budgets = rules.budgets
+    lines = [
         "",
         "![judge score against KL](frontier.png)",
         "",
@@ -118,43 +132,56 @@ def frontier_markdown(result: dict, rules: Rules) -> str:
             e = envelope_row[f"{b:g}"]
             cells.append("-" if math.isnan(e["value"]) else f"{e['value']:.3f} ± {_fmt(e['ci95'])}")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
-    best = [p for p in points if p["method"] == BEST_OF_N]
-    if best:
-        lines += [
-            "",
-            "## The base model's best-of-n (by the training reward)",
-            "",
-            "| n | KL bound | judge | distinct-2 | top-sentence share | admissible |",
-            "|---:|---:|---:|---:|---:|---|",
-        ]
-        for p in best:
-            lines.append(
-                f"| {p['step']} | {p['kl']:.3f} | {_fmt(p['judge'])} | {_fmt(p['distinct_2'])} | "
-                f"{_fmt(p['top_sentence_share'])} | {'yes' if p['admissible'] else 'no'} |"
-            )
-    probe = result.get("probe")
-    if probe:
-        top = max(
-            (e["value"] for row in result["envelopes"].values() for e in row.values() if not math.isnan(e["value"])),
-            default=math.nan,
+    return lines
+
+
+def best_of_n_section(result: dict) -> list[str]:
+    best = [p for p in result["points"] if p["method"] == BEST_OF_N]
+    if not best:
+        return []
+    lines = [
+        "",
+        "## The base model's best-of-n (by the training reward)",
+        "",
+        "| n | KL bound | judge | distinct-2 | top-sentence share | admissible |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for p in best:
+        lines.append(
+            f"| {p['step']} | {p['kl']:.3f} | {_fmt(p['judge'])} | {_fmt(p['distinct_2'])} | "
+            f"{_fmt(p['top_sentence_share'])} | {'yes' if p['admissible'] else 'no'} |"
         )
-        reaches = not math.isnan(top) and probe["probe_judge"] >= top
-        lines += [
-            "",
-            "## A probe of the judge",
-            "",
-            f"The highest-scoring checkpoint ({probe['source']}, judge {_fmt(probe['source_judge'])}) most often "
-            f'says "{probe["sentence"]}" ({probe["sentence_share"]:.0%} of its answers). The base model\'s answers '
-            f"score {_fmt(probe['base_judge'])}; with that sentence appended they score "
-            f"{_fmt(probe['probe_judge'])} (n = {probe['n']}). The top of the frontier (the highest envelope) is "
-            f"{_fmt(top)}: "
-            + (
-                "**the appended sentence alone reaches it**, so the judge can be bought with one phrase."
-                if reaches
-                else "the appended sentence alone does not reach it."
-            ),
-        ]
-    lines += [
+    return lines
+
+
+def probe_section(result: dict) -> list[str]:
+    probe = result.get("probe")
+    if not probe:
+        return []
+    top = max(
+        (e["value"] for row in result["envelopes"].values() for e in row.values() if not math.isnan(e["value"])),
+        default=math.nan,
+    )
+    reaches = not math.isnan(top) and probe["probe_judge"] >= top
+    return [
+        "",
+        "## A probe of the judge",
+        "",
+        f"The highest-scoring checkpoint ({probe['source']}, judge {_fmt(probe['source_judge'])}) most often "
+        f'says "{probe["sentence"]}" ({probe["sentence_share"]:.0%} of its answers). The base model\'s answers '
+        f"score {_fmt(probe['base_judge'])}; with that sentence appended they score "
+        f"{_fmt(probe['probe_judge'])} (n = {probe['n']}). The top of the frontier (the highest envelope) is "
+        f"{_fmt(top)}: "
+        + (
+            "**the appended sentence alone reaches it**, so the judge can be bought with one phrase."
+            if reaches
+            else "the appended sentence alone does not reach it."
+        ),
+    ]
+
+
+def points_section(result: dict) -> list[str]:
+    lines = [
         "",
         "## Every point",
         "",
@@ -163,7 +190,7 @@ def frontier_markdown(result: dict, rules: Rules) -> str:
         "| method | lr | seed | step | KL | judge | distinct-2 | top-sentence share | admissible |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
-    for p in points:
+    for p in result["points"]:
         if p["method"] == BEST_OF_N:
             continue
         lines.append(
@@ -173,9 +200,7 @@ def frontier_markdown(result: dict, rules: Rules) -> str:
         )
     if result["differences"]:
         lines += ["", "![PLE minus each method at each budget](frontier_forest.png)"]
-    lines += growth_markdown(result["growth"])
-    lines += ["", "Every number: `frontier.json`; every point: `frontier_points.csv`.", ""]
-    return "\n".join(lines)
+    return lines
 
 
 def growth_markdown(rows: Sequence[dict]) -> list[str]:
