@@ -9,7 +9,8 @@ from conftest import tiny_config
 
 from ple.cli import main
 from ple.errors import PLEError
-from ple.evaluation.grid import claim_grid_dir, load_grid, run_grid
+from ple.evaluation.grid import claim_grid_dir, run_grid
+from ple.evaluation.grid_spec import load_grid
 
 
 @pytest.fixture

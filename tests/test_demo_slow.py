@@ -67,7 +67,7 @@ def test_short_compare_preset_on_the_real_model(tmp_path, monkeypatch):
     assert [r.split(",")[0] for r in rows[1:]] == methods
     assert (grid / "win_rates.png").is_file() and (grid / "figure3.png").is_file()
     validation = [json.loads(line)["prompt"] for line in open(grid / "lr_grid/ple/lr_0.0001/eval/completions.jsonl")]
-    from ple.evaluation.grid import CellPaths
+    from ple.evaluation.grid_spec import CellPaths
 
     (cell,) = (grid / "cells" / "ple").glob("lr_*/seed0")  # the one rate the lr grid chose
     evaluated = [json.loads(line)["prompt"] for line in open(CellPaths(cell).eval(1) / "completions.jsonl")]

@@ -117,7 +117,8 @@ def test_a_registered_metric_reaches_ple_eval_the_demo_table_and_the_compare_tab
     summary, labels = before_after(rows, rows, seed=0)
     assert labels["exclamations"] == "exclamation marks" and summary["exclamations"]["delta"] == 0
 
-    from ple.evaluation.grid import load_grid, run_grid
+    from ple.evaluation.grid import run_grid
+    from ple.evaluation.grid_spec import load_grid
 
     settings.pop("output_dir")
     grid = {"output_dir": str(tmp_path / "grid"), "methods": ["ple"], "seeds": [0], "config": settings}

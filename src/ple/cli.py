@@ -114,7 +114,7 @@ def _add_compare(sub, epilog: str) -> None:
         "compare",
         help="run a methods x learning rates x seeds grid under one budget, evaluate every model, write the results",
         description="A compare file holds output_dir, methods, seeds, tie_margin, config (shared training "
-        "config) and overrides (per method). See `ple.evaluation.grid` or docs/guide.md.",
+        "config) and overrides (per method). See `ple.evaluation.grid_spec` or docs/guide.md.",
     )
     source = compare.add_mutually_exclusive_group(required=True)
     source.add_argument("--config", help="compare file (YAML)")
@@ -140,7 +140,8 @@ def cmd_demo(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from ple.evaluation.grid import load_grid, read_grid_file, run_grid
+    from ple.evaluation.grid import run_grid
+    from ple.evaluation.grid_spec import load_grid, read_grid_file
 
     if args.preset:
         from ple.demo import compare_preset
