@@ -192,7 +192,7 @@ def model_name(name: str) -> str:
 def refuse_others_results(name: str, out: Path) -> None:
     """One line when `out` holds the evaluation of a model other than `name` (as model_name gives it): no
     evaluation replaces another. A relative name recorded before is read from the current directory."""
-    from ple.evaluation.evaluate import EVAL_JSON
+    from ple.evaluation.layout import EVAL_JSON
 
     held = json.loads((out / EVAL_JSON).read_text()).get("model") if (out / EVAL_JSON).is_file() else name
     if held != name and model_name(str(held)) != name:
@@ -201,7 +201,7 @@ def refuse_others_results(name: str, out: Path) -> None:
 
 def refuse_other_comparison(a: str, b: str, out: Path) -> None:
     """One line when `out` holds the comparison of another pair: no comparison replaces another."""
-    from ple.evaluation.pairwise import COMPARE_JSON
+    from ple.evaluation.layout import COMPARE_JSON
 
     if (out / COMPARE_JSON).is_file():
         held = json.loads((out / COMPARE_JSON).read_text())
@@ -226,7 +226,8 @@ def evaluate_models(names: list[str], config, prompts: list, args, dirs: list[Pa
 
 
 def cmd_eval(args) -> int:
-    from ple.evaluation.evaluate import EVAL_JSON, eval_prompts
+    from ple.evaluation.evaluate import eval_prompts
+    from ple.evaluation.layout import EVAL_JSON, EVAL_MD
 
     config = load_config(args.config, parse_overrides(args.overrides), validate=False)
     check_generation(config)
@@ -241,7 +242,7 @@ def cmd_eval(args) -> int:
     evaluate_models(names, config, eval_prompts(config, args.prompts_file), args, dirs)
     for name, d in zip(names, dirs):
         print(f"## {name}\n" if len(names) > 1 else "", end="")
-        print((d / "eval.md").read_text())
+        print((d / EVAL_MD).read_text())
         print(f"results: {d / EVAL_JSON}")
     return 0
 
@@ -257,7 +258,8 @@ def _with_base_model(config, name: str):
 
 def compare_two(config, args, out: Path) -> int:
     """`ple eval --compare A B`: a model is generated on the eval prompts, a .jsonl file is judged as it is."""
-    from ple.evaluation.evaluate import COMPLETIONS, eval_prompts
+    from ple.evaluation.evaluate import eval_prompts
+    from ple.evaluation.layout import COMPLETIONS
     from ple.evaluation.pairwise import judge_pair, load_completions, make_judge
 
     compared = [model_name(name) for name in args.compare]

@@ -11,7 +11,8 @@ import torch
 
 from ple import assets
 from ple.config import load_config
-from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, Evaluator, eval_prompts, heldout_key
+from ple.evaluation.evaluate import Evaluator, eval_prompts, heldout_key
+from ple.evaluation.layout import COMPLETIONS, EVAL_JSON
 from ple.evaluation.metrics import Metric, applicable, reward_metric
 from ple.evaluation.report import write_report
 from ple.evaluation.stats import paired_bootstrap

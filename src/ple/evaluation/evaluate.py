@@ -12,6 +12,7 @@ import torch
 from ple.config import Config
 from ple.data import load_task_rows, query_rows
 from ple.errors import PLEError, first_line
+from ple.evaluation.layout import COMPLETIONS, EVAL_JSON, EVAL_MD
 from ple.evaluation.metrics import (
     METRICS,
     Metric,
@@ -39,7 +40,6 @@ from ple.principles import PromptBuilder
 from ple.rewards import check_reward, config_reward, score
 
 REFERENCE_COLUMNS = ("reference", "response", "chosen")
-EVAL_JSON, COMPLETIONS = "eval.json", "completions.jsonl"  # what an evaluation writes in its directory
 
 
 HELDOUT = "heldout:"  # a held-out reward's column is HELDOUT + its name (the training reward's is "reward")
@@ -359,4 +359,4 @@ def write_evaluation(out_dir: Path, rows: list[dict], result: dict[str, Any]) ->
         lines.append(
             f"| {key} | {v['value']:.{digits}f} | [{v['ci_low']:.{digits}f}, {v['ci_high']:.{digits}f}] | {v['n']} |"
         )
-    atomic_write_text(out_dir / "eval.md", "\n".join(lines) + "\n")
+    atomic_write_text(out_dir / EVAL_MD, "\n".join(lines) + "\n")

@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 
 from ple.errors import PLEError
-from ple.evaluation.evaluate import COMPLETIONS, judge_reward_name
-from ple.evaluation.layout import PROBE_JSON, cell_label
+from ple.evaluation.evaluate import judge_reward_name
+from ple.evaluation.layout import COMPLETIONS, PROBE_JSON, cell_label
 from ple.evaluation.metrics import _SENTENCE_END, _ngrams, sentences
 from ple.evaluation.stats import standard_error, z_value
 from ple.evaluation.verdict import display

@@ -24,12 +24,15 @@ import yaml
 
 from ple.data import load_rows, query_rows
 from ple.errors import PLEError
-from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, Evaluator, eval_prompts, judge_reward_name
+from ple.evaluation.evaluate import Evaluator, eval_prompts, judge_reward_name
 from ple.evaluation.grid_spec import EVALUATION_KEYS, Cell, Grid, grid_for_file
 from ple.evaluation.judges import RewardJudge
 from ple.evaluation.layout import (
     BASE,
     CELLS,
+    COMPARE_JSON,
+    COMPLETIONS,
+    EVAL_JSON,
     FRONTIER_JSON,
     GRID_DIRS,
     GRID_FILE,
@@ -37,11 +40,12 @@ from ple.evaluation.layout import (
     INVOCATIONS,
     LR_GRID,
     LR_GRID_JSON,
+    MADE_FROM,
     PROBE_JSON,
     RESULTS_JSON,
     rate_dir,
 )
-from ple.evaluation.pairwise import COMPARE_JSON, judge_pair, load_completions
+from ple.evaluation.pairwise import judge_pair, load_completions
 from ple.evaluation.results import analyse_results
 from ple.evaluation.results_views import render_results
 from ple.io import atomic_write_text, strict_json
@@ -270,9 +274,6 @@ class Invocation:
         seconds = time.perf_counter() - self.started
         record = {"seconds": seconds, "peak_rss_gb": peak_kb / 2**20, "trained": self.trained}
         atomic_write_text(self.path, json.dumps(record))
-
-
-MADE_FROM = "made_from.json"  # beside an evaluation or a judging: what it was made from
 
 
 def is_current(out: Path, result: str, made_from: dict) -> bool:

@@ -1,4 +1,19 @@
-"""The names of what `ple compare` writes at the top of a grid directory, in one place."""
+"""The names of the files ple's evaluations write, in one place: an evaluation's directory (`ple eval --model`,
+a grid's base/ and each eval/step_NNN), a judging's (`ple eval --compare`, a cell's vs_*), a grid's top level."""
+
+# An evaluation's directory (ple.evaluation.evaluate.Evaluator.evaluate)
+EVAL_JSON = "eval.json"  # every metric with its interval, the settings
+COMPLETIONS = "completions.jsonl"  # one row per prompt: the answer, its scores, KL and NLL
+EVAL_MD = "eval.md"  # its view
+MADE_FROM = "made_from.json"  # in a grid, beside an evaluation or a judging: what it was made from
+
+# A judging's directory (ple.evaluation.pairwise.judge_pair)
+COMPARE_JSON = "compare.json"  # the pair's win / tie / loss rates
+COMPARE_ROWS = "compare_rows.jsonl"  # one row per prompt and order
+COMPARE_MD = "compare.md"
+WIN_RATE_PNG = "win_rate.png"
+
+# A grid's top level (ple.evaluation.grid)
 
 GRID_FILE = "compare.yaml"  # the grid as run, stated as a compare file
 GRID_MARKER = ".ple-compare"  # written first into a new grid directory: what tells a grid from a user's folder

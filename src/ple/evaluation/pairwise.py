@@ -11,6 +11,7 @@ from ple.data import prompt_text
 from ple.errors import PLEError
 from ple.evaluation.evaluate import judge_reward_name, reward_specs
 from ple.evaluation.judges import UNSCORED, LLMJudge, RewardJudge, both_orders
+from ple.evaluation.layout import COMPARE_JSON, COMPARE_MD, COMPARE_ROWS, WIN_RATE_PNG
 from ple.evaluation.stats import bootstrap_ci
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, strict_json
 from ple.model import resolve_device
@@ -21,9 +22,6 @@ class Completions(dict):
     """prompt text -> row; `repeated` counts the rows whose prompt came again (judged once, on its first row)."""
 
     repeated = 0
-
-
-COMPARE_JSON = "compare.json"  # what judge_pair writes: the pair's win rates
 
 
 def load_completions(path: str) -> Completions:
@@ -147,17 +145,17 @@ def judge_pair(
     }
     atomic_write_text(out_dir / COMPARE_JSON, strict_json(result, indent=2))
     atomic_write_jsonl(
-        out_dir / "compare_rows.jsonl",
+        out_dir / COMPARE_ROWS,
         [
             {"prompt": p, "a": a[p]["completion"], "b": b[p]["completion"], "outcome": o}
             for p, o in zip(shared, outcomes)
         ],
     )
-    plot_win_rates(rates, "A vs B", out_dir / "win_rate.png")
+    plot_win_rates(rates, "A vs B", out_dir / WIN_RATE_PNG)
     table = ["| outcome for A | rate | 95% CI |", "|---|---:|---|"]
     table += [f"| {k} | {v['value']:.3f} | [{v['ci_low']:.3f}, {v['ci_high']:.3f}] |" for k, v in rates.items()]
     atomic_write_text(
-        out_dir / "compare.md",
+        out_dir / COMPARE_MD,
         f"# A: `{label_a}` vs B: `{label_b}`\n\n{len(shared)} prompts, "
         "each judged in both orders.\n\n" + "\n".join(table) + "\n\n![win rate](win_rate.png)\n",
     )

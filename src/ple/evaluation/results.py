@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from ple.evaluation.evaluate import COMPLETIONS, EVAL_JSON, HELDOUT, judge_reward_name, reward_label
-from ple.evaluation.layout import INVOCATIONS
+from ple.evaluation.evaluate import HELDOUT, judge_reward_name, reward_label
+from ple.evaluation.layout import COMPARE_JSON, COMPARE_ROWS, COMPLETIONS, EVAL_JSON, INVOCATIONS
 from ple.evaluation.metrics import METRICS
-from ple.evaluation.pairwise import COMPARE_JSON
 from ple.evaluation.stats import detectable_difference, hierarchical_difference
 from ple.io import read_json, read_json_if_present, read_jsonl
 from ple.training.rundir import METRICS_JSONL
@@ -121,7 +120,7 @@ def pairwise_record(grid, method: str) -> dict[str, float] | None:
     shared seeds."""
     outcomes = []
     for cell in grid.cells:
-        path = cell.paths.vs(grid.reference) / "compare_rows.jsonl"
+        path = cell.paths.vs(grid.reference) / COMPARE_ROWS
         if cell.method == method and path.is_file():
             outcomes += [r["outcome"] for r in read_jsonl(path)]  # A is the reference
     if not outcomes:
