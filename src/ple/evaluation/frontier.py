@@ -30,7 +30,7 @@ import numpy as np
 from ple.errors import PLEError
 from ple.evaluation.evaluate import judge_reward_name
 from ple.evaluation.layout import COMPLETIONS, PROBE_JSON, cell_label
-from ple.evaluation.metrics import _SENTENCE_END, _ngrams, sentences
+from ple.evaluation.metrics import SENTENCE_END, ngrams, sentences
 from ple.evaluation.stats import standard_error, z_value
 from ple.evaluation.verdict import display
 from ple.io import read_json_if_present, read_jsonl
@@ -100,7 +100,7 @@ class Features:
         def ids(items) -> np.ndarray:
             return np.array([vocabulary.setdefault(x, len(vocabulary)) for x in items], dtype=np.int64)
 
-        self.bigrams = [ids(("2", *g) for g in _ngrams(t, 2)) for t in texts]
+        self.bigrams = [ids(("2", *g) for g in ngrams(t, 2)) for t in texts]
         self.sentences = [ids(("s", s) for s in sentences(t)) for t in texts]
 
     def distinct_2(self, idx: np.ndarray) -> float:
@@ -280,7 +280,7 @@ def most_common_sentence(texts: Sequence[str]) -> tuple[str, float]:
     counts: Counter = Counter()
     written: dict[str, str] = {}
     for t in texts:
-        for part in {" ".join(p.split()) for p in _SENTENCE_END.split(t) if p.strip()}:
+        for part in {" ".join(p.split()) for p in SENTENCE_END.split(t) if p.strip()}:
             key = part.lower()
             written.setdefault(key, part)
             counts[key] += 1

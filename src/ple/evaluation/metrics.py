@@ -25,7 +25,8 @@ Rows = Sequence[dict[str, Any]]
 
 
 @functools.lru_cache(maxsize=65536)
-def _ngrams(text: str, n: int) -> tuple[tuple[str, ...], ...]:
+def ngrams(text: str, n: int) -> tuple[tuple[str, ...], ...]:
+    """A text's word n-grams (whitespace words, lower-cased): what distinct-n and the frontier's gate count."""
     # Cached: a bootstrap recomputes a corpus metric on a thousand resamples of the same answers.
     words = text.lower().split()
     return tuple(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
@@ -33,23 +34,23 @@ def _ngrams(text: str, n: int) -> tuple[tuple[str, ...], ...]:
 
 def distinct_n(texts: Sequence[str], n: int) -> float:
     """Unique n-grams over all n-grams of a set of texts (whitespace words, lower-cased)."""
-    grams = [g for t in texts for g in _ngrams(t, n)]
+    grams = [g for t in texts for g in ngrams(t, n)]
     return len(set(grams)) / len(grams) if grams else 0.0
 
 
 def repeated_4gram_share(text: str) -> float:
     """The share of an answer's word 4-grams that repeat an earlier one of the same answer (0 when it has none)."""
-    grams = _ngrams(text, 4)
+    grams = ngrams(text, 4)
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")  # where an answer splits into sentences
 
 
 @functools.lru_cache(maxsize=65536)
 def sentences(text: str) -> frozenset[str]:
     """An answer's sentences, lower-cased with their whitespace collapsed, each once."""
-    parts = (" ".join(p.lower().split()) for p in _SENTENCE_END.split(text))
+    parts = (" ".join(p.lower().split()) for p in SENTENCE_END.split(text))
     return frozenset(p for p in parts if p)
 
 
