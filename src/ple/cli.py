@@ -159,7 +159,7 @@ def cmd_compare(args) -> int:
 
 def check_generation(config) -> None:
     """The generation settings that `ple generate` and `ple eval` use, checked as `ple train` checks them."""
-    from ple.config import generation_problems
+    from ple.config_checks import generation_problems
 
     problems = generation_problems(config)
     if problems:

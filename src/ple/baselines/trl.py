@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from ple.config import tracker_names
+from ple.config_checks import tracker_names
 from ple.errors import PLEError
 from ple.io import atomic_write_jsonl, atomic_write_text, finite_number, read_jsonl
 from ple.rewards import score

@@ -26,7 +26,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from ple.config import Config, generation_problems, load_config
+from ple.config import Config, load_config
+from ple.config_checks import generation_problems
 from ple.errors import PLEError
 from ple.evaluation.layout import BASE, BASE_DRAWS, CELLS, cell_label
 from ple.io import read_yaml_file

@@ -4,7 +4,7 @@ whatever this says."""
 
 from pathlib import Path
 
-from ple.config import tracker_names
+from ple.config_checks import tracker_names
 from ple.errors import PLEError
 from ple.io import finite_number
 
