@@ -32,7 +32,7 @@ from ple.evaluation.evaluate import judge_reward_name
 from ple.evaluation.layout import COMPLETIONS, PROBE_JSON, cell_label
 from ple.evaluation.metrics import SENTENCE_END, ngrams, sentences
 from ple.evaluation.stats import standard_error, z_value
-from ple.evaluation.verdict import display
+from ple.evaluation.verdict import frontier_claim, frontier_verdict
 from ple.io import read_json_if_present, read_jsonl
 
 
@@ -206,6 +206,7 @@ def compare(
             defined = draws[np.isfinite(draws)]
             se = standard_error(draws)
             low, high = estimate - z * se, estimate + z * se
+            line = frontier_verdict(reference, other, low, high, full[reference][budget], full[other][budget])
             rows.append(
                 {
                     "method": other,
@@ -217,61 +218,10 @@ def compare(
                     "z": z,
                     "comparisons": m,
                     "defined_share": len(defined) / len(draws) if len(draws) else 0.0,
-                    "verdict": verdict_line(reference, other, estimate, low, high, full, budget),
+                    "verdict": line,
                 }
             )
     return rows
-
-
-def verdict_line(reference: str, other: str, estimate, low, high, full, budget: float) -> str:
-    ref, oth = display(reference), display(other)
-    if math.isnan(full[reference][budget]) or math.isnan(full[other][budget]):
-        missing = [display(m) for m in (reference, other) if math.isnan(full[m][budget])]
-        return f"n/a (no admissible point: {' and '.join(missing)})"
-    if math.isnan(low) or math.isnan(high):
-        return "n/a (no interval: too few defined resamples)"
-    if low > 0:
-        return f"{ref} is ahead of {oth}"
-    if high < 0:
-        return f"{oth} is ahead of {ref}"
-    return "no difference detected"
-
-
-def claim_sentence(rows: Sequence[dict], reference: str, rules: Rules) -> str:
-    """One sentence from the verdict lines, whichever way they go."""
-    ref = display(reference)
-    parts = []
-    for budget in rules.budgets:
-        mine = [r for r in rows if r["budget"] == budget]
-        ahead = [display(r["method"]) for r in mine if r["verdict"] == f"{ref} is ahead of {display(r['method'])}"]
-        behind = [display(r["method"]) for r in mine if r["verdict"] == f"{display(r['method'])} is ahead of {ref}"]
-        na = [display(r["method"]) for r in mine if r["verdict"].startswith("n/a")]
-        same = [display(r["method"]) for r in mine if r["verdict"] == "no difference detected"]
-        if na and len(na) == len(mine):
-            parts.append(f"at KL <= {budget:g} nats nothing can be compared ({_names(na)} n/a)")
-            continue
-        bits = []
-        if ahead:
-            bits.append(f"ahead of {_names(ahead)}")
-        if behind:
-            bits.append(f"behind {_names(behind)}")
-        if same:
-            bits.append(f"not detectably different from {_names(same)}")
-        if na:
-            bits.append(f"n/a against {_names(na)}")
-        parts.append(f"at KL <= {budget:g} nats {ref} is " + "; ".join(bits))
-    gate_text = (
-        f"distinct-2 at least {rules.min_distinct_ratio:g} x the base model's and a top-sentence share at most "
-        f"{rules.max_top_sentence_share:.0%}"
-    )
-    return (
-        f"On the held-out judge, at matched KL to the base model with diversity gated ({gate_text}), "
-        f"{'; '.join(parts)} (Bonferroni-corrected {1 - rules.alpha:.0%} intervals over {len(rows)} comparisons)."
-    )
-
-
-def _names(names: Sequence[str]) -> str:
-    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
 # ---------------------------------------------------------------------------------------------- the judge probe
@@ -398,7 +348,7 @@ def analyse(grid, rules: Rules) -> dict[str, Any] | None:
         "envelopes": {m: {f"{b:g}": v for b, v in e.items()} for m, e in envelopes.items()},
         "reference": reference,
         "differences": rows,
-        "claim": claim_sentence(rows, reference, rules) if rows else None,
+        "claim": frontier_claim(rows, reference, rules) if rows else None,
         "probe": read_json_if_present(grid.output_dir / PROBE_JSON),
         "growth": growth(grid, point_rows),
     }

@@ -2,6 +2,8 @@
 each other method: the difference in held-out score with an interval over seeds and prompts, and a verdict line
 written from that interval, never by hand."""
 
+import math
+
 from ple.methods import claimed_baselines
 
 AHEAD, BEHIND, NO_DIFFERENCE = (
@@ -9,6 +11,7 @@ AHEAD, BEHIND, NO_DIFFERENCE = (
     "{x} is ahead of {ref}",
     "no difference detected between {ref} and {x}",
 )
+FRONTIER_NO_DIFFERENCE = "no difference detected"  # a frontier table's cell, whose row names the method
 # The demo's bar: a judge gain bought with a larger relative fall in distinct-2 is flagged next to the verdict.
 DIVERSITY_FALL_LIMIT = 0.10
 
@@ -66,3 +69,58 @@ def diversity_sentence(base_distinct_2: float, distinct_2: dict[str, float]) -> 
         f"The verdict reads the held-out judge only, which does not score variety: distinct-2 fell by more "
         f"than {limit} of the base model's {base_distinct_2:.3f} for {shown}."
     )
+
+
+def frontier_verdict(reference: str, other: str, low: float, high: float, ref_envelope: float, envelope: float) -> str:
+    """The frontier's line for `reference` minus `other` at one budget, from its interval [low, high] and the two
+    envelopes (nan: no admissible point within the budget)."""
+    names = {"ref": display(reference), "x": display(other)}
+    if math.isnan(ref_envelope) or math.isnan(envelope):
+        missing = [n for n, e in ((names["ref"], ref_envelope), (names["x"], envelope)) if math.isnan(e)]
+        return f"n/a (no admissible point: {' and '.join(missing)})"
+    if math.isnan(low) or math.isnan(high):
+        return "n/a (no interval: too few defined resamples)"
+    if low > 0:
+        return AHEAD.format(**names)
+    if high < 0:
+        return BEHIND.format(**names)
+    return FRONTIER_NO_DIFFERENCE
+
+
+def frontier_claim(rows, reference: str, rules) -> str:
+    """One sentence from the frontier's verdict lines (`rows`, one per method and budget), whichever way they go;
+    `rules` are the frontier's (ple.evaluation.frontier.Rules)."""
+    ref = display(reference)
+    parts = []
+    for budget in rules.budgets:
+        mine = [r for r in rows if r["budget"] == budget]
+        name = lambda r: display(r["method"])  # noqa: E731
+        ahead = [name(r) for r in mine if r["verdict"] == AHEAD.format(ref=ref, x=name(r))]
+        behind = [name(r) for r in mine if r["verdict"] == BEHIND.format(ref=ref, x=name(r))]
+        na = [name(r) for r in mine if r["verdict"].startswith("n/a")]
+        same = [name(r) for r in mine if r["verdict"] == FRONTIER_NO_DIFFERENCE]
+        if na and len(na) == len(mine):
+            parts.append(f"at KL <= {budget:g} nats nothing can be compared ({_names(na)} n/a)")
+            continue
+        bits = []
+        if ahead:
+            bits.append(f"ahead of {_names(ahead)}")
+        if behind:
+            bits.append(f"behind {_names(behind)}")
+        if same:
+            bits.append(f"not detectably different from {_names(same)}")
+        if na:
+            bits.append(f"n/a against {_names(na)}")
+        parts.append(f"at KL <= {budget:g} nats {ref} is " + "; ".join(bits))
+    gate_text = (
+        f"distinct-2 at least {rules.min_distinct_ratio:g} x the base model's and a top-sentence share at most "
+        f"{rules.max_top_sentence_share:.0%}"
+    )
+    return (
+        f"On the held-out judge, at matched KL to the base model with diversity gated ({gate_text}), "
+        f"{'; '.join(parts)} (Bonferroni-corrected {1 - rules.alpha:.0%} intervals over {len(rows)} comparisons)."
+    )
+
+
+def _names(names) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
