@@ -1,5 +1,6 @@
 """The LLM judge client against servers that misbehave the way real and hostile ones do, all on 127.0.0.1."""
 
+import contextlib
 import json
 import re
 import socket
@@ -210,3 +211,32 @@ def test_a_200_reply_that_is_not_a_chat_completion_quotes_the_server(servers, bo
     judge = LLMJudge(server.url, "m", backoff=0.01, max_retries=1, timeout=2, progress=False)
     with pytest.raises(PLEError, match=f"failed 2 times \\(last: a reply that is not a chat completion: .*{said}"):
         judge.judge(["p"], ["a"], ["b"])
+
+
+def test_a_server_that_answers_nothing_ends_the_judging_at_the_longest_wait():
+    """A server that accepts every request and never replies: after the first timeouts the client waits up to
+    8 x the timeout for one request at a time, and when that wait too passes with no answer from the server
+    since the request went out, it stops (before: every request's retries, one at a time, for minutes)."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    held = []
+
+    def accept():  # every connection kept open and never answered, until the listener closes
+        with contextlib.suppress(OSError):
+            while True:
+                held.append(listener.accept()[0])
+
+    threading.Thread(target=accept, daemon=True).start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/v1"
+    judge = LLMJudge(url, "m", concurrency=4, timeout=0.2, backoff=0.05, progress=False)
+    said = r"answered nothing for \d+ s \(the last request waited 1.6 s, 8 x the timeout\)"
+    try:
+        with pytest.raises(PLEError, match=said):
+            both_orders(judge, [f"p{i}" for i in range(12)], ["a"] * 12, ["b"] * 12)
+    finally:
+        listener.close()
+        for connection in held:
+            connection.close()
+    # The first wave of 4, then one request at the longest wait; another may have gone out as the first gave up.
+    assert judge.stats["requests"] <= 6, judge.stats

@@ -9,10 +9,12 @@ nothing but ties.
 
 import hashlib
 import json
+import math
 import os
 import random
 import re
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -162,6 +164,8 @@ class LLMJudge:
         self._lock = threading.Lock()
         self._slots = threading.Condition()
         self._limit, self._in_flight, self._timeout = concurrency, 0, timeout
+        self._first_sent = math.inf  # when the first request went out
+        self._last_answer = -math.inf  # when the server last answered anything
         self._stop, self._stop_reason = threading.Event(), ""  # set once a request gave up: the others stop too
         self.stats = {"requests": 0, "cached": 0, "retries": 0, "unparseable": 0, "cut_off": 0, "failed": 0}
 
@@ -177,6 +181,8 @@ class LLMJudge:
             self._slots.wait_for(lambda: self._in_flight < self._limit)
             self._in_flight += 1
             timeout = self._timeout
+        sent = time.monotonic()
+        self._first_sent = min(self._first_sent, sent)
         try:
             self._count("requests")
             raw = self.client.with_options(timeout=timeout).chat.completions.with_raw_response.create(
@@ -185,6 +191,7 @@ class LLMJudge:
                 temperature=self.temperature,
                 max_tokens=self.max_tokens,
             )
+            self._last_answer = time.monotonic()
             try:
                 choice = raw.parse().choices[0]
                 return choice.message.content, choice.finish_reason
@@ -196,12 +203,21 @@ class LLMJudge:
         except openai.APITimeoutError:
             # The server is queueing, and its queue counts in every timeout: from now on one request at a time,
             # with twice the wait (up to 8 times the configured one), so a retry does not time out behind the
-            # copies the server is still working through.
+            # copies the server is still working through. A request that waited the longest wait while the server
+            # answered nothing at all is the end: a silent server would otherwise cost every request's retries.
             with self._slots:
                 self._limit = 1
+                if timeout >= 8 * self.timeout and self._last_answer < sent:
+                    raise PLEError(
+                        f"judge endpoint {self.url} answered nothing for "
+                        f"{time.monotonic() - max(self._first_sent, self._last_answer):.0f} s "
+                        f"(the last request waited {timeout:g} s, 8 x the timeout); check the server, or raise the "
+                        "timeout (--judge-timeout)"
+                    ) from None
                 self._timeout = min(2 * self._timeout, 8 * self.timeout)
             raise _Retryable(f"no answer within {timeout:g} s") from None
         except openai.APIStatusError as e:
+            self._last_answer = time.monotonic()
             code = e.status_code
             if code == 429 or code >= 500:
                 raise _Retryable(f"HTTP {code}") from None
