@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import shutil
 
 import pytest
 from conftest import tiny_config
@@ -323,6 +324,12 @@ def test_a_grid_moved_whole_keeps_its_cells_and_evaluations(spec_raw, tmp_path):
     report = run_grid(load_grid({**spec_raw, "output_dir": str(moved)}))
     assert evaluation.stat().st_mtime_ns == stamp  # not retrained, not evaluated again
     assert "| ple |" in report.read_text()
+    # As kept in git (results/.gitignore): without the weights, a finished cell is still finished.
+    for weights in ("final", "checkpoints", "snapshots"):
+        shutil.rmtree(moved / "cells/ple/lr_0.005/seed0" / weights, ignore_errors=True)
+    run_grid(load_grid({**spec_raw, "output_dir": str(moved)}))
+    assert evaluation.stat().st_mtime_ns == stamp
+    assert not (moved / "cells/ple/lr_0.005/seed0/final").exists()  # nothing retrained
 
 
 def test_a_grid_whose_reference_is_another_method_names_it_in_its_verdicts(spec_raw, tmp_path):

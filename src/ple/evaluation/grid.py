@@ -122,7 +122,7 @@ def train_and_evaluate(cell: Cell, evaluator: Evaluator, prompts: list, outs: di
     del trainer
     gc.collect()
     for step, out in outs.items():
-        evaluate_once(evaluator, str(cell.model_at(step)), prompts, out, f"{cell.label} step {step}", seed)
+        evaluate_once(evaluator, cell.model_at(step), prompts, out, f"{cell.label} step {step}", seed)
 
 
 def check_unchanged(cell: Cell, resumable: tuple[str, ...] = ()) -> None:
@@ -192,7 +192,7 @@ def run_each(cells, eval_dirs, what: str, invocation: "Invocation", evaluator: E
     def finished(cell) -> bool:
         seed_of = cell.seed if seed is None else seed
         return all(
-            is_current(out, EVAL_JSON, evaluation_inputs(evaluator, str(cell.model_at(step)), prompts, seed_of, out))
+            is_current(out, EVAL_JSON, evaluation_inputs(evaluator, cell.model_at(step), prompts, seed_of, out))
             for step, out in eval_dirs(cell).items()
         )
 
@@ -301,21 +301,23 @@ def make_once(out: Path, result: str, made_from: dict, make) -> None:
     atomic_write_text(out / MADE_FROM, json.dumps(made_from, indent=1))
 
 
-def evaluation_inputs(evaluator: Evaluator, model: str, prompts: list, seed: int, out: Path) -> dict:
+def evaluation_inputs(evaluator: Evaluator, model: str | Path, prompts: list, seed: int, out: Path) -> dict:
     """What an evaluation in `out` depends on beyond the model's weights: which model (a local one by its path from
-    `out`, so that a grid moved whole keeps its evaluations), the settings, rewards, prompts and seed."""
+    `out`, so that a grid moved whole keeps its evaluations; a cell's model, given as a Path, so even where its
+    weights are not on disk, as in a grid kept in git without them), the settings, rewards, prompts and seed."""
     digest = hashlib.sha256(json.dumps(prompts, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     settings = {key: getattr(evaluator.config, key) for key in sorted(EVALUATION_KEYS)}
-    where = os.path.relpath(Path(model).resolve(), out.resolve()) if Path(model).exists() else model
+    local = isinstance(model, Path) or Path(model).exists()
+    where = os.path.relpath(Path(model).resolve(), out.resolve()) if local else model
     return {"model": where, "seed": seed, "settings": settings, "rewards": sorted(evaluator.rewards), "prompts": digest}
 
 
-def evaluate_once(evaluator: Evaluator, model: str, prompts: list, out: Path, label: str, seed: int) -> None:
-    """Evaluate `model` into `out` unless a previous invocation did, from the same inputs."""
+def evaluate_once(evaluator: Evaluator, model: str | Path, prompts: list, out: Path, label: str, seed: int) -> None:
+    """Evaluate `model` (a Path: a cell's own) into `out` unless a previous invocation did, from the same inputs."""
 
     def make():
         with Progress(total=1, description=f"eval {label}") as progress:
-            evaluator.evaluate(model, prompts, out, seed, progress)
+            evaluator.evaluate(str(model), prompts, out, seed, progress)
             progress.advance()
 
     make_once(out, EVAL_JSON, evaluation_inputs(evaluator, model, prompts, seed, out), make)
