@@ -44,3 +44,24 @@ def test_report_on_a_folder_without_a_frontier_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "lacks what the views need" in err and "Traceback" not in err
+
+
+def test_a_difference_without_an_interval_renders_as_nan_not_a_traceback(tmp_path):
+    """strict JSON writes a nan as null: the view reads it back as nan (a judge that scored nothing), as the
+    table showed before results.json existed."""
+    from ple.evaluation.results_views import difference_section
+
+    undefined = {"delta": None, "ci_low": None, "ci_high": None, "se": None, "detectable": None}
+    result = {
+        "base": {"metrics": {"distinct_2": {"value": None}}},
+        "reference": "ple",
+        "differences": {"sft": {**undefined, "seeds": 2, "prompts": 5, "pairwise": None}},
+        "judge": "heldout:x",
+        "tie_margin": 0.0,
+        "detectable_median": None,
+        "summary": [],
+    }
+    text = "\n".join(difference_section(tmp_path, result))
+    assert "| sft | +nan | [+nan, +nan] | 2 | - | nan |" in text
+    assert "- no difference detected between PLE and sft." in text
+    assert "The base model's distinct-2 is nan" in text

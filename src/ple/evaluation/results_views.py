@@ -90,7 +90,8 @@ def learning_rate_section(out: Path) -> list[str]:
 
 
 def difference_section(out: Path, result: dict) -> list[str]:
-    diffs, base, reference = result["differences"], result["base"], result["reference"]
+    base, reference = result["base"], result["reference"]
+    diffs = {m: _nan_for_null(d) for m, d in result["differences"].items()}
     if not diffs:
         return []
     _write_csv(
@@ -118,13 +119,13 @@ def difference_section(out: Path, result: dict) -> list[str]:
         record = d["pairwise"]
         shown = "-" if record is None else f"{record['win']:.2f} / {record['tie']:.2f} / {record['loss']:.2f}"
         lines.append(
-            f"| {method} | {d['delta']:+.3f} | [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | {d['seeds']} | {shown} "
-            f"| {d['detectable']:.3f} |"
+            f"| {method} | {_number(d['delta'], '+.3f')} | [{_number(d['ci_low'], '+.3f')}, "
+            f"{_number(d['ci_high'], '+.3f')}] | {d['seeds']} | {shown} | {_number(d['detectable'], '.3f')} |"
         )
     detectable = result["detectable_median"]
     lines += [
         "",
-        f"The smallest held-out difference this grid can detect (median over the methods): {detectable:.3f}.",
+        f"The smallest held-out difference this grid can detect (median over the methods): {_number(detectable)}.",
         "",
         "### Verdict",
         "",
@@ -135,7 +136,8 @@ def difference_section(out: Path, result: dict) -> list[str]:
     if base:
         summary = result["summary"]
         distinct_2 = {s["method"]: s["distinct_2_mean"] for s in summary if s.get("distinct_2_mean") is not None}
-        lines += ["", diversity_sentence(base["metrics"]["distinct_2"]["value"], distinct_2)]
+        base_distinct_2 = base["metrics"]["distinct_2"]["value"]  # null in JSON where it was nan
+        lines += ["", diversity_sentence(math.nan if base_distinct_2 is None else base_distinct_2, distinct_2)]
     return lines
 
 
@@ -243,6 +245,17 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, text.getvalue())
+
+
+def _nan_for_null(difference: dict) -> dict:
+    """A difference read from results.json with JSON's null back to the nan it was written from."""
+    numbers = ("delta", "ci_low", "ci_high", "se", "detectable")
+    return {k: math.nan if k in numbers and v is None else v for k, v in difference.items()}
+
+
+def _number(value, spec: str = ".3f") -> str:
+    """A number as `spec` formats it; nan where JSON holds null (strict JSON writes a nan as null)."""
+    return format(math.nan if value is None else value, spec)
 
 
 def _cell(mean, std=None, key: str = "") -> str:
