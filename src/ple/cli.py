@@ -421,12 +421,12 @@ def cmd_report(args) -> int:
     if not directory.is_dir():
         raise PLEError(f"report: {directory} is not a directory")
     try:  # results.md renders frontier.md too; a grid from before results.json has its frontier alone
-        paths = [render_results(directory) or render_frontier(directory)]
+        path = render_results(directory) or render_frontier(directory)
     except (KeyError, TypeError, ValueError) as e:  # a JSON file from another version, or edited by hand
         raise PLEError(f"report: the JSON in {directory} lacks what the views need ({e!r})") from None
-    if paths[0] is None:
+    if path is None:
         raise PLEError(f"report: {directory} holds no {RESULTS_JSON} or {FRONTIER_JSON}; run `ple compare` first")
-    print(f"report: {paths[0]}")
+    print(f"report: {path}")
     return 0
 
 
