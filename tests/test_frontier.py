@@ -117,9 +117,19 @@ def test_the_probe_appends_the_most_common_sentence_as_written():
 
 def test_bad_rules_are_one_line():
     assert rules_from({"budgets": [3, 0.5]}).budgets == (0.5, 3.0)
-    for bad in ({}, {"budgets": []}, {"budgets": [0]}, {"budgets": [1], "gate": 1}, {"budgets": [1], "alpha": 2}):
+    wrong_level = {"budgets": [1], "family_error": 2}
+    for bad in ({}, {"budgets": []}, {"budgets": [0]}, {"budgets": [1], "gate": 1}, wrong_level):
         with pytest.raises(PLEError, match="frontier"):
             rules_from(bad)
+
+
+def test_the_family_error_level_is_read_under_its_old_name_alpha():
+    """Compare files and frontier.json written before the rename say `alpha` (beside the config's tau decay,
+    also `alpha`); they still load, to the same level."""
+    assert rules_from({"budgets": [1], "alpha": 0.1}).family_error == 0.1
+    assert rules_from({"budgets": [1]}).family_error == 0.05
+    with pytest.raises(PLEError, match="0 < family_error < 1"):
+        rules_from({"budgets": [1], "alpha": 2})
 
 
 def test_the_bootstrap_resamples_prompts_jointly_for_every_method():

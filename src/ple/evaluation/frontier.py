@@ -41,23 +41,30 @@ class Rules:
     budgets: tuple[float, ...]  # KL budgets, nats per answer
     min_distinct_ratio: float = 0.9  # admissible: distinct-2 >= this x the base model's
     max_top_sentence_share: float = 0.05  # admissible: at most this fraction of answers share their top sentence
-    alpha: float = 0.05  # family-wise error over every (baseline, budget) pair, Bonferroni
+    family_error: float = 0.05  # family-wise error level over every (baseline, budget) pair, Bonferroni
     resamples: int = 1000  # bootstrap replicates
     split_seed: int = 0  # the random split of the prompts into the selection halves
     bootstrap_seed: int = 0
 
 
+OLD_RULE_NAMES = {"alpha": "family_error"}  # in compare files and frontier.json written before the rename
+
+
 def rules_from(raw: Mapping[str, Any]) -> Rules:
-    """Rules from a compare file's `frontier` mapping, checked."""
+    """Rules from a compare file's `frontier` mapping (or frontier.json's `rules`), checked."""
     names = {f.name for f in fields(Rules)}
+    if isinstance(raw, Mapping):
+        raw = {OLD_RULE_NAMES.get(k, k): v for k, v in raw.items()}
     if not isinstance(raw, Mapping) or "budgets" not in raw or set(raw) - names:
         raise PLEError(f"compare: `frontier` is a mapping with budgets (allowed keys: {', '.join(sorted(names))})")
     budgets = raw["budgets"]
     if not isinstance(budgets, list) or not budgets or not all(isinstance(b, (int, float)) and b > 0 for b in budgets):
         raise PLEError("compare: `frontier.budgets` must be a non-empty list of positive KL budgets (nats)")
     rules = Rules(**{**raw, "budgets": tuple(sorted(float(b) for b in budgets))})
-    if not 0 < rules.alpha < 1 or rules.resamples < 100 or not 0 <= rules.max_top_sentence_share <= 1:
-        raise PLEError("compare: `frontier` needs 0 < alpha < 1, resamples >= 100, 0 <= max_top_sentence_share <= 1")
+    if not 0 < rules.family_error < 1 or rules.resamples < 100 or not 0 <= rules.max_top_sentence_share <= 1:
+        raise PLEError(
+            "compare: `frontier` needs 0 < family_error < 1, resamples >= 100, 0 <= max_top_sentence_share <= 1"
+        )
     return rules
 
 
@@ -197,7 +204,7 @@ def compare(
     Bonferroni-corrected normal interval (z at 1 - alpha / (2 m), m the number of (method, budget) pairs: with
     m near 30, a percentile interval would rest on the one or two most extreme of a thousand replicates)."""
     m = len(others) * len(rules.budgets)
-    z = z_value(rules.alpha, m) if m else math.nan
+    z = z_value(rules.family_error, m) if m else math.nan
     rows = []
     for other in others:
         for budget in rules.budgets:

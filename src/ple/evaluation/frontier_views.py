@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ple.evaluation.evaluate import reward_label
-from ple.evaluation.frontier import BEST_OF_N, BRANCH_KEYS, Rules
+from ple.evaluation.frontier import BEST_OF_N, BRANCH_KEYS, Rules, rules_from
 from ple.evaluation.layout import FRONTIER_JSON, FRONTIER_MD, FRONTIER_POINTS_CSV, GRID_FILE
 from ple.evaluation.verdict import display
 from ple.io import atomic_write_text, read_json, read_yaml_file
@@ -25,7 +25,7 @@ def render_frontier(out: Path) -> Path | None:
     if "sampling" not in result and (out / GRID_FILE).is_file():  # from before frontier.json recorded it
         evaluation = (read_yaml_file(out / GRID_FILE, "compare file") or {}).get("evaluation") or {}
         result["sampling"] = {k: evaluation[k] for k in ("temperature", "top_p", "top_k")}
-    rules = Rules(**{**result["rules"], "budgets": tuple(result["rules"]["budgets"])})
+    rules = rules_from(result["rules"])
     _write_points_csv(result["points"], out / FRONTIER_POINTS_CSV)
     plot_frontier(result, rules, out / "frontier.png")
     plot_diversity(result, rules, out / "frontier_diversity.png")
@@ -107,7 +107,7 @@ def verdict_section(result: dict, rules: Rules) -> list[str]:
             "",
             f"{display(result['reference'])} minus each method; intervals are the estimate ± {first['z']:.2f} "
             f"bootstrap standard errors (Bonferroni over {first['comparisons']} comparisons, family-wise "
-            f"{1 - rules.alpha:.0%}).",
+            f"{1 - rules.family_error:.0%}).",
         ]
     return lines
 

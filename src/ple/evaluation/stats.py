@@ -12,10 +12,10 @@ import numpy as np
 Rows = Sequence[dict[str, Any]]
 
 
-def z_value(alpha: float = 0.05, comparisons: int = 1) -> float:
-    """The two-sided normal quantile for family-wise level `alpha` over `comparisons` intervals (Bonferroni):
-    z = Phi^-1(1 - alpha / (2 m)); 1.960 for alpha 0.05 and one comparison."""
-    return NormalDist().inv_cdf(1 - alpha / (2 * comparisons))
+def z_value(error: float = 0.05, comparisons: int = 1) -> float:
+    """The two-sided normal quantile for family-wise error level `error` over `comparisons` intervals
+    (Bonferroni): z = Phi^-1(1 - error / (2 m)); 1.960 for error 0.05 and one comparison."""
+    return NormalDist().inv_cdf(1 - error / (2 * comparisons))
 
 
 def standard_error(draws: Sequence[float]) -> float:
@@ -106,7 +106,7 @@ def hierarchical_difference(
     }
 
 
-def detectable_difference(se: float, alpha: float = 0.05, power: float = 0.8) -> float:
-    """The smallest true difference a two-sided test at level `alpha` finds with probability `power`, given the
-    standard error of the difference: (z_{1 - alpha/2} + z_{power}) * se, (1.960 + 0.842) * se by default."""
-    return (z_value(alpha) + NormalDist().inv_cdf(power)) * se if math.isfinite(se) else math.nan
+def detectable_difference(se: float, error: float = 0.05, power: float = 0.8) -> float:
+    """The smallest true difference a two-sided test at error level `error` finds with probability `power`, given
+    the standard error of the difference: (z_{1 - error/2} + z_{power}) * se, (1.960 + 0.842) * se by default."""
+    return (z_value(error) + NormalDist().inv_cdf(power)) * se if math.isfinite(se) else math.nan

@@ -118,7 +118,8 @@ def frontier_claim(rows, reference: str, rules) -> str:
     )
     return (
         f"On the held-out judge, at matched KL to the base model with diversity gated ({gate_text}), "
-        f"{'; '.join(parts)} (Bonferroni-corrected {1 - rules.alpha:.0%} intervals over {len(rows)} comparisons)."
+        f"{'; '.join(parts)} (Bonferroni-corrected {1 - rules.family_error:.0%} intervals over {len(rows)} "
+        "comparisons)."
     )
 
 
