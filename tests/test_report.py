@@ -65,3 +65,22 @@ def test_a_difference_without_an_interval_renders_as_nan_not_a_traceback(tmp_pat
     assert "| sft | +nan | [+nan, +nan] | 2 | - | nan |" in text
     assert "- no difference detected between PLE and sft." in text
     assert "The base model's distinct-2 is nan" in text
+
+
+def test_a_hand_edited_frontier_or_a_folder_in_place_of_a_view_is_one_line(tmp_path, capsys):
+    result = json.loads((COMMITTED / "frontier.json").read_text())
+    edited = tmp_path / "edited"  # a difference at a budget the rules do not name
+    edited.mkdir()
+    unknown_budget = [{**result["differences"][0], "budget": 99.0}]
+    (edited / "frontier.json").write_text(json.dumps({**result, "differences": unknown_budget}))
+    shutil.copy(COMMITTED / "compare.yaml", edited / "compare.yaml")
+    assert main(["report", str(edited)]) == 2
+    assert "lacks what the views need" in capsys.readouterr().err
+    blocked = tmp_path / "blocked"  # frontier.md is a folder: its rename target, named
+    blocked.mkdir()
+    (blocked / "frontier.json").write_text(json.dumps(result))
+    shutil.copy(COMMITTED / "compare.yaml", blocked / "compare.yaml")
+    (blocked / "frontier.md").mkdir()
+    assert main(["report", str(blocked)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot write {blocked / 'frontier.md'}: Is a directory" in err and "Traceback" not in err

@@ -422,7 +422,7 @@ def cmd_report(args) -> int:
         raise PLEError(f"report: {directory} is not a directory")
     try:  # results.md renders frontier.md too; a grid from before results.json has its frontier alone
         path = render_results(directory) or render_frontier(directory)
-    except (KeyError, TypeError, ValueError) as e:  # a JSON file from another version, or edited by hand
+    except (KeyError, TypeError, ValueError, StopIteration) as e:  # a JSON file from another version, or edited
         raise PLEError(f"report: the JSON in {directory} lacks what the views need ({e!r})") from None
     if path is None:
         raise PLEError(f"report: {directory} holds no {RESULTS_JSON} or {FRONTIER_JSON}; run `ple compare` first")
@@ -448,10 +448,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"ple: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:
-        if e.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM):
+        if e.errno not in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EPERM, errno.EISDIR):
             raise
         # Every run file is written to a temporary name and renamed, so what was written before stays whole.
-        print(f"ple: error: cannot write {e.filename or 'a file'}: {e.strerror}", file=sys.stderr)
+        where = (e.filename2 if e.errno == errno.EISDIR else None) or e.filename  # a rename's target is the folder
+        print(f"ple: error: cannot write {where or 'a file'}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ple: interrupted; {RESUMING[args.command]}", file=sys.stderr)
