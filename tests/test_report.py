@@ -76,6 +76,15 @@ def test_a_hand_edited_frontier_or_a_folder_in_place_of_a_view_is_one_line(tmp_p
     shutil.copy(COMMITTED / "compare.yaml", edited / "compare.yaml")
     assert main(["report", str(edited)]) == 2
     assert "lacks what the views need" in capsys.readouterr().err
+    empty_grid = {"base": None, "rows": [], "summary": [], "columns": {}, "seeds": 1, "seeds_per_method": {}}
+    empty_grid |= {"judge": "reward", "tie_margin": 0.0, "reference": "ple", "missing": [], "machine": "x"}
+    empty_grid |= {"differences": {}, "detectable_median": None, "ple_runs": [], "added_later": {}}
+    (edited / "results.json").write_text(json.dumps({**empty_grid, "first_invocation": None}))
+    (edited / "frontier.json").write_text(json.dumps(result))
+    assert main(["report", str(edited)]) == 0  # an empty grid renders
+    (edited / "lr_grid.json").write_text('{"scores": 5}')  # the results views read it beside results.json
+    assert main(["report", str(edited)]) == 2
+    assert "lacks what the views need (AttributeError" in capsys.readouterr().err
     blocked = tmp_path / "blocked"  # frontier.md is a folder: its rename target, named
     blocked.mkdir()
     (blocked / "frontier.json").write_text(json.dumps(result))

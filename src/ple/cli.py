@@ -422,7 +422,7 @@ def cmd_report(args) -> int:
         raise PLEError(f"report: {directory} is not a directory")
     try:  # results.md renders frontier.md too; a grid from before results.json has its frontier alone
         path = render_results(directory) or render_frontier(directory)
-    except (KeyError, TypeError, ValueError, StopIteration) as e:  # a JSON file from another version, or edited
+    except (KeyError, TypeError, ValueError, AttributeError, StopIteration) as e:  # JSON from another version
         raise PLEError(f"report: the JSON in {directory} lacks what the views need ({e!r})") from None
     if path is None:
         raise PLEError(f"report: {directory} holds no {RESULTS_JSON} or {FRONTIER_JSON}; run `ple compare` first")
