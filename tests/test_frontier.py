@@ -130,6 +130,11 @@ def test_the_family_error_level_is_read_under_its_old_name_alpha():
     assert rules_from({"budgets": [1]}).family_error == 0.05
     with pytest.raises(PLEError, match="0 < family_error < 1"):
         rules_from({"budgets": [1], "alpha": 2})
+    with pytest.raises(PLEError, match="gives alpha and family_error; keep the second"):
+        rules_from({"budgets": [1], "alpha": 0.05, "family_error": 0.1})
+    for key in ("family_error", "resamples", "min_distinct_ratio"):
+        with pytest.raises(PLEError, match=f"`frontier.{key}` must be a number, got '0.05'"):
+            rules_from({"budgets": [1], key: "0.05"})
 
 
 def test_the_bootstrap_resamples_prompts_jointly_for_every_method():

@@ -47,6 +47,10 @@ class Rules:
     bootstrap_seed: int = 0
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 OLD_RULE_NAMES = {"alpha": "family_error"}  # in compare files and frontier.json written before the rename
 
 
@@ -54,12 +58,18 @@ def rules_from(raw: Mapping[str, Any]) -> Rules:
     """Rules from a compare file's `frontier` mapping (or frontier.json's `rules`), checked."""
     names = {f.name for f in fields(Rules)}
     if isinstance(raw, Mapping):
+        both = [old for old, new in OLD_RULE_NAMES.items() if old in raw and new in raw]
+        if both:
+            raise PLEError(f"compare: `frontier` gives {both[0]} and {OLD_RULE_NAMES[both[0]]}; keep the second")
         raw = {OLD_RULE_NAMES.get(k, k): v for k, v in raw.items()}
     if not isinstance(raw, Mapping) or "budgets" not in raw or set(raw) - names:
         raise PLEError(f"compare: `frontier` is a mapping with budgets (allowed keys: {', '.join(sorted(names))})")
     budgets = raw["budgets"]
-    if not isinstance(budgets, list) or not budgets or not all(isinstance(b, (int, float)) and b > 0 for b in budgets):
+    if not isinstance(budgets, list) or not budgets or not all(_is_number(b) and b > 0 for b in budgets):
         raise PLEError("compare: `frontier.budgets` must be a non-empty list of positive KL budgets (nats)")
+    wrong = [k for k, v in raw.items() if k != "budgets" and not _is_number(v)]
+    if wrong:
+        raise PLEError(f"compare: `frontier.{wrong[0]}` must be a number, got {raw[wrong[0]]!r}")
     rules = Rules(**{**raw, "budgets": tuple(sorted(float(b) for b in budgets))})
     if not 0 < rules.family_error < 1 or rules.resamples < 100 or not 0 <= rules.max_top_sentence_share <= 1:
         raise PLEError(
