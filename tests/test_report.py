@@ -81,7 +81,11 @@ def test_a_hand_edited_frontier_or_a_folder_in_place_of_a_view_is_one_line(tmp_p
     empty_grid |= {"differences": {}, "detectable_median": None, "ple_runs": [], "added_later": {}}
     (edited / "results.json").write_text(json.dumps({**empty_grid, "first_invocation": None}))
     (edited / "frontier.json").write_text(json.dumps(result))
-    assert main(["report", str(edited)]) == 0  # an empty grid renders
+    assert main(["report", str(edited)]) == 0  # an empty grid renders; frontier.json is not its own
+    assert "## The reward-KL frontier" not in (edited / "results.md").read_text()
+    (edited / "results.json").write_text(json.dumps({**empty_grid, "first_invocation": None, "frontier": True}))
+    assert main(["report", str(edited)]) == 0
+    assert "## The reward-KL frontier" in (edited / "results.md").read_text()
     (edited / "lr_grid.json").write_text('{"scores": 5}')  # the results views read it beside results.json
     assert main(["report", str(edited)]) == 2
     assert "lacks what the views need (AttributeError" in capsys.readouterr().err

@@ -170,6 +170,7 @@ def analyse_results(grid) -> dict[str, Any]:
         "ple_runs": ple_runs(grid),
         "added_later": added_later(grid),
         "first_invocation": _day(records[0].name) if records else None,
+        "frontier": grid.frontier is not None,  # whether frontier.json beside it is this grid's
     }
 
 

@@ -56,7 +56,7 @@ def render_results(out: Path) -> Path | None:
     if result["missing"]:
         lines.append(f"Not finished yet: {', '.join(result['missing'])}.")
     lines += learning_rate_section(out) + difference_section(out, result) + figure3_section(out, result)
-    lines += frontier_section(out) + added_section(result) + cost_section(out)
+    lines += (frontier_section(out) if result.get("frontier") else []) + added_section(result) + cost_section(out)
     report = out / RESULTS_MD
     atomic_write_text(report, "\n".join(lines) + "\n")
     return report
