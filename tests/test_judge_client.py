@@ -240,3 +240,45 @@ def test_a_server_that_answers_nothing_ends_the_judging_at_the_longest_wait():
             connection.close()
     # The first wave of 4, then one request at the longest wait; another may have gone out as the first gave up.
     assert judge.stats["requests"] <= 6, judge.stats
+
+
+SILENT_JUDGING = """
+import socket, threading
+from ple.evaluation.judges import LLMJudge, both_orders
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(64)
+held = []
+def accept():
+    try:
+        while True:
+            held.append(listener.accept()[0])
+    except OSError:
+        pass
+threading.Thread(target=accept, daemon=True).start()
+judge = LLMJudge(f"http://127.0.0.1:{listener.getsockname()[1]}/v1", "m", concurrency=4, timeout=300.0, progress=False)
+print("judging", flush=True)
+try:
+    both_orders(judge, [f"p{i}" for i in range(8)], ["a"] * 8, ["b"] * 8)
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+def test_one_ctrl_c_ends_the_judging_without_waiting_for_the_requests_in_flight():
+    """Four requests wait on a server that never answers, with a 300 s timeout. One Ctrl-C ends the process in
+    seconds: before, the interpreter waited at exit for the thread pool's threads, so for each request's timeout."""
+    import signal
+    import subprocess
+    import sys
+
+    process = subprocess.Popen([sys.executable, "-c", SILENT_JUDGING], stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "judging"
+    time.sleep(1.0)  # the requests are in flight
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=60)  # far below the 300 s the requests would wait
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail("one Ctrl-C left the judging running for a minute")
+    assert process.stdout.read().strip() == "interrupted"

@@ -16,7 +16,6 @@ import re
 import threading
 import time
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Protocol
 
@@ -302,21 +301,44 @@ class LLMJudge:
         return UNSCORED  # a reply that names neither answer is no verdict, not a tie
 
     def judge(self, prompts, firsts, seconds) -> list[Verdict]:
+        """Each (prompt, first, second) judged by `concurrency` worker threads. They are daemon threads: after an
+        error or a Ctrl-C the queued judgements are dropped, and the requests in flight do not keep the process
+        alive until they time out (the interpreter waits at exit for a thread pool's threads, not for these)."""
         from ple.progress import Progress
 
-        with Progress(total=len(prompts), description="judging", disable=not self.progress) as bar:
-            pool = ThreadPoolExecutor(max_workers=max(1, self._limit))
+        jobs = list(zip(prompts, firsts, seconds))
+        verdicts: list = [None] * len(jobs)
+        failures: list[BaseException] = []
+        finished = threading.Semaphore(0)
+        queue = iter(range(len(jobs)))
+        taking = threading.Lock()
+
+        def work() -> None:
+            while not self._stop.is_set():
+                with taking:
+                    i = next(queue, None)
+                if i is None:
+                    return
+                try:
+                    verdicts[i] = self._judge_one(*jobs[i])
+                except BaseException as e:  # handed to the main thread, which raises it
+                    failures.append(e)
+                finally:
+                    finished.release()
+
+        with Progress(total=len(jobs), description="judging", disable=not self.progress) as bar:
+            for _ in range(max(1, self._limit)):
+                threading.Thread(target=work, daemon=True).start()
             try:
-                futures = [pool.submit(self._judge_one, *args) for args in zip(prompts, firsts, seconds)]
-                for future in futures:
-                    future.result()
+                for _ in jobs:
+                    finished.acquire()
+                    if failures:
+                        raise failures[0]
                     bar.advance()
-                return [f.result() for f in futures]
             except BaseException:  # an error or Ctrl-C: the queued judgements are dropped, not sent
                 self.halt("judging was stopped")
                 raise
-            finally:
-                pool.shutdown(wait=False, cancel_futures=True)
+        return verdicts
 
 
 def _server_message(error) -> str:
