@@ -32,7 +32,7 @@ from ple.errors import PLEError
 from ple.evaluation.layout import BASE, BASE_DRAWS, CELLS, cell_label
 from ple.io import read_yaml_file
 from ple.methods import METHODS, get_method
-from ple.training.rundir import BUDGET, CONFIG, FINAL, snapshot_dir, snapshot_steps
+from ple.training.rundir import BUDGET, CONFIG, FINAL, snapshot_dir, snapshot_steps, step_name
 
 SPEC_KEYS = {
     "output_dir",
@@ -74,7 +74,7 @@ class CellPaths:
     root: Path
 
     def eval(self, step: int) -> Path:
-        return self.root / "eval" / f"step_{step:03d}"
+        return self.root / "eval" / step_name(step)
 
     def vs(self, other: str) -> Path:
         """Its pairwise judging against `other` (base, or a method)."""

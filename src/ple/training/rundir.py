@@ -353,9 +353,14 @@ def _same_setting(key: str, a, b) -> bool:
     return key in PATH_FIELDS and same_path(a, b)
 
 
+def step_name(done: int) -> str:
+    """The folder name of what belongs to the policy after `done` iterations: step_NNN."""
+    return f"step_{done:03d}"
+
+
 def snapshot_dir(run_dir: Path, done: int) -> Path:
     """Where the policy after `done` iterations is kept (config.snapshot_every)."""
-    return run_dir / SNAPSHOTS / f"step_{done:03d}"
+    return run_dir / SNAPSHOTS / step_name(done)
 
 
 def snapshot_steps(config) -> list[int]:
@@ -372,7 +377,7 @@ def eval_steps(config) -> list[int]:
 
 def eval_dir(run_dir: Path, done: int) -> Path:
     """Where the evaluation after `done` iterations is written (config.eval_steps)."""
-    return run_dir / EVALS / f"step_{done:03d}"  # NNN: iterations done, as in snapshots/step_NNN
+    return run_dir / EVALS / step_name(done)
 
 
 def checkpoint_name(t: int) -> str:
