@@ -1,5 +1,7 @@
 """Crash-safe file writes: write to a temporary file, then rename over the target."""
 
+import csv
+import io
 import json
 import math
 import os
@@ -46,6 +48,16 @@ def _finite(value: Any) -> Any:
 
 def atomic_write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(strict_json(row) + "\n" for row in rows))
+
+
+def atomic_write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    """One CSV row per mapping; the columns are every key, in the order they first appear (a "method" header for
+    no rows)."""
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)) or ["method"])
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, text.getvalue())
 
 
 # The line breaks of str.splitlines that a JSON string cannot hold unescaped (control characters); the others

@@ -1,8 +1,6 @@
 """The reward-KL frontier's views: frontier.md, frontier_points.csv and three plots, rendered from frontier.json
 alone (ple.evaluation.frontier computes it), so that `ple report` re-renders a grid without a bootstrap."""
 
-import csv
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,7 +12,7 @@ from ple.evaluation.evaluate import reward_label
 from ple.evaluation.frontier import BEST_OF_N, BRANCH_KEYS, Rules, rules_from
 from ple.evaluation.layout import FRONTIER_JSON, FRONTIER_MD, FRONTIER_POINTS_CSV, GRID_FILE
 from ple.evaluation.verdict import display
-from ple.io import atomic_write_text, read_json, read_yaml_file
+from ple.io import atomic_write_csv, atomic_write_text, read_json, read_yaml_file
 
 
 def render_frontier(out: Path) -> Path | None:
@@ -26,7 +24,7 @@ def render_frontier(out: Path) -> Path | None:
         evaluation = (read_yaml_file(out / GRID_FILE, "compare file") or {}).get("evaluation") or {}
         result["sampling"] = {k: evaluation[k] for k in ("temperature", "top_p", "top_k")}
     rules = rules_from(result["rules"])
-    _write_points_csv(result["points"], out / FRONTIER_POINTS_CSV)
+    atomic_write_csv(out / FRONTIER_POINTS_CSV, result["points"])
     plot_frontier(result, rules, out / "frontier.png")
     plot_diversity(result, rules, out / "frontier_diversity.png")
     if result["differences"]:
@@ -34,14 +32,6 @@ def render_frontier(out: Path) -> Path | None:
     path = out / FRONTIER_MD
     atomic_write_text(path, frontier_markdown(result, rules))
     return path
-
-
-def _write_points_csv(rows: list[dict], path: Path) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["method"])
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, buffer.getvalue())
 
 
 def _fmt(value, digits: int = 3) -> str:

@@ -1,8 +1,6 @@
 """A comparison grid's views: results.md, its CSVs and plots, rendered from results.json (ple.evaluation.results)
 and the other results files beside it (lr_grid.json, frontier.json, invocations/), computing no statistic."""
 
-import csv
-import io
 import math
 import statistics
 from pathlib import Path
@@ -14,7 +12,7 @@ from ple.evaluation.layout import FRONTIER_JSON, FRONTIER_MD, INVOCATIONS, LR_GR
 from ple.evaluation.metrics import METRICS
 from ple.evaluation.results import wide
 from ple.evaluation.verdict import claim_sentence, display, diversity_sentence, verdict
-from ple.io import atomic_write_text, read_json
+from ple.io import atomic_write_csv, atomic_write_text, read_json
 
 
 def render_results(out: Path) -> Path | None:
@@ -23,9 +21,9 @@ def render_results(out: Path) -> Path | None:
         return None
     result = read_json(out / RESULTS_JSON)
     base, rows, summary, columns = result["base"], result["rows"], result["summary"], result["columns"]
-    _write_csv(out / "results_long.csv", rows)
-    _write_csv(out / "results.csv", summary)
-    _write_csv(out / "cells.csv", wide(rows))
+    atomic_write_csv(out / "results_long.csv", rows)
+    atomic_write_csv(out / "results.csv", summary)
+    atomic_write_csv(out / "cells.csv", wide(rows))
     _plot_win_rates(summary, out / "win_rates.png")
     _plot_reward_vs_samples(summary, base, result["judge"], out / "heldout_vs_samples.png")
     lines = [
@@ -94,7 +92,7 @@ def difference_section(out: Path, result: dict) -> list[str]:
     diffs = {m: _nan_for_null(d) for m, d in result["differences"].items()}
     if not diffs:
         return []
-    _write_csv(
+    atomic_write_csv(
         out / "differences.csv",
         [
             {"method": m, **{k: v for k, v in d.items() if k != "pairwise"}, **(d["pairwise"] or {})}
@@ -237,14 +235,6 @@ def added_section(result: dict) -> list[str]:
         f"Added after the grid's first run (started {result['first_invocation']}): {named}, under the same "
         "config, evaluation and rules; the other methods' cells were not rerun.",
     ]
-
-
-def _write_csv(path: Path, rows: list[dict]) -> None:
-    text = io.StringIO()
-    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)) or ["method"])
-    writer.writeheader()
-    writer.writerows(rows)
-    atomic_write_text(path, text.getvalue())
 
 
 def _nan_for_null(difference: dict) -> dict:
