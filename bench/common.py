@@ -48,6 +48,6 @@ def model_path(tiny: bool) -> str:
         from ple.testing import build_tiny_model
 
         return str(build_tiny_model(Path(tempfile.mkdtemp()) / "tiny"))
-    from ple.assets import smollm2_path
+    from ple.demo.assets import smollm2_path
 
     return str(smollm2_path())

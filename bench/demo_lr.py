@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ple.data import load_rows, query_rows
-from ple.demo import JUDGE, demo_config, evaluate
+from ple.demo.run import JUDGE, demo_config, evaluate
 from ple.evaluation.evaluate import Evaluator
 from ple.evaluation.metrics import distinct_n
 from ple.evaluation.stats import paired_bootstrap

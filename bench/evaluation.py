@@ -42,7 +42,7 @@ def main() -> None:
             validate=False,
         )
     else:
-        from ple.demo import demo_config
+        from ple.demo.run import demo_config
         from ple.evaluation.evaluate import eval_prompts
 
         config = demo_config(

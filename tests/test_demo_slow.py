@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ple import assets
+from ple.demo import assets
 
 pytestmark = pytest.mark.slow
 
@@ -13,7 +13,7 @@ def test_short_demo_on_the_real_model(tmp_path):
     for name in ("SmolLM2-135M-Instruct", "all-MiniLM-L6-v2", "pang-lee"):
         if not (assets.cache_dir() / name / assets.MARKER).is_file():
             pytest.skip(f"{name} is not cached; run `ple demo` once")
-    from ple.demo import run_demo
+    from ple.demo.run import run_demo
 
     report = run_demo(
         {
@@ -24,7 +24,7 @@ def test_short_demo_on_the_real_model(tmp_path):
             "max_new_tokens": 12,
         }
     )
-    from ple.demo import JUDGE
+    from ple.demo.run import JUDGE
 
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
     shown = {"reward", JUDGE, "distinct_2", "generation_perplexity", "kl", "repeated_4grams", "top_sentence_share"}
@@ -45,7 +45,7 @@ def test_short_compare_preset_on_the_real_model(tmp_path, monkeypatch):
     for key, value in settings.items():
         args += ["--set", f"{key}={value}"]
     methods = ["ple", "sft", "dpo", "rloo", "raft"]
-    from ple import demo
+    from ple.demo import run as demo
 
     preset = demo.compare_preset
 

@@ -100,7 +100,7 @@ def test_the_registry_says_what_each_method_needs(tmp_path, tiny_chat_model, que
 def test_a_registered_metric_reaches_ple_eval_the_demo_table_and_the_compare_table(
     toy_metric, tmp_path, tiny_chat_model, queries_file, reward_module, capsys
 ):
-    from ple.demo import before_after
+    from ple.demo.run import before_after
 
     config = tmp_path / "c.yaml"
     settings = tiny_config(

@@ -3,9 +3,9 @@ import zipfile
 
 import pytest
 
-from ple import assets
+from ple.demo import assets
+from ple.demo.sentiment import detokenize, prepare, read_pang_lee
 from ple.errors import PLEError
-from ple.sentiment import detokenize, prepare, read_pang_lee
 
 
 def test_detokenize():

@@ -129,7 +129,7 @@ def _add_compare(sub, epilog: str) -> None:
 
 
 def cmd_demo(args) -> int:
-    from ple.demo import run_demo
+    from ple.demo.run import run_demo
 
     overrides = parse_overrides(args.overrides)
     if args.output_dir:
@@ -144,7 +144,7 @@ def cmd_compare(args) -> int:
     from ple.evaluation.grid_spec import load_grid, read_grid_file
 
     if args.preset:
-        from ple.demo import compare_preset
+        from ple.demo.run import compare_preset
 
         raw = compare_preset(args.preset)
     else:

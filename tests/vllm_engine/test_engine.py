@@ -19,8 +19,8 @@ vllm = pytest.importorskip(
 
 import torch  # noqa: E402
 
-from ple.assets import smollm2_path  # noqa: E402
 from ple.config import load_config  # noqa: E402
+from ple.demo.assets import smollm2_path  # noqa: E402
 from ple.generation import generate  # noqa: E402
 from ple.model import load_causal_lm  # noqa: E402
 from ple.trainer import PLETrainer  # noqa: E402

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import torch
 
-from ple import assets
 from ple.config import load_config
+from ple.demo import assets
+from ple.demo.sentiment import PRINCIPLES, prepare, shared_judge
 from ple.evaluation.evaluate import Evaluator, eval_prompts, heldout_key
 from ple.evaluation.layout import COMPLETIONS, EVAL_JSON
 from ple.evaluation.metrics import Metric, applicable, reward_metric
@@ -19,7 +20,6 @@ from ple.evaluation.stats import paired_bootstrap
 from ple.io import read_jsonl, read_yaml_file
 from ple.presets import COMPARE_PRESETS, DEMO
 from ple.progress import Progress
-from ple.sentiment import PRINCIPLES, prepare, shared_judge
 from ple.trainer import PLETrainer
 from ple.training.rundir import CONFIG
 
