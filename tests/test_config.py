@@ -3,7 +3,8 @@ import math
 import pytest
 
 from ple.cli import main
-from ple.config import FIELDS, config_reference, load_config, parse_overrides
+from ple.config import FIELDS, config_reference, load_config
+from ple.config_values import parse_overrides
 from ple.errors import PLEError
 
 BASE = {"model": "m", "dataset": "q.jsonl", "principle": "be kind", "reward": "vader"}

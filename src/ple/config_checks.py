@@ -179,3 +179,11 @@ def template_problems(name: str, template: str, fields: tuple[str, ...]) -> list
         return [f"{name} uses {{{unknown[0]}}}; it may use only {allowed} (a literal brace is {{{{ or }}}})"]
     missing = [f for f in fields if f not in used]
     return [f"{name} must contain {' and '.join('{' + f + '}' for f in missing)}"] if missing else []
+
+
+def check_generation(config: "Config") -> None:
+    """The generation settings that `ple generate` and `ple eval` use, checked as `ple train` checks them: the
+    first problem, as one line."""
+    problems = generation_problems(config)
+    if problems:
+        raise PLEError(problems[0])

@@ -174,3 +174,17 @@ def read_text_file(path: str | Path, what: str) -> str:
 
 def read_yaml_file(path: str | Path, what: str) -> Any:
     return load_yaml(read_text_file(path, what), f"{what} {path}")
+
+
+def writable_dir(path: Path, what: str) -> Path:
+    """`path` if this process can make it a directory and write there, else one line saying why not."""
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise PLEError(
+            f"{what} {path} is a file, not a directory"
+            if existing == path.absolute()
+            else f"{what} {path} is inside {existing}, which is a file"
+        )
+    if not os.access(existing, os.W_OK):
+        raise PLEError(f"{what} {path} is not writable ({existing})")
+    return path

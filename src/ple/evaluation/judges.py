@@ -200,20 +200,7 @@ class LLMJudge:
                 body = " ".join(raw.http_response.text.split())[:200]
                 raise _Retryable(f"a reply that is not a chat completion: {body!r}") from None
         except openai.APITimeoutError:
-            # The server is queueing, and its queue counts in every timeout: from now on one request at a time,
-            # with twice the wait (up to 8 times the configured one), so a retry does not time out behind the
-            # copies the server is still working through. A request that waited the longest wait while the server
-            # answered nothing at all is the end: a silent server would otherwise cost every request's retries.
-            with self._slots:
-                self._limit = 1
-                if timeout >= 8 * self.timeout and self._last_answer < sent:
-                    raise PLEError(
-                        f"judge endpoint {self.url} answered nothing for "
-                        f"{time.monotonic() - max(self._first_sent, self._last_answer):.0f} s "
-                        f"(the last request waited {timeout:g} s, 8 x the timeout); check the server, or raise the "
-                        "timeout (--judge-timeout)"
-                    ) from None
-                self._timeout = min(2 * self._timeout, 8 * self.timeout)
+            self._slow_down(timeout, sent)
             raise _Retryable(f"no answer within {timeout:g} s") from None
         except openai.APIStatusError as e:
             self._last_answer = time.monotonic()
@@ -235,6 +222,23 @@ class LLMJudge:
             with self._slots:
                 self._in_flight -= 1
                 self._slots.notify_all()
+
+    def _slow_down(self, timeout: float, sent: float) -> None:
+        """After a request sent at `sent` waited `timeout` s in vain. The server is queueing, and its queue counts in
+        every timeout: from now on one request at a time, with twice the wait (up to 8 times the configured one),
+        so a retry does not time out behind the copies the server is still working through. A request that waited
+        the longest wait while the server answered nothing at all is the end: a silent server would otherwise cost
+        every request's retries."""
+        with self._slots:
+            self._limit = 1
+            if timeout >= 8 * self.timeout and self._last_answer < sent:
+                raise PLEError(
+                    f"judge endpoint {self.url} answered nothing for "
+                    f"{time.monotonic() - max(self._first_sent, self._last_answer):.0f} s "
+                    f"(the last request waited {timeout:g} s, 8 x the timeout); check the server, or raise the "
+                    "timeout (--judge-timeout)"
+                ) from None
+            self._timeout = min(2 * self._timeout, 8 * self.timeout)
 
     def _post(self, content: str) -> tuple[object, str | None]:
         """(message content, finish_reason) of one chat completion, retried with backoff. The first request to give

@@ -32,7 +32,8 @@ from pathlib import Path
 
 import yaml
 
-from ple.config import RENAMED_KEYS, Config, save_config
+from ple.config import Config, save_config
+from ple.config_values import RENAMED_KEYS
 from ple.errors import PLEError, first_line
 from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, replace_dir, same_path, strict_json, temporary
 
