@@ -4,6 +4,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
+
 import ple.evaluation.frontier as frontier
 from ple.cli import main
 
@@ -32,11 +34,27 @@ def test_the_committed_frontier_re_renders_to_the_same_file_without_a_bootstrap(
         assert all((out / f).stat().st_size > 1000 for f in ("frontier.png", "frontier_diversity.png"))
 
 
+def test_an_evaluation_and_a_judging_re_render_to_the_same_files(tmp_path, monkeypatch):
+    """eval.md from eval.json and compare.md from compare.json, as the committed grid's base and a judging hold
+    them, with the statistics patched to raise."""
+    import ple.evaluation.stats as stats
+
+    monkeypatch.setattr(stats, "bootstrap_ci", lambda *a, **k: (_ for _ in ()).throw(AssertionError("recomputed")))
+    judging = COMMITTED / "cells" / "ple-no-decay" / "lr_5e-05" / "seed0" / "vs_ple"
+    for source, data, view in ((COMMITTED / "base", "eval.json", "eval.md"), (judging, "compare.json", "compare.md")):
+        out = tmp_path / source.name
+        out.mkdir()
+        shutil.copy(source / data, out / data)
+        assert main(["report", str(out)]) == 0
+        assert (out / view).read_text() == (source / view).read_text()
+    assert (tmp_path / "vs_ple" / "win_rate.png").stat().st_size > 1000
+
+
 def test_report_on_a_folder_without_a_frontier_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing")]) == 2
     assert "is not a directory" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
-    assert "holds no results.json or frontier.json" in capsys.readouterr().err
+    assert "holds none of results.json, frontier.json, eval.json, compare.json" in capsys.readouterr().err
     (tmp_path / "frontier.json").write_text('{"points": [')
     assert main(["report", str(tmp_path)]) == 2
     assert "frontier.json is not valid JSON" in capsys.readouterr().err
@@ -78,7 +96,12 @@ def test_a_hand_edited_frontier_or_a_folder_in_place_of_a_view_is_one_line(tmp_p
     assert "lacks what the views need" in capsys.readouterr().err
     empty_grid = {"base": None, "rows": [], "summary": [], "columns": {}, "seeds": 1, "seeds_per_method": {}}
     empty_grid |= {"judge": "reward", "tie_margin": 0.0, "reference": "ple", "missing": [], "machine": "x"}
-    empty_grid |= {"differences": {}, "detectable_median": None, "ple_runs": [], "added_later": {}}
+    empty_grid |= {
+        "differences": {},
+        "detectable_median": None,
+        "ple_branches": {"seeds": 0, "iterations": []},
+        "added_later": {},
+    }
     (edited / "results.json").write_text(json.dumps({**empty_grid, "first_invocation": None}))
     (edited / "frontier.json").write_text(json.dumps(result))
     assert main(["report", str(edited)]) == 0  # an empty grid renders; frontier.json is not its own
@@ -97,3 +120,19 @@ def test_a_hand_edited_frontier_or_a_folder_in_place_of_a_view_is_one_line(tmp_p
     assert main(["report", str(blocked)]) == 2
     err = capsys.readouterr().err
     assert f"cannot write {blocked / 'frontier.md'}: Is a directory" in err and "Traceback" not in err
+
+
+def test_figure3_series_are_the_mean_and_range_over_seeds_of_the_iterations_all_seeds_reached():
+    from ple.evaluation.results import branches_per_iteration
+
+    runs = [
+        [{"tau": 1.0, "mean_s": 0.2, "frac_rank": 0.5}, {"tau": 0.9, "mean_s": 0.6, "frac_rank": None}],
+        [{"tau": 1.0, "mean_s": 0.4, "frac_rank": 0.25}, {"tau": 0.9, "mean_s": 0.8}, {"tau": 0.81}],
+    ]
+    branches = branches_per_iteration(runs)
+    assert branches["seeds"] == 2 and len(branches["iterations"]) == 2  # the third iteration only one seed reached
+    first, second = branches["iterations"]
+    assert first["mean_s"] == pytest.approx({"mean": 0.3, "min": 0.2, "max": 0.4})
+    assert first["frac_rank"] == pytest.approx({"mean": 0.375, "min": 0.25, "max": 0.5})
+    assert second["frac_rank"] is None and second["mean_s_p"] is None  # logged by no seed
+    assert branches_per_iteration([]) == {"seeds": 0, "iterations": []}

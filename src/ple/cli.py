@@ -250,29 +250,41 @@ def cmd_plan(args) -> int:
 def _add_report(sub, epilog: str) -> None:
     report = sub.add_parser(
         "report",
-        help="re-render a compare grid's results.md, frontier.md, CSVs and plots from its JSON, computing nothing",
+        help="re-render the views of a compare grid, an evaluation or a judging from their JSON, computing nothing",
         description="Rewrites the views of a `ple compare` grid directory (results.md, frontier.md, their CSVs "
-        "and plots) from its results.json and frontier.json alone (no bootstrap, no model): for a changed view, "
-        "or a grid copied without its plots.",
+        "and plots) from its results.json and frontier.json alone (no bootstrap, no model), or an evaluation's "
+        "eval.md from eval.json, or a judging's compare.md and chart from compare.json: for a changed view, or a "
+        "directory copied without them.",
     )
-    report.add_argument("directory", help="a `ple compare` grid directory")
+    report.add_argument("directory", help="a `ple compare` grid, a `ple eval` directory, or a judging's directory")
 
 
 def cmd_report(args) -> int:
+    from ple.evaluation.evaluation_views import render_comparison, render_evaluation
     from ple.evaluation.frontier_views import render_frontier
-    from ple.evaluation.layout import FRONTIER_JSON, RESULTS_JSON
+    from ple.evaluation.layout import COMPARE_JSON, EVAL_JSON, FRONTIER_JSON, RESULTS_JSON
     from ple.evaluation.results_views import render_results
 
     directory = Path(args.directory)
     if not directory.is_dir():
         raise PLEError(f"report: {directory} is not a directory")
     try:  # results.md renders frontier.md too; a grid from before results.json has its frontier alone
-        path = render_results(directory) or render_frontier(directory)
+        paths = [render_results(directory) or render_frontier(directory)]
+        paths += [
+            render(directory)
+            for name, render in ((EVAL_JSON, render_evaluation), (COMPARE_JSON, render_comparison))
+            if (directory / name).is_file()
+        ]
     except (KeyError, TypeError, ValueError, AttributeError, StopIteration) as e:  # JSON from another version
         raise PLEError(f"report: the JSON in {directory} lacks what the views need ({e!r})") from None
-    if path is None:
-        raise PLEError(f"report: {directory} holds no {RESULTS_JSON} or {FRONTIER_JSON}; run `ple compare` first")
-    print(f"report: {path}")
+    paths = [p for p in paths if p is not None]
+    if not paths:
+        raise PLEError(
+            f"report: {directory} holds none of {RESULTS_JSON}, {FRONTIER_JSON}, {EVAL_JSON}, {COMPARE_JSON}; run "
+            "`ple compare` or `ple eval` first"
+        )
+    for path in paths:
+        print(f"report: {path}")
     return 0
 
 

@@ -105,6 +105,7 @@ def _with_base_model(config, name: str):
 def compare_two(config, args, out: Path) -> int:
     """`ple eval --compare A B`: a model is generated on the eval prompts, a .jsonl file is judged as it is."""
     from ple.evaluation.evaluate import eval_prompts
+    from ple.evaluation.evaluation_views import comparison_table
     from ple.evaluation.layout import COMPLETIONS
     from ple.evaluation.pairwise import judge_pair, load_completions, make_judge
 
@@ -141,6 +142,6 @@ def compare_two(config, args, out: Path) -> int:
     for note in result["notes"]:
         print(f"ple: note: {note}", file=sys.stderr)
     print(f"A = {a}\nB = {b}\n{result['n_prompts']} prompts, both orders\n")
-    print(result["table"])
+    print(comparison_table(result))
     print(f"\nchart: {out / 'win_rate.png'}")
     return 0

@@ -12,9 +12,9 @@ import torch
 from ple.config import Config
 from ple.data import load_task_rows, query_rows
 from ple.errors import PLEError, first_line
-from ple.evaluation.layout import COMPLETIONS, EVAL_JSON, EVAL_MD
+from ple.evaluation.evaluation_views import render_evaluation
+from ple.evaluation.layout import write_evaluation
 from ple.evaluation.metrics import (
-    METRICS,
     Metric,
     answer_kl,
     answer_nll,
@@ -25,7 +25,7 @@ from ple.evaluation.metrics import (
     reward_metric,
 )
 from ple.generation import generate
-from ple.io import atomic_write_jsonl, atomic_write_text, same_path, strict_json
+from ple.io import same_path
 from ple.model import (
     adapter_base,
     autocast,
@@ -251,6 +251,7 @@ class Evaluator:
         metrics["kl"]["between"] = kl_note(config)
         result = {"model": name, "guided": self.guided, "n_prompts": len(rows), "metrics": metrics}
         write_evaluation(out_dir, rows, result)
+        render_evaluation(out_dir)
         return result
 
     def reward_metrics(self) -> list[Metric]:
@@ -339,24 +340,3 @@ def answering_model(model, dtype: str):
 
 def reward_label(name: str) -> str:
     return f"held-out reward {name.removeprefix(HELDOUT)}" if name.startswith(HELDOUT) else "training reward"
-
-
-def write_evaluation(out_dir: Path, rows: list[dict], result: dict[str, Any]) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    hidden = ("prompt_ids", "response_ids")
-    atomic_write_jsonl(out_dir / COMPLETIONS, [{k: v for k, v in r.items() if k not in hidden} for r in rows])
-    atomic_write_text(out_dir / EVAL_JSON, strict_json(result, indent=2))
-    lines = [
-        f"# Evaluation of `{result['model']}`",
-        "",
-        f"{result['n_prompts']} prompts, {'guided' if result['guided'] else 'plain'} prompt.",
-        "",
-        "| metric | value | 95% CI | n |",
-        "|---|---:|---|---:|",
-    ]
-    for key, v in result["metrics"].items():
-        digits = METRICS[key].digits if key in METRICS else 4
-        lines.append(
-            f"| {key} | {v['value']:.{digits}f} | [{v['ci_low']:.{digits}f}, {v['ci_high']:.{digits}f}] | {v['n']} |"
-        )
-    atomic_write_text(out_dir / EVAL_MD, "\n".join(lines) + "\n")

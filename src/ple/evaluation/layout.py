@@ -1,5 +1,11 @@
 """The names of the files ple's evaluations write, in one place: an evaluation's directory (`ple eval --model`,
-a grid's base/ and each eval/step_NNN), a judging's (`ple eval --compare`, a cell's vs_*), a grid's top level."""
+a grid's base/ and each eval/step_NNN), a judging's (`ple eval --compare`, a cell's vs_*), a grid's top level; and
+the writers of an evaluation's and a judging's data (their views: ple.evaluation.evaluation_views)."""
+
+from pathlib import Path
+from typing import Any
+
+from ple.io import atomic_write_jsonl, atomic_write_text, strict_json
 
 # An evaluation's directory (ple.evaluation.evaluate.Evaluator.evaluate)
 EVAL_JSON = "eval.json"  # every metric with its interval, the settings
@@ -39,3 +45,19 @@ def rate_dir(rate: float) -> str:
 def cell_label(method: str, rate: float, seed: int) -> str:
     """A cell's name in messages and tables, which is also its folder under cells/: method/lr_<rate>/seed<seed>."""
     return f"{method}/{rate_dir(rate)}/seed{seed}"
+
+
+def write_evaluation(out_dir: Path, rows: list[dict], result: dict[str, Any]) -> None:
+    """An evaluation's data: completions.jsonl (without the token ids) and eval.json."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    hidden = ("prompt_ids", "response_ids")
+    atomic_write_jsonl(out_dir / COMPLETIONS, [{k: v for k, v in r.items() if k not in hidden} for r in rows])
+    atomic_write_text(out_dir / EVAL_JSON, strict_json(result, indent=2))
+
+
+def write_comparison(out_dir: Path, result: dict[str, Any], rows: list[dict]) -> None:
+    """A judging's data: compare_rows.jsonl (one row per prompt), then compare.json, whose presence says the judging
+    is whole."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_jsonl(out_dir / COMPARE_ROWS, rows)
+    atomic_write_text(out_dir / COMPARE_JSON, strict_json(result, indent=2))

@@ -1,5 +1,5 @@
 """Pairwise comparison of two models' generations, judged in both orders (ple.evaluation.judges): win, tie and loss
-rates with bootstrap CIs, a JSON/Markdown result and a chart."""
+rates with bootstrap CIs, written as compare.json (its views: ple.evaluation.evaluation_views)."""
 
 import json
 import math
@@ -10,10 +10,11 @@ from ple.config import Config
 from ple.data import prompt_text
 from ple.errors import PLEError
 from ple.evaluation.evaluate import judge_reward_name, reward_specs
+from ple.evaluation.evaluation_views import render_comparison
 from ple.evaluation.judges import UNSCORED, LLMJudge, RewardJudge, both_orders
-from ple.evaluation.layout import COMPARE_JSON, COMPARE_MD, COMPARE_ROWS, WIN_RATE_PNG
+from ple.evaluation.layout import write_comparison
 from ple.evaluation.stats import bootstrap_ci
-from ple.io import atomic_write_jsonl, atomic_write_text, read_jsonl, strict_json
+from ple.io import read_jsonl
 from ple.model import resolve_device
 from ple.rewards import config_reward
 
@@ -59,25 +60,6 @@ def win_rates(outcomes: list[str], n_resamples: int = 1000, seed: int = 0) -> di
     }
 
 
-def plot_win_rates(rates: dict[str, dict[str, float]], label: str, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 2.2))
-    left = 0.0
-    for key, color in (("win", "tab:green"), ("tie", "tab:gray"), ("loss", "tab:red")):
-        value = rates[key]["value"]
-        ax.barh([label], [value], left=left, color=color, label=f"{key} {value:.0%}")
-        left += value
-    ax.set(xlim=(0, 1), xlabel="fraction of prompts (judged in both orders)")
-    ax.legend(ncol=3, loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def make_judge(
     kind: str,
     config: Config,
@@ -109,7 +91,7 @@ def make_judge(
 def judge_pair(
     a: dict[str, dict], b: dict[str, dict], judge, label_a: str, label_b: str, out_dir: Path
 ) -> dict[str, Any]:
-    """Judge A against B on their shared prompts, in both orders; writes compare.json, .md and .png."""
+    """Judge A against B on their shared prompts, in both orders; writes compare.json and its views."""
     shared = [p for p in a if p in b]
     if not shared:
         raise PLEError("the two sides share no prompts to compare")
@@ -131,7 +113,6 @@ def judge_pair(
         )
         if n
     ]
-    out_dir.mkdir(parents=True, exist_ok=True)
     result = {
         "a": label_a,
         "b": label_b,
@@ -143,21 +124,9 @@ def judge_pair(
         "unscored": unscored,
         "notes": notes,
     }
-    atomic_write_text(out_dir / COMPARE_JSON, strict_json(result, indent=2))
-    atomic_write_jsonl(
-        out_dir / COMPARE_ROWS,
-        [
-            {"prompt": p, "a": a[p]["completion"], "b": b[p]["completion"], "outcome": o}
-            for p, o in zip(shared, outcomes)
-        ],
-    )
-    plot_win_rates(rates, "A vs B", out_dir / WIN_RATE_PNG)
-    table = ["| outcome for A | rate | 95% CI |", "|---|---:|---|"]
-    table += [f"| {k} | {v['value']:.3f} | [{v['ci_low']:.3f}, {v['ci_high']:.3f}] |" for k, v in rates.items()]
-    atomic_write_text(
-        out_dir / COMPARE_MD,
-        f"# A: `{label_a}` vs B: `{label_b}`\n\n{len(shared)} prompts, "
-        "each judged in both orders.\n\n" + "\n".join(table) + "\n\n![win rate](win_rate.png)\n",
-    )
-    result["table"] = "\n".join(table)
+    rows = [
+        {"prompt": p, "a": a[p]["completion"], "b": b[p]["completion"], "outcome": o} for p, o in zip(shared, outcomes)
+    ]
+    write_comparison(out_dir, result, rows)
+    render_comparison(out_dir)
     return result

@@ -167,7 +167,7 @@ def analyse_results(grid) -> dict[str, Any]:
         "machine": f"{platform.machine()}, {_threads()} torch threads",
         "differences": diffs,
         "detectable_median": statistics.median(d["detectable"] for d in diffs.values()) if diffs else None,
-        "ple_runs": ple_runs(grid),
+        "ple_branches": branches_per_iteration(ple_runs(grid)),
         "added_later": added_later(grid),
         "first_invocation": _day(records[0].name) if records else None,
         "frontier": grid.frontier is not None,  # whether frontier.json beside it is this grid's
@@ -181,6 +181,19 @@ def ple_runs(grid) -> list[list[dict[str, Any]]]:
     """PLE's metrics.jsonl rows (the keys of the paper's Figure 3), one list per finished seed."""
     cells = [c for c in grid.cells if c.method == "ple" and c.paths.budget.is_file()]
     return [[{k: r.get(k) for k in FIGURE3_KEYS} for r in read_jsonl(c.paths.root / METRICS_JSONL)] for c in cells]
+
+
+def branches_per_iteration(runs: list[list[dict[str, Any]]]) -> dict[str, Any]:
+    """Figure 3's series over PLE's seeds: for each iteration every seed reached and each key, the mean, min and
+    max over the seeds that logged it (None where none did)."""
+    rows = []
+    for t in range(min((len(r) for r in runs), default=0)):
+        row = {}
+        for key in FIGURE3_KEYS:
+            values = [r[t][key] for r in runs if r[t].get(key) is not None]
+            row[key] = {"mean": statistics.fmean(values), "min": min(values), "max": max(values)} if values else None
+        rows.append(row)
+    return {"seeds": len(runs), "iterations": rows}
 
 
 def _day(name: str) -> str:

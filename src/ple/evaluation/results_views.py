@@ -2,7 +2,6 @@
 and the other results files beside it (lr_grid.json, frontier.json, invocations/), computing no statistic."""
 
 import math
-import statistics
 from pathlib import Path
 
 import numpy as np
@@ -141,53 +140,52 @@ def difference_section(out: Path, result: dict) -> list[str]:
 
 def figure3_section(out: Path, result: dict) -> list[str]:
     """The paper's Figure 3 for this task: the mean reward of the guided and the plain answers per iteration, and
-    the fraction of ranked pairs, over PLE's seeds."""
-    runs = result["ple_runs"]
-    if not runs:
+    the fraction of ranked pairs, over PLE's seeds (results.branches_per_iteration)."""
+    branches = result["ple_branches"]
+    seeds, iterations = branches["seeds"], branches["iterations"]
+    if not iterations:
         return []
     path = out / "figure3.png"
-    _plot_figure3(runs, path)
+    _plot_figure3(iterations, seeds, path)
     keys = ("mean_s", "mean_s_p", "frac_rank", "frac_wsft", "n_rank_plain_wins", "wsft_weight_max_mean")
     lines = [
         "",
-        f"![Figure 3: rewards and ranked pairs per iteration, {len(runs)} PLE seeds]({path.name})",
+        f"![Figure 3: rewards and ranked pairs per iteration, {seeds} PLE seeds]({path.name})",
         "",
-        f"### PLE's branches per iteration (mean over {len(runs)} seeds, from metrics.jsonl)",
+        f"### PLE's branches per iteration (mean over {seeds} seeds, from metrics.jsonl)",
         "",
         "| iteration | tau | " + " | ".join(keys) + " |",
         "|---:|---:|" + "---:|" * len(keys),
     ]
-    for t in range(min(len(r) for r in runs)):
-        values = [[r[t][k] for r in runs if r[t].get(k) is not None] for k in ("tau", *keys)]
-        lines.append(f"| {t} | " + " | ".join(f"{statistics.fmean(v):.3f}" if v else "-" for v in values) + " |")
+    for t, row in enumerate(iterations):
+        lines.append(
+            f"| {t} | " + " | ".join(f"{row[k]['mean']:.3f}" if row[k] else "-" for k in ("tau", *keys)) + " |"
+        )
     return lines
 
 
-def _plot_figure3(runs: list[list[dict]], path: Path) -> None:
+def _plot_figure3(iterations: list[dict], seeds: int, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    n = min(len(r) for r in runs)
-    its = np.arange(n)
+    its = np.arange(len(iterations))
 
-    def series(key):
-        return np.array([[r[t][key] for t in range(n)] for r in runs], dtype=float)
+    def series(key, stat):
+        return np.array([row[key][stat] if row[key] else np.nan for row in iterations], dtype=float)
 
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.5, 6), sharex=True)
     for key, label, marker in (
         ("mean_s_p", "guided answers  s_p = r(x, y_p)", "s"),
         ("mean_s", "plain answers  s = r(x, y)", "o"),
     ):
-        values = series(key)
-        top.plot(its, values.mean(0), marker=marker, label=label)
-        top.fill_between(its, values.min(0), values.max(0), alpha=0.2)
-    top.set(ylabel="mean training reward", title=f"PLE per iteration: mean and range over {len(runs)} seeds")
+        top.plot(its, series(key, "mean"), marker=marker, label=label)
+        top.fill_between(its, series(key, "min"), series(key, "max"), alpha=0.2)
+    top.set(ylabel="mean training reward", title=f"PLE per iteration: mean and range over {seeds} seeds")
     top.legend()
-    ranked = series("frac_rank")
-    bottom.plot(its, ranked.mean(0), marker="o", color="black")
-    bottom.fill_between(its, ranked.min(0), ranked.max(0), color="black", alpha=0.15)
+    bottom.plot(its, series("frac_rank", "mean"), marker="o", color="black")
+    bottom.fill_between(its, series("frac_rank", "min"), series("frac_rank", "max"), color="black", alpha=0.15)
     bottom.set(xlabel="iteration", ylabel="fraction of pairs ranked", ylim=(0, 1))
     fig.tight_layout()
     fig.savefig(path, dpi=120)
