@@ -34,6 +34,25 @@ def test_the_committed_frontier_re_renders_to_the_same_file_without_a_bootstrap(
         assert all((out / f).stat().st_size > 1000 for f in ("frontier.png", "frontier_diversity.png"))
 
 
+def test_the_committed_grid_re_renders_every_table_from_its_json_without_a_statistic(tmp_path, monkeypatch):
+    import ple.evaluation.results as results
+    import ple.evaluation.stats as stats
+
+    def no_statistics(*args, **kwargs):
+        raise AssertionError("a view recomputed a statistic")
+
+    for module, name in ((frontier, "analyse"), (frontier, "bootstrap_envelopes"), (results, "analyse_results")):
+        monkeypatch.setattr(module, name, no_statistics)
+    for name in ("hierarchical_difference", "bootstrap_ci", "paired_bootstrap"):
+        monkeypatch.setattr(stats, name, no_statistics)
+    for name in ("results.json", "frontier.json", "compare.yaml"):
+        shutil.copy(COMMITTED / name, tmp_path / name)
+    shutil.copytree(COMMITTED / "invocations", tmp_path / "invocations")  # the cost line reads them
+    assert main(["report", str(tmp_path)]) == 0
+    for view in ("results.md", "results.csv", "results_long.csv", "cells.csv", "frontier.md", "frontier_points.csv"):
+        assert (tmp_path / view).read_text() == (COMMITTED / view).read_text(), view
+
+
 def test_an_evaluation_and_a_judging_re_render_to_the_same_files(tmp_path, monkeypatch):
     """eval.md from eval.json and compare.md from compare.json, as the committed grid's base and a judging hold
     them, with the statistics patched to raise."""
