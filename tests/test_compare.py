@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import os
 import shutil
 
 import pytest
@@ -12,6 +13,7 @@ from ple.cli import main
 from ple.errors import PLEError
 from ple.evaluation.grid import claim_grid_dir, run_grid
 from ple.evaluation.grid_spec import load_grid
+from ple.testing import build_tiny_model
 
 
 @pytest.fixture
@@ -267,8 +269,12 @@ def test_a_frontier_grid_evaluates_every_snapshot_and_draws_the_base_models_best
 
 def test_a_rerun_redoes_what_changed_settings_made_stale_and_keeps_the_rest(spec_raw, tmp_path):
     """tie_margin changed: the pairs are judged again, the evaluations kept. Evaluation settings changed: every
-    model is evaluated again. The base model changed (cells deleted, as the refusal says): base re-evaluated."""
+    model is evaluated again. Eval prompts edited in place: a finished cell refuses in one line. The base model
+    changed (cells deleted, as the refusal says): base re-evaluated."""
     spec_raw.update(methods=["ple"], seeds=[0])
+    prompts_file = tmp_path / "eval_prompts.jsonl"  # apart from the training queries, which a cell checks on resume
+    shutil.copy(spec_raw["config"]["eval_dataset"], prompts_file)
+    spec_raw["config"]["eval_dataset"] = str(prompts_file)
     run_grid(load_grid(spec_raw))
     grid = tmp_path / "grid"
     cell_eval = grid / "cells/ple/lr_0.005/seed0/eval/step_001"
@@ -288,6 +294,26 @@ def test_a_rerun_redoes_what_changed_settings_made_stale_and_keeps_the_rest(spec
     rows = [json.loads(line) for line in (cell_eval / "completions.jsonl").read_text().splitlines()]
     assert max(r["n_tokens"] for r in rows) <= 3  # evaluated under the new settings
     assert max(json.loads(line)["n_tokens"] for line in (grid / "base/completions.jsonl").read_text().splitlines()) <= 3
+
+    # Two eval prompts edited in place: the finished cell, whose inputs include them, refuses in one line rather
+    # than stand beside models that answered other prompts.
+    original = prompts_file.read_text()
+    rows = [json.loads(line) for line in original.splitlines()]
+    rows[0]["prompt"], rows[1]["prompt"] = "an edited prompt", "another edited prompt"
+    prompts_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec_raw.update(tie_margin=5.0, evaluation={"max_new_tokens": 3})
+    with pytest.raises(PLEError, match="eval_dataset file .*eval_prompts.jsonl changed since the run started"):
+        run_grid(load_grid(spec_raw))
+
+    # The base model changed alone (the prompts as before), the cells deleted as the refusal asks: the base model
+    # is evaluated again.
+    prompts_file.write_text(original)
+    other = build_tiny_model(tmp_path / "other_model", seed=7)
+    shutil.rmtree(grid / "cells")
+    run_grid(load_grid({**spec_raw, "config": {**spec_raw["config"], "model": str(other)}}))
+    assert json.loads((grid / "base" / "eval.json").read_text())["model"] == str(other)
+    made_from = json.loads((grid / "base" / "made_from.json").read_text())
+    assert made_from["model"] == os.path.relpath(other, grid / "base")
 
 
 def test_a_grid_whose_baseline_is_its_reference_or_whose_tie_margin_is_not_a_number_is_one_line(spec_raw):
