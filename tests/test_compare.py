@@ -308,6 +308,7 @@ def test_a_rerun_redoes_what_changed_settings_made_stale_and_keeps_the_rest(spec
     # The base model changed alone (the prompts as before), the cells deleted as the refusal asks: the base model
     # is evaluated again.
     prompts_file.write_text(original)
+    run_grid(load_grid(spec_raw))  # the base model answers the original prompts again; the cell is as it was
     other = build_tiny_model(tmp_path / "other_model", seed=7)
     shutil.rmtree(grid / "cells")
     run_grid(load_grid({**spec_raw, "config": {**spec_raw["config"], "model": str(other)}}))
