@@ -94,6 +94,15 @@ def test_compare_errors(tmp_path, capsys):
     assert "row 0: needs 'prompt' and 'completion'" in capsys.readouterr().err
     assert main(["eval", "--model", "x"]) == 2
     assert "no eval prompts" in capsys.readouterr().err
+    good = tmp_path / "good.jsonl"
+    good.write_text('{"prompt": "x", "completion": "y"}\n')
+    for name, args in (("eval.json", ["--model", "x"]), ("compare.json", ["--compare", str(good), str(good)])):
+        torn = tmp_path / f"torn_{name}"  # an earlier result damaged since: one line, and it is kept
+        torn.mkdir()
+        (torn / name).write_text('{"model": "x", "a": ')
+        assert main(["eval", *args, "--output-dir", str(torn), "--set", "reward=vader"]) == 2
+        assert f"{name} is not valid JSON" in capsys.readouterr().err
+        assert (torn / name).read_text() == '{"model": "x", "a": '
 
 
 def test_compare_a_model_with_itself_is_all_ties(tmp_path, tiny_chat_model, queries_file, reward_module):

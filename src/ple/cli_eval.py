@@ -1,7 +1,6 @@
 """The `ple eval` command: the folder each model's evaluation goes to (one that holds another model's results is
 refused), the evaluation of several models with one Evaluator, and the pairwise comparison of two."""
 
-import json
 import sys
 from pathlib import Path
 
@@ -9,7 +8,7 @@ from ple.config import load_config
 from ple.config_checks import check_generation
 from ple.config_values import parse_overrides
 from ple.errors import PLEError
-from ple.io import writable_dir
+from ple.io import read_json, writable_dir
 
 
 def eval_dirs(names: list[str], out: Path) -> list[Path]:
@@ -40,7 +39,7 @@ def refuse_others_results(name: str, out: Path) -> None:
     evaluation replaces another. A relative name recorded before is read from the current directory."""
     from ple.evaluation.layout import EVAL_JSON
 
-    held = json.loads((out / EVAL_JSON).read_text()).get("model") if (out / EVAL_JSON).is_file() else name
+    held = read_json(out / EVAL_JSON).get("model") if (out / EVAL_JSON).is_file() else name
     if held != name and model_name(str(held)) != name:
         raise PLEError(f"{out} holds the evaluation of {held}; choose another --output-dir, so that it is kept")
 
@@ -50,7 +49,7 @@ def refuse_other_comparison(a: str, b: str, out: Path) -> None:
     from ple.evaluation.layout import COMPARE_JSON
 
     if (out / COMPARE_JSON).is_file():
-        held = json.loads((out / COMPARE_JSON).read_text())
+        held = read_json(out / COMPARE_JSON)
         if (held.get("a"), held.get("b")) != (a, b):
             raise PLEError(
                 f"{out} holds the comparison of {held.get('a')} with {held.get('b')}; choose another --output-dir, "
