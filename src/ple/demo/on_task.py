@@ -1,0 +1,143 @@
+"""The demo's on-task measure: does an answer read as a continuation of the review it was asked to continue, or as
+a reply to the user ("I'm so glad you're happy with the movie...")? It never takes part in training.
+
+The base model (SmolLM2-135M-Instruct, frozen, with no adapter) reads the answer under two framings, and the
+answer's mean per-token log-likelihood ratio decides:
+
+    ratio(a) = mean_t log p(a_t | review frame, a_<t) - mean_t log p(a_t | reply frame, a_<t)
+    on-task(a) = ratio(a) > threshold
+
+The threshold is chosen on packaged data, apart from any answer the demo evaluates: Pang & Lee review sentences
+against chatterbot-corpus dialogue lines, half of each to choose the threshold with the best balanced accuracy,
+the other half to report that accuracy (as the sentiment judge reports its own).
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from ple.demo import assets
+from ple.io import atomic_write_text
+
+FRAMES = {
+    "review": 'The following is an excerpt from a movie review written by a critic:\n\n"',
+    "reply": "The following is a chat assistant's reply to a user who talked about a movie:\n\n\"",
+}
+MAX_ANSWER_TOKENS = 64
+CALIBRATION_PER_CLASS = 400  # texts of each kind, half to choose the threshold, half to report its accuracy
+
+
+def best_threshold(on_task: np.ndarray, off_task: np.ndarray) -> float:
+    """The threshold t maximising balanced accuracy (mean of P(on > t) and P(off <= t)) over the midpoints between
+    the sorted scores; the lowest such t on ties."""
+    scores = np.sort(np.concatenate([on_task, off_task]))
+    candidates = np.concatenate([[scores[0] - 1.0], (scores[1:] + scores[:-1]) / 2])
+    accuracy = [balanced_accuracy(on_task, off_task, t) for t in candidates]
+    return float(candidates[int(np.argmax(accuracy))])
+
+
+def balanced_accuracy(on_task: np.ndarray, off_task: np.ndarray, threshold: float) -> float:
+    return float((np.mean(on_task > threshold) + np.mean(off_task <= threshold)) / 2)
+
+
+def dialogue_lines(folder: Path) -> list[str]:
+    """Every line of the chatterbot-corpus English dialogues with at least three words and no code block (the
+    corpus' coding topic answers in code)."""
+    lines = []
+    for path in sorted(folder.glob("*.yml")):
+        for conversation in yaml.safe_load(path.read_text(encoding="utf-8")).get("conversations") or []:
+            for line in conversation:
+                if isinstance(line, str) and len(line.split()) >= 3 and "```" not in line:
+                    lines.append(" ".join(line.split()))
+    return lines
+
+
+class OnTaskJudge:
+    """ratio(a) > threshold, with the base model loaded once; the threshold is computed on first use and cached."""
+
+    def __init__(self, model_path: Path | None = None, threshold_path: Path | None = None, batch_size: int = 16):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        model_path = model_path or assets.smollm2_path()
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).eval()
+        self.batch_size = batch_size
+        self.torch = torch
+        threshold_path = threshold_path or assets.cache_dir() / "on-task" / "threshold.json"
+        if not threshold_path.is_file():
+            calibrate(self, threshold_path)
+        record = json.loads(threshold_path.read_text())
+        self.threshold, self.accuracy = record["threshold"], record["test_balanced_accuracy"]
+
+    def mean_logprob(self, frame: str, texts: list[str]) -> np.ndarray:
+        """Mean per-token log p of each text (cut to MAX_ANSWER_TOKENS) and a closing quote after `frame`."""
+        torch = self.torch
+        prefix = self.tokenizer(frame, add_special_tokens=False)["input_ids"]
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(texts), self.batch_size):
+                answers = [
+                    self.tokenizer(t.strip()[:2000], add_special_tokens=False)["input_ids"][:MAX_ANSWER_TOKENS]
+                    + self.tokenizer('"', add_special_tokens=False)["input_ids"]
+                    for t in texts[i : i + self.batch_size]
+                ]
+                rows = [prefix + a for a in answers]
+                ids = torch.zeros((len(rows), max(map(len, rows))), dtype=torch.long)
+                mask = torch.zeros_like(ids)
+                for j, row in enumerate(rows):
+                    ids[j, : len(row)], mask[j, : len(row)] = torch.tensor(row), 1
+                logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
+                token_lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
+                for j, row in enumerate(rows):
+                    out.append(token_lp[j, len(prefix) - 1 : len(row) - 1].mean().item())
+        return np.array(out)
+
+    def ratio(self, texts: list[str]) -> np.ndarray:
+        return self.mean_logprob(FRAMES["review"], texts) - self.mean_logprob(FRAMES["reply"], texts)
+
+    def __call__(self, prompts, completions, **_) -> list[float]:
+        """Reward contract: 1.0 for an answer that reads as the review's continuation, else 0.0 (the mean is the
+        on-task share). Reads the answers only."""
+        return [float(r > self.threshold) for r in self.ratio(list(completions))]
+
+
+def calibrate(judge: OnTaskJudge, path: Path, seed: int = 0) -> None:
+    """Choose the threshold on half of CALIBRATION_PER_CLASS review sentences and dialogue lines each; report the
+    balanced accuracy on the other half."""
+    from ple.demo.sentiment import detokenize, read_pang_lee
+
+    rng = np.random.default_rng(seed)
+    reviews = sorted({detokenize(t) for _, t in read_pang_lee(assets.pang_lee_path() / "sentences.csv")})
+    replies = sorted(set(dialogue_lines(assets.chatterbot_path())) - set(reviews))
+    n = CALIBRATION_PER_CLASS
+    on = judge.ratio([reviews[i] for i in rng.choice(len(reviews), n, replace=False)])
+    off = judge.ratio([replies[i] for i in rng.choice(len(replies), n, replace=False)])
+    half = n // 2
+    threshold = best_threshold(on[:half], off[:half])
+    record = {
+        "threshold": threshold,
+        "train_balanced_accuracy": balanced_accuracy(on[:half], off[:half], threshold),
+        "test_balanced_accuracy": balanced_accuracy(on[half:], off[half:], threshold),
+        "n_per_class": n,
+        "source": "Pang & Lee sentences (on task) vs chatterbot-corpus English lines (replies), seed 0, halves",
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(record, indent=1))
+
+
+_JUDGE: OnTaskJudge | None = None
+
+
+def shared_on_task_judge() -> OnTaskJudge:
+    global _JUDGE
+    if _JUDGE is None:
+        _JUDGE = OnTaskJudge()
+    return _JUDGE
+
+
+def on_task(prompts, completions, **_) -> list[float]:
+    """The on-task measure as a reward function (`ple.sentiment:on_task`), for eval_rewards: 1.0 or 0.0 per answer."""
+    return shared_on_task_judge()(prompts, completions)
