@@ -20,6 +20,7 @@ import yaml
 
 from ple.demo import assets
 from ple.io import atomic_write_text
+from ple.progress import Progress
 
 FRAMES = {
     "review": 'The following is an excerpt from a movie review written by a critic:\n\n"',
@@ -72,8 +73,9 @@ class OnTaskJudge:
         record = json.loads(threshold_path.read_text())
         self.threshold, self.accuracy = record["threshold"], record["test_balanced_accuracy"]
 
-    def mean_logprob(self, frame: str, texts: list[str]) -> np.ndarray:
-        """Mean per-token log p of each text (cut to MAX_ANSWER_TOKENS) and a closing quote after `frame`."""
+    def mean_logprob(self, frame: str, texts: list[str], progress=None) -> np.ndarray:
+        """Mean per-token log p of each text (cut to MAX_ANSWER_TOKENS) and a closing quote after `frame`; one
+        `progress.advance()` per batch when given."""
         torch = self.torch
         prefix = self.tokenizer(frame, add_special_tokens=False)["input_ids"]
         out = []
@@ -93,10 +95,13 @@ class OnTaskJudge:
                 token_lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
                 for j, row in enumerate(rows):
                     out.append(token_lp[j, len(prefix) - 1 : len(row) - 1].mean().item())
+                if progress is not None:
+                    progress.advance()
         return np.array(out)
 
-    def ratio(self, texts: list[str]) -> np.ndarray:
-        return self.mean_logprob(FRAMES["review"], texts) - self.mean_logprob(FRAMES["reply"], texts)
+    def ratio(self, texts: list[str], progress=None) -> np.ndarray:
+        review, reply = (self.mean_logprob(FRAMES[frame], texts, progress) for frame in ("review", "reply"))
+        return review - reply
 
     def __call__(self, prompts, completions, **_) -> list[float]:
         """Reward contract: 1.0 for an answer that reads as the review's continuation, else 0.0 (the mean is the
@@ -113,8 +118,10 @@ def calibrate(judge: OnTaskJudge, path: Path, seed: int = 0) -> None:
     reviews = sorted({detokenize(t) for _, t in read_pang_lee(assets.pang_lee_path() / "sentences.csv")})
     replies = sorted(set(dialogue_lines(assets.chatterbot_path())) - set(reviews))
     n = CALIBRATION_PER_CLASS
-    on = judge.ratio([reviews[i] for i in rng.choice(len(reviews), n, replace=False)])
-    off = judge.ratio([replies[i] for i in rng.choice(len(replies), n, replace=False)])
+    batches = 4 * -(-n // judge.batch_size)  # two frames for each of the two kinds
+    with Progress(total=batches, description="on-task measure, first use: calibrating its threshold") as progress:
+        on = judge.ratio([reviews[i] for i in rng.choice(len(reviews), n, replace=False)], progress)
+        off = judge.ratio([replies[i] for i in rng.choice(len(replies), n, replace=False)], progress)
     half = n // 2
     threshold = best_threshold(on[:half], off[:half])
     record = {
