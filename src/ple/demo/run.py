@@ -43,7 +43,8 @@ DEMO_METRICS = (
 
 
 def demo_config(overrides: dict):
-    """The preset, pointed at the cached assets and evaluated by the held-out judge; overrides win."""
+    """The preset, pointed at the cached assets and evaluated by the held-out judge and the on-task measure;
+    overrides win."""
     data = assets.cache_dir() / "sentiment"
     train, evaluation = prepare(data)
     raw = read_yaml_file(DEMO, "demo preset")
