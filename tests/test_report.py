@@ -102,6 +102,10 @@ def test_a_difference_without_an_interval_renders_as_nan_not_a_traceback(tmp_pat
     assert "| sft | +nan | [+nan, +nan] | 2 | - | nan |" in text
     assert "- no difference detected between PLE and sft." in text
     assert "The base model's distinct-2 is nan" in text
+    finite = {"delta": 0.1234, "ci_low": -0.0212, "ci_high": 0.2689, "se": 0.07, "detectable": 0.31}
+    result["differences"]["sft"] |= finite
+    text = "\n".join(difference_section(tmp_path, result))
+    assert "| sft | +0.123 | [-0.021, +0.269] | 2 | - | 0.310 |" in text
 
 
 def test_a_hand_edited_frontier_or_a_folder_in_place_of_a_view_is_one_line(tmp_path, capsys):

@@ -1,6 +1,7 @@
 """The views of one evaluation (eval.md from eval.json) and of one judging (compare.md and win_rate.png from
 compare.json), rendered from those files alone, so that `ple report` can redraw them."""
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,14 +21,14 @@ def evaluation_markdown(result: dict[str, Any]) -> str:
     ]
     for key, v in result["metrics"].items():
         digits = METRICS[key].digits if key in METRICS else 4
-        value, low, high = (_number(v[k], digits) for k in ("value", "ci_low", "ci_high"))
+        value, low, high = (number_text(v[k], f".{digits}f") for k in ("value", "ci_low", "ci_high"))
         lines.append(f"| {key} | {value} | [{low}, {high}] | {v['n']} |")
     return "\n".join(lines) + "\n"
 
 
-def _number(value: float | None, digits: int) -> str:
-    """A number as the table shows it; null (a NaN, as strict JSON holds it) reads nan."""
-    return f"{float('nan') if value is None else value:.{digits}f}"
+def number_text(value: float | None, spec: str = ".3f") -> str:
+    """A number as `spec` formats it; nan where JSON holds null (strict JSON writes a nan as null)."""
+    return format(math.nan if value is None else value, spec)
 
 
 def render_evaluation(out_dir: Path) -> Path:
@@ -40,7 +41,8 @@ def comparison_table(result: dict[str, Any]) -> str:
     table = ["| outcome for A | rate | 95% CI |", "|---|---:|---|"]
     rates = result["rates"]
     for k, v in rates.items():
-        table.append(f"| {k} | {_number(v['value'], 3)} | [{_number(v['ci_low'], 3)}, {_number(v['ci_high'], 3)}] |")
+        value, low, high = (number_text(v[key]) for key in ("value", "ci_low", "ci_high"))
+        table.append(f"| {k} | {value} | [{low}, {high}] |")
     return "\n".join(table)
 
 

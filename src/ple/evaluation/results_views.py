@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from ple.evaluation.evaluate import reward_label
+from ple.evaluation.evaluation_views import number_text
 from ple.evaluation.layout import FRONTIER_JSON, FRONTIER_MD, INVOCATIONS, LR_GRID_JSON, RESULTS_JSON, RESULTS_MD
 from ple.evaluation.metrics import METRICS
 from ple.evaluation.results import wide
@@ -116,13 +117,13 @@ def difference_section(out: Path, result: dict) -> list[str]:
         record = d["pairwise"]
         shown = "-" if record is None else f"{record['win']:.2f} / {record['tie']:.2f} / {record['loss']:.2f}"
         lines.append(
-            f"| {method} | {_number(d['delta'], '+.3f')} | [{_number(d['ci_low'], '+.3f')}, "
-            f"{_number(d['ci_high'], '+.3f')}] | {d['seeds']} | {shown} | {_number(d['detectable'], '.3f')} |"
+            f"| {method} | {number_text(d['delta'], '+.3f')} | [{number_text(d['ci_low'], '+.3f')}, "
+            f"{number_text(d['ci_high'], '+.3f')}] | {d['seeds']} | {shown} | {number_text(d['detectable'], '.3f')} |"
         )
     detectable = result["detectable_median"]
     lines += [
         "",
-        f"The smallest held-out difference this grid can detect (median over the methods): {_number(detectable)}.",
+        f"The smallest held-out difference this grid can detect (median over the methods): {number_text(detectable)}.",
         "",
         "### Verdict",
         "",
@@ -239,11 +240,6 @@ def _nan_for_null(difference: dict) -> dict:
     """A difference read from results.json with JSON's null back to the nan it was written from."""
     numbers = ("delta", "ci_low", "ci_high", "se", "detectable")
     return {k: math.nan if k in numbers and v is None else v for k, v in difference.items()}
-
-
-def _number(value, spec: str = ".3f") -> str:
-    """A number as `spec` formats it; nan where JSON holds null (strict JSON writes a nan as null)."""
-    return format(math.nan if value is None else value, spec)
 
 
 def _cell(mean, std=None, key: str = "") -> str:

@@ -21,14 +21,14 @@ def display(method: str) -> str:
     return "PLE" if method == "ple" else method
 
 
-def verdict(reference: str, method: str, difference: dict[str, float]) -> str:
-    """The line an interval of `reference` minus `method` writes."""
+def verdict(reference: str, method: str, difference: dict[str, float], no_difference: str = NO_DIFFERENCE) -> str:
+    """The line an interval of `reference` minus `method` writes (`no_difference` where it holds 0)."""
     names = {"ref": display(reference), "x": display(method)}
     if difference["ci_low"] > 0:
         return AHEAD.format(**names)
     if difference["ci_high"] < 0:
         return BEHIND.format(**names)
-    return NO_DIFFERENCE.format(**names)
+    return no_difference.format(**names)
 
 
 def claim_sentence(differences: dict[str, dict[str, float]], reference: str = "ple") -> str:
@@ -74,17 +74,12 @@ def diversity_sentence(base_distinct_2: float, distinct_2: dict[str, float]) -> 
 def frontier_verdict(reference: str, other: str, low: float, high: float, ref_envelope: float, envelope: float) -> str:
     """The frontier's line for `reference` minus `other` at one budget, from its interval [low, high] and the two
     envelopes (nan: no admissible point within the budget)."""
-    names = {"ref": display(reference), "x": display(other)}
-    if math.isnan(ref_envelope) or math.isnan(envelope):
-        missing = [n for n, e in ((names["ref"], ref_envelope), (names["x"], envelope)) if math.isnan(e)]
+    missing = [display(m) for m, e in ((reference, ref_envelope), (other, envelope)) if math.isnan(e)]
+    if missing:
         return f"n/a (no admissible point: {' and '.join(missing)})"
     if math.isnan(low) or math.isnan(high):
         return "n/a (no interval: too few defined resamples)"
-    if low > 0:
-        return AHEAD.format(**names)
-    if high < 0:
-        return BEHIND.format(**names)
-    return FRONTIER_NO_DIFFERENCE
+    return verdict(reference, other, {"ci_low": low, "ci_high": high}, FRONTIER_NO_DIFFERENCE)
 
 
 def frontier_claim(rows, reference: str, rules) -> str:
