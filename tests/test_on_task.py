@@ -56,7 +56,7 @@ class StandIn(OnTaskJudge):
 
 
 def test_ple_eval_reports_the_on_task_share_of_the_answers(tmp_path, tiny_chat_model, monkeypatch):
-    monkeypatch.setattr(on_task, "_JUDGE", StandIn())
+    monkeypatch.setattr(on_task, "shared_on_task_judge", StandIn)
     prompts = tmp_path / "prompts.jsonl"  # prompts that would read as replies: the measure must not read them
     prompts.write_text("".join(json.dumps({"prompt": f"thank you, glad {i}"}) + "\n" for i in range(6)))
     config = tiny_config(tiny_chat_model, prompts, tmp_path / "unused", "ple.sentiment:on_task")

@@ -12,12 +12,14 @@ against chatterbot-corpus dialogue lines, half of each to choose the threshold w
 the other half to report that accuracy (as the sentiment judge reports its own).
 """
 
+import functools
 import json
 from pathlib import Path
 
 import numpy as np
 import yaml
 
+from ple.batching import pad_batch
 from ple.demo import assets
 from ple.io import atomic_write_text
 from ple.progress import Progress
@@ -78,19 +80,17 @@ class OnTaskJudge:
         `progress.advance()` per batch when given."""
         torch = self.torch
         prefix = self.tokenizer(frame, add_special_tokens=False)["input_ids"]
+        closing = self.tokenizer('"', add_special_tokens=False)["input_ids"]
         out = []
         with torch.no_grad():
             for i in range(0, len(texts), self.batch_size):
-                answers = [
-                    self.tokenizer(t.strip()[:2000], add_special_tokens=False)["input_ids"][:MAX_ANSWER_TOKENS]
-                    + self.tokenizer('"', add_special_tokens=False)["input_ids"]
+                rows = [
+                    prefix
+                    + self.tokenizer(t.strip()[:2000], add_special_tokens=False)["input_ids"][:MAX_ANSWER_TOKENS]
+                    + closing
                     for t in texts[i : i + self.batch_size]
                 ]
-                rows = [prefix + a for a in answers]
-                ids = torch.zeros((len(rows), max(map(len, rows))), dtype=torch.long)
-                mask = torch.zeros_like(ids)
-                for j, row in enumerate(rows):
-                    ids[j, : len(row)], mask[j, : len(row)] = torch.tensor(row), 1
+                ids, mask = pad_batch(rows, 0, "cpu", side="right")  # right: each row's positions start at 0
                 logits = self.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
                 token_lp = torch.log_softmax(logits, -1).gather(-1, ids[:, 1:, None])[..., 0]
                 for j, row in enumerate(rows):
@@ -135,14 +135,10 @@ def calibrate(judge: OnTaskJudge, path: Path, seed: int = 0) -> None:
     atomic_write_text(path, json.dumps(record, indent=1))
 
 
-_JUDGE: OnTaskJudge | None = None
-
-
+@functools.cache
 def shared_on_task_judge() -> OnTaskJudge:
-    global _JUDGE
-    if _JUDGE is None:
-        _JUDGE = OnTaskJudge()
-    return _JUDGE
+    """One judge per process: the model loads once."""
+    return OnTaskJudge()
 
 
 def on_task(prompts, completions, **_) -> list[float]:

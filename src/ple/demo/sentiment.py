@@ -7,6 +7,7 @@ sentences) is never used in training.
 """
 
 import csv
+import functools
 import json
 import re
 from pathlib import Path
@@ -148,15 +149,10 @@ def train_head(judge: SentimentJudge, path: Path, seed: int = 0) -> None:
     )
 
 
-_JUDGE: SentimentJudge | None = None
-
-
+@functools.cache
 def shared_judge() -> SentimentJudge:
     """One judge per process: its encoder loads once."""
-    global _JUDGE
-    if _JUDGE is None:
-        _JUDGE = SentimentJudge()
-    return _JUDGE
+    return SentimentJudge()
 
 
 def judge_reward(prompts, completions, **_) -> list[float]:
