@@ -12,17 +12,34 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import ple.demo.on_task as on_task
 from ple.cli import main
-from ple.demo.on_task import FRAMES, OnTaskJudge, balanced_accuracy, best_threshold
+from ple.demo.on_task import FRAMES, OnTaskJudge, balanced_accuracy, false_reply_threshold
 
 
-def test_the_threshold_maximises_balanced_accuracy():
+def test_the_threshold_reads_the_chosen_share_of_reviews_as_replies():
     on, off = np.array([0.5, 0.3, 0.1, -0.2]), np.array([-0.6, -0.4, 0.2])
-    # Worked by hand: at t = -0.3 every review passes (4/4) and 2 of 3 replies fall at or below it: (1 + 2/3) / 2.
-    # At t = 0.0, 3/4 and 2/3; at t = 0.15, 2/4 and 2/3; at t = 0.25, 2/4 and 3/3 = 0.75.
-    assert balanced_accuracy(on, off, -0.3) == pytest.approx((1 + 2 / 3) / 2)
+    # Worked by hand: the 5% quantile of the sorted on-task ratios (-0.2, 0.1, 0.3, 0.5) lies 0.05 * 3 = 0.15 of
+    # the way from -0.2 to 0.1: -0.155. The 50% quantile is halfway between 0.1 and 0.3.
+    assert false_reply_threshold(on) == pytest.approx(-0.155)
+    assert false_reply_threshold(on, 0.5) == pytest.approx(0.2)
+    # At t = 0.25: 2/4 reviews above it, 3/3 replies at or below it.
     assert balanced_accuracy(on, off, 0.25) == pytest.approx(0.75)
-    assert best_threshold(on, off) == pytest.approx(-0.3)  # the midpoint of -0.4 and -0.2
-    assert best_threshold(np.array([1.0, 2.0]), np.array([-1.0, 0.0])) == pytest.approx(0.5)  # separable
+
+
+def test_a_threshold_cached_by_another_rule_is_chosen_again(tmp_path, monkeypatch, tiny_chat_model):
+    cached = tmp_path / "threshold.json"
+    cached.write_text(json.dumps({"threshold": 0.0, "test_balanced_accuracy": 0.8}))  # the old rule's record
+    calibrated = []
+
+    def calibrate(judge, path):
+        calibrated.append(path)
+        record = {"rule": on_task.RULE, "threshold": -0.1, "test_balanced_accuracy": 0.7}
+        path.write_text(json.dumps({**record, "test_on_task": 0.95, "test_off_task": 0.5}))
+
+    monkeypatch.setattr(on_task, "calibrate", calibrate)
+    judge = OnTaskJudge(tiny_chat_model, cached)
+    assert calibrated == [cached] and judge.threshold == -0.1 and judge.reviews_read_on_task == 0.95
+    OnTaskJudge(tiny_chat_model, cached)  # now cached under this rule: not chosen again
+    assert calibrated == [cached]
 
 
 def test_the_batched_log_likelihood_equals_one_text_at_a_time(tiny_chat_model, tmp_path):
@@ -50,6 +67,7 @@ class StandIn(OnTaskJudge):
 
     def __init__(self):
         self.threshold, self.accuracy = 0.0, 1.0
+        self.reviews_read_on_task, self.dialogue_read_as_replies = 1.0, 1.0
 
     def ratio(self, texts):
         return np.array([-1.0 if ("thank" in t or "glad" in t) else 1.0 for t in texts])

@@ -7,9 +7,13 @@ answer's mean per-token log-likelihood ratio decides:
     ratio(a) = mean_t log p(a_t | review frame, a_<t) - mean_t log p(a_t | reply frame, a_<t)
     on-task(a) = ratio(a) > threshold
 
-The threshold is chosen on packaged data, apart from any answer the demo evaluates: Pang & Lee review sentences
-against chatterbot-corpus dialogue lines, half of each to choose the threshold with the best balanced accuracy,
-the other half to report that accuracy (as the sentiment judge reports its own).
+The threshold is chosen on packaged data, apart from any answer the demo evaluates: it is the ratio below which
+FALSE_REPLY_RATE of Pang & Lee review sentences fall (half of the sample chooses it), so that real review prose is
+rarely read as a reply; the other half, and as many chatterbot-corpus dialogue lines, report how the measure reads
+each kind (as the sentiment judge reports its accuracy). Why not the balanced-accuracy threshold: the dialogue
+lines are mostly short small talk and facts, not the "I'm so glad you liked it" voice the measure is for, and the
+threshold that best parts them from review sentences read 53% of the base model's answers on validation prompts as
+replies; this rule reads 20%, and about half of a sample of those are replies or talk to the user.
 """
 
 import functools
@@ -30,15 +34,15 @@ FRAMES = {
 }
 MAX_ANSWER_TOKENS = 64
 CALIBRATION_PER_CLASS = 400  # texts of each kind, half to choose the threshold, half to report its accuracy
+FALSE_REPLY_RATE = 0.05  # the share of review sentences the threshold reads as replies
+# The rule's name, recorded with the cached threshold: a threshold cached under another rule is chosen again.
+RULE = f"the {FALSE_REPLY_RATE:.0%} quantile of review sentences' ratios"
 
 
-def best_threshold(on_task: np.ndarray, off_task: np.ndarray) -> float:
-    """The threshold t maximising balanced accuracy (mean of P(on > t) and P(off <= t)) over the midpoints between
-    the sorted scores; the lowest such t on ties."""
-    scores = np.sort(np.concatenate([on_task, off_task]))
-    candidates = np.concatenate([[scores[0] - 1.0], (scores[1:] + scores[:-1]) / 2])
-    accuracy = [balanced_accuracy(on_task, off_task, t) for t in candidates]
-    return float(candidates[int(np.argmax(accuracy))])
+def false_reply_threshold(on_task: np.ndarray, rate: float = FALSE_REPLY_RATE) -> float:
+    """The threshold t with P(on <= t) = rate: the `rate` quantile of the on-task texts' ratios (linear
+    interpolation between order statistics, numpy's default)."""
+    return float(np.quantile(on_task, rate))
 
 
 def balanced_accuracy(on_task: np.ndarray, off_task: np.ndarray, threshold: float) -> float:
@@ -70,10 +74,12 @@ class OnTaskJudge:
         self.batch_size = batch_size
         self.torch = torch
         threshold_path = threshold_path or assets.cache_dir() / "on-task" / "threshold.json"
-        if not threshold_path.is_file():
+        record = json.loads(threshold_path.read_text()) if threshold_path.is_file() else {}
+        if record.get("rule") != RULE:
             calibrate(self, threshold_path)
-        record = json.loads(threshold_path.read_text())
+            record = json.loads(threshold_path.read_text())
         self.threshold, self.accuracy = record["threshold"], record["test_balanced_accuracy"]
+        self.reviews_read_on_task, self.dialogue_read_as_replies = record["test_on_task"], record["test_off_task"]
 
     def mean_logprob(self, frame: str, texts: list[str], progress=None) -> np.ndarray:
         """Mean per-token log p of each text (cut to MAX_ANSWER_TOKENS) and a closing quote after `frame`; one
@@ -110,8 +116,8 @@ class OnTaskJudge:
 
 
 def calibrate(judge: OnTaskJudge, path: Path, seed: int = 0) -> None:
-    """Choose the threshold on half of CALIBRATION_PER_CLASS review sentences and dialogue lines each; report the
-    balanced accuracy on the other half."""
+    """Choose the threshold on half of CALIBRATION_PER_CLASS review sentences; report on the other half and on as
+    many dialogue lines how each kind is read."""
     from ple.demo.sentiment import detokenize, read_pang_lee
 
     rng = np.random.default_rng(seed)
@@ -123,10 +129,12 @@ def calibrate(judge: OnTaskJudge, path: Path, seed: int = 0) -> None:
         on = judge.ratio([reviews[i] for i in rng.choice(len(reviews), n, replace=False)], progress)
         off = judge.ratio([replies[i] for i in rng.choice(len(replies), n, replace=False)], progress)
     half = n // 2
-    threshold = best_threshold(on[:half], off[:half])
+    threshold = false_reply_threshold(on[:half])
     record = {
+        "rule": RULE,
         "threshold": threshold,
-        "train_balanced_accuracy": balanced_accuracy(on[:half], off[:half], threshold),
+        "test_on_task": float(np.mean(on[half:] > threshold)),
+        "test_off_task": float(np.mean(off[half:] <= threshold)),
         "test_balanced_accuracy": balanced_accuracy(on[half:], off[half:], threshold),
         "n_per_class": n,
         "source": "Pang & Lee sentences (on task) vs chatterbot-corpus English lines (replies), seed 0, halves",

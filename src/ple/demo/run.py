@@ -11,7 +11,7 @@ import torch
 
 from ple.config import load_config
 from ple.demo import assets
-from ple.demo.on_task import shared_on_task_judge
+from ple.demo.on_task import FALSE_REPLY_RATE, shared_on_task_judge
 from ple.demo.sentiment import PRINCIPLES, prepare, shared_judge
 from ple.evaluation.evaluate import Evaluator, eval_prompts, heldout_key
 from ple.evaluation.layout import COMPLETIONS, EVAL_JSON
@@ -122,8 +122,10 @@ def run_demo(overrides: dict) -> Path:
         f"Held-out judge: MiniLM-L6 embeddings + logistic regression trained on the Pang & Lee sentences; "
         f"held-out accuracy {judge.accuracy:.1%}. It never takes part in training.",
         "On-task measure: the base model's log-likelihood ratio of the answer under a review frame and a reply frame, "
-        f"thresholded on Pang & Lee sentences against chatterbot-corpus lines; held-out balanced accuracy "
-        f"{on_task.accuracy:.1%}. It never takes part in training; examples it reads as replies are marked *(reply)*.",
+        f"thresholded so that {FALSE_REPLY_RATE:.0%} of Pang & Lee review sentences read as replies; on held-out "
+        f"halves it reads {on_task.reviews_read_on_task:.1%} of review sentences as on-task and "
+        f"{on_task.dialogue_read_as_replies:.1%} of chatterbot-corpus dialogue lines as replies. It never takes part "
+        "in training; examples it reads as replies are marked *(reply)*.",
         f"Machine: {platform.machine()}, {torch.get_num_threads()} torch threads, torch {torch.__version__}. "
         f"This invocation took {seconds / 60:.1f} min (a resumed run counts only its own part).",
     ]
