@@ -148,6 +148,18 @@ def test_a_principles_file_reinstalled_elsewhere_is_the_same_setting(tmp_path):
     assert config_changes(saved, Config(model=str(tmp_path.parent))) == ["model"]
 
 
+def test_an_inline_principle_longer_than_a_file_name_is_text(tmp_path):
+    # 400 characters: no file can be named so (the stat of it fails with "File name too long", which the run
+    # directory's input hashes once raised).
+    long, other = "Write as a critic would. " * 16, "Write as a fan would. " * 18
+    saved = tmp_path / "config.yaml"
+    save_config(Config(principle=long), saved)
+    write_input_hashes(tmp_path, Config(principle=long))
+    assert "principle" not in json.loads((tmp_path / "inputs.json").read_text())
+    assert config_changes(saved, Config(principle=long)) == []
+    assert config_changes(saved, Config(principle=other)) == ["principle"]
+
+
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(config, tmp_path, capsys):
     full = tmp_path / "full"
     run({**config, "iterations": 3, "output_dir": str(full)})

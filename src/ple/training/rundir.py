@@ -115,16 +115,27 @@ def holds_ple_run(run_dir: Path) -> bool:
     return isinstance(saved, dict) and {"method", "output_dir", "model"} <= set(saved) <= known
 
 
+def local_file(value) -> Path | None:
+    """The file a config value names, or None: not a string, no such file, or text no file could be named by (an
+    inline principle longer than the system's longest file name)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        path = Path(value).expanduser()
+        return path if path.is_file() else None
+    except OSError:  # ENAMETOOLONG
+        return None
+
+
 def input_hashes(config) -> dict[str, dict[str, str]]:
     """{field: {path, sha256}} for each config field that names a local file."""
     from ple.rewards import reward_code_files
 
     hashes = {}
     for field in INPUT_FIELDS:
-        value = getattr(config, field)
-        if isinstance(value, str) and Path(value).expanduser().is_file():
-            path = Path(value).expanduser().resolve()
-            hashes[field] = {"path": str(path), "sha256": _sha256(path)}
+        path = local_file(getattr(config, field))
+        if path is not None:
+            hashes[field] = {"path": str(path.resolve()), "sha256": _sha256(path)}
     for spec_field in ("reward", "eval_rewards"):
         for name, path in reward_code_files(getattr(config, spec_field)).items():
             hashes[f"{spec_field} {name}"] = {"path": str(path.resolve()), "sha256": _sha256(path)}
@@ -331,12 +342,8 @@ def config_changes(saved: Path, config) -> list[str]:
     hashes = json.loads(recorded.read_text()) if recorded.is_file() else {}
 
     def same_input(key: str, value) -> bool:
-        return (
-            key in hashes
-            and isinstance(value, str)
-            and Path(value).expanduser().is_file()
-            and _sha256(Path(value).expanduser()) == hashes[key]["sha256"]
-        )
+        path = local_file(value)
+        return key in hashes and path is not None and _sha256(path) == hashes[key]["sha256"]
 
     values = config.to_dict()
     if "auto" in (values["dtype"], before["dtype"]):
