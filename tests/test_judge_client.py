@@ -243,7 +243,10 @@ def test_a_server_that_answers_nothing_ends_the_judging_at_the_longest_wait():
 
 
 SILENT_JUDGING = """
-import socket, threading
+import signal, socket, threading
+# Ctrl-C as a terminal delivers it: a test run started in the background by a shell inherits SIGINT ignored, and
+# Python then keeps it ignored (the test would wait for the requests' timeout, whatever the code does).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from ple.evaluation.judges import LLMJudge, both_orders
 listener = socket.socket()
 listener.bind(("127.0.0.1", 0))
